@@ -1,0 +1,368 @@
+"""Calls to an OpenAI-compatible chat endpoint for the judge, relevance and modifier prompts.
+
+One engine (`ChatRunner`) provides what every LLM-based metric needs:
+  * the official `openai` client against api.openai.com or any base URL (`openai:MODEL@BASE_URL`);
+  * the API key only from the environment (OPENAI_API_KEY or the variable named by `api_key_env`); it is
+    never logged and is scrubbed from any error text that is recorded;
+  * an on-disk cache (`ChatCache`, sqlite) keyed by sha256 of (model, messages, parameters) -- not the base
+    URL -- so a rerun makes zero HTTP calls;
+  * bounded concurrency (a thread pool), retries with exponential backoff and jitter on 429, 5xx, timeouts,
+    connection errors and malformed bodies (Retry-After honoured, capped), and separate retries when the
+    reply cannot be parsed;
+  * token and cost accounting, a cost estimate before starting and a hard cap (`max_cost_usd`).
+An item whose reply stays unparseable is returned as failed with the raw reply (and cached as such, so a
+rerun reproduces it without calls unless `retry_failed`); an item that exhausts transport retries is
+returned as failed and not cached.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import openai
+from absl import logging
+
+DEFAULT_JUDGE_MODEL = "gpt-3.5-turbo-0125"
+DEFAULT_CACHE_DIR = "~/.cache/xlit/judge"
+
+# USD per 1M (prompt, completion) tokens; unknown models (local servers) cost 0 unless a price is given.
+PRICES_PER_MTOK = {
+    "gpt-3.5-turbo-0125": (0.50, 1.50),
+    "gpt-3.5-turbo": (0.50, 1.50),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4-turbo": (10.00, 30.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1": (2.00, 8.00),
+}
+
+
+class ParseError(ValueError):
+    """A reply could not be turned into a verdict."""
+
+
+class LLMConfigError(ValueError):
+    """A model spec or key setting is unusable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Parsed `openai:MODEL[@BASE_URL]`."""
+
+    model: str
+    base_url: str | None = None
+
+    def __str__(self) -> str:
+        return f"openai:{self.model}" + (f"@{self.base_url}" if self.base_url else "")
+
+
+def parse_model_spec(spec: str | None, default_model: str = DEFAULT_JUDGE_MODEL) -> ModelSpec | None:
+    """'none' -> None; 'openai' -> default model; 'openai:MODEL'; 'openai:MODEL@http://host:port/v1'."""
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return None
+    spec = spec.strip()
+    if spec == "openai":
+        return ModelSpec(default_model)
+    if not spec.startswith("openai:"):
+        raise LLMConfigError(f"model spec {spec!r}: expected none | openai:MODEL | openai:MODEL@BASE_URL")
+    rest = spec[len("openai:") :]
+    model, _, base_url = rest.partition("@")
+    if not model:
+        raise LLMConfigError(f"model spec {spec!r}: empty model name")
+    if base_url and not base_url.startswith(("http://", "https://")):
+        raise LLMConfigError(f"model spec {spec!r}: base URL must start with http:// or https://")
+    return ModelSpec(model, base_url or None)
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative token estimate without a tokenizer: UTF-8 bytes / 3.5 (Cyrillic counts double)."""
+    return math.ceil(len(text.encode("utf-8")) / 3.5)
+
+
+@dataclasses.dataclass
+class ChatRequest:
+    """One prompt. `parser` turns the reply text into a value or raises ParseError."""
+
+    messages: list[dict[str, str]]
+    params: dict[str, Any]
+    parser: Callable[[str], Any]
+    expected_completion_tokens: int = 60
+
+
+@dataclasses.dataclass
+class ChatOutcome:
+    status: str  # "ok" | "failed"
+    value: Any = None
+    raw: str | None = None
+    error: str | None = None
+    cached: bool = False
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def cache_key(model: str, messages: Sequence[dict[str, str]], params: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of (model, messages, params); the base URL is not part of it."""
+    blob = json.dumps({"model": model, "messages": list(messages), "params": params}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class ChatCache:
+    """sqlite table key -> (status, raw reply, token counts); safe across threads and processes."""
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.path = Path(os.path.expanduser(str(cache_dir))) / "chat_cache.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, status TEXT, raw TEXT,"
+                " prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
+            )
+            self._db.commit()
+
+    def get(self, key: str) -> tuple[str, str, int, int] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT status, raw, prompt_tokens, completion_tokens FROM replies WHERE key=?", (key,)
+            ).fetchone()
+        return tuple(row) if row else None
+
+    def put(self, key: str, model: str, status: str, raw: str, prompt_tokens: int, completion_tokens: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, model, status, raw, prompt_tokens, completion_tokens, time.time()),
+            )
+            self._db.commit()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+@dataclasses.dataclass
+class RunStats:
+    http_calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    transport_errors: int = 0
+    parse_errors: int = 0
+    failed: int = 0
+
+
+class _BadReply(Exception):
+    """A 200 response whose body is not a chat completion."""
+
+
+_RETRYABLE = (
+    _BadReply,
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APITimeoutError,
+    openai.APIConnectionError,
+    openai.APIResponseValidationError,
+    json.JSONDecodeError,
+)
+
+
+class ChatRunner:
+    """Runs ChatRequests against one model with cache, retries, bounded concurrency and a cost cap."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        cache: ChatCache | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 60.0,
+        max_retries: int = 6,
+        parse_retries: int = 2,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        concurrency: int = 8,
+        max_cost_usd: float | None = None,
+        price_per_mtok: tuple[float, float] | None = None,
+        retry_failed: bool = False,
+    ):
+        self.spec = spec
+        self.cache = cache
+        self.max_retries = max_retries
+        self.parse_retries = parse_retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.concurrency = max(1, concurrency)
+        self.max_cost_usd = max_cost_usd
+        self.price = price_per_mtok or PRICES_PER_MTOK.get(spec.model, (0.0, 0.0))
+        self.retry_failed = retry_failed
+        self.stats = RunStats()
+        self._lock = threading.Lock()
+        key = os.environ.get(api_key_env)
+        if not key:
+            if spec.base_url is None:
+                raise LLMConfigError(f"set the API key in the environment variable {api_key_env}")
+            key = "EMPTY"  # local OpenAI-compatible servers usually ignore the key
+        self._secret = key
+        self._client = openai.OpenAI(api_key=key, base_url=spec.base_url, timeout=timeout_s, max_retries=0)
+
+    def __repr__(self) -> str:
+        return f"ChatRunner({self.spec}, concurrency={self.concurrency})"
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price[0] + completion_tokens * self.price[1]) / 1e6
+
+    def _key(self, req: ChatRequest) -> str:
+        return cache_key(self.spec.model, req.messages, req.params)
+
+    def _cached(self, req: ChatRequest) -> tuple[str, str, int, int] | None:
+        if self.cache is None:
+            return None
+        hit = self.cache.get(self._key(req))
+        if hit is None or (hit[0] == "failed" and self.retry_failed):
+            return None
+        return hit
+
+    def estimate(self, requests: Sequence[ChatRequest]) -> dict[str, float]:
+        """Calls still needed (not cached), their estimated tokens and cost in USD (one attempt each)."""
+        todo = [r for r in requests if self._cached(r) is None]
+        pt = sum(estimate_tokens("".join(m["content"] for m in r.messages)) + 8 for r in todo)
+        ct = sum(r.expected_completion_tokens for r in todo)
+        return {"calls": len(todo), "prompt_tokens": pt, "completion_tokens": ct, "cost_usd": self.cost(pt, ct)}
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret != "EMPTY" else text
+
+    def _backoff(self, attempt: int, err: Exception | None = None) -> None:
+        delay = min(self.backoff_max_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
+        resp = getattr(err, "response", None)
+        if resp is not None:
+            try:
+                delay = min(self.backoff_max_s, max(delay, float(resp.headers.get("retry-after", 0))))
+            except ValueError:
+                pass
+        time.sleep(delay)
+
+    def _over_budget(self) -> bool:
+        return self.max_cost_usd is not None and self.stats.cost_usd >= self.max_cost_usd
+
+    def _call(self, req: ChatRequest, out: ChatOutcome) -> str | None:
+        """One reply text with transport retries; None (and out.error set) if every attempt failed."""
+        for attempt in range(self.max_retries + 1):
+            with self._lock:
+                if self._over_budget():
+                    out.error = f"cost cap reached (${self.max_cost_usd:.4f}); not called"
+                    return None
+                self.stats.http_calls += 1
+            out.calls += 1
+            try:
+                resp = self._client.chat.completions.create(model=self.spec.model, messages=req.messages, **req.params)
+                if not getattr(resp, "choices", None) or resp.choices[0].message is None:
+                    raise _BadReply(f"reply without choices: {str(resp)[:200]}")
+            except _RETRYABLE as e:
+                with self._lock:
+                    self.stats.transport_errors += 1
+                out.error = self._scrub(f"{type(e).__name__}: {e}")[:500]
+                if attempt < self.max_retries:
+                    self._backoff(attempt, e)
+                continue
+            except (openai.APIStatusError, TypeError, AttributeError) as e:
+                out.error = self._scrub(f"{type(e).__name__}: {e}")[:500]
+                return None
+            usage = getattr(resp, "usage", None)
+            text = resp.choices[0].message.content or ""
+            pt = getattr(usage, "prompt_tokens", None) or estimate_tokens(str(req.messages))
+            ct = getattr(usage, "completion_tokens", None) or estimate_tokens(text)
+            out.prompt_tokens += pt
+            out.completion_tokens += ct
+            with self._lock:
+                self.stats.prompt_tokens += pt
+                self.stats.completion_tokens += ct
+                self.stats.cost_usd += self.cost(pt, ct)
+            return text
+        return None
+
+    def run_one(self, req: ChatRequest) -> ChatOutcome:
+        """Cache lookup, then up to 1 + parse_retries replies until one parses."""
+        hit = self._cached(req)
+        if hit is not None:
+            status, raw, pt, ct = hit
+            try:
+                value = req.parser(raw)
+            except ParseError as e:
+                if status == "failed":  # reproduce the recorded failure without calling
+                    with self._lock:
+                        self.stats.cache_hits += 1
+                        self.stats.failed += 1
+                    return ChatOutcome("failed", None, raw, f"unparseable reply (cached): {e}", True, 0, pt, ct)
+            else:  # also a cached failure that today's parser understands
+                with self._lock:
+                    self.stats.cache_hits += 1
+                return ChatOutcome("ok", value, raw, None, True, 0, pt, ct)
+        out = ChatOutcome("failed")
+        for _ in range(self.parse_retries + 1):
+            text = self._call(req, out)
+            if text is None:
+                break
+            out.raw = text
+            try:
+                out.value = req.parser(text)
+            except ParseError as e:
+                with self._lock:
+                    self.stats.parse_errors += 1
+                out.error = f"unparseable reply: {e}"
+                continue
+            out.status, out.error = "ok", None
+            break
+        unparseable = out.error is not None and out.error.startswith("unparseable")
+        if self.cache is not None and out.raw is not None and (out.status == "ok" or unparseable):
+            self.cache.put(self._key(req), self.spec.model, out.status, out.raw, out.prompt_tokens, out.completion_tokens)
+        if out.status != "ok":
+            with self._lock:
+                self.stats.failed += 1
+        return out
+
+    def run(self, requests: Sequence[ChatRequest], desc: str = "llm") -> list[ChatOutcome]:
+        """Outcomes in request order; never raises for a single item."""
+        results: list[ChatOutcome | None] = [None] * len(requests)
+        done = 0
+        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+            futures = {pool.submit(self.run_one, r): i for i, r in enumerate(requests)}
+            for fut in concurrent.futures.as_completed(futures):
+                i = futures[fut]
+                try:
+                    results[i] = fut.result()
+                except Exception as e:  # a bug in a parser must not lose the item
+                    results[i] = ChatOutcome("failed", error=self._scrub(f"internal error: {type(e).__name__}: {e}"))
+                done += 1
+                if done % 100 == 0 or done == len(requests):
+                    s = self.stats
+                    logging.info(
+                        "%s: %d/%d done, %d HTTP calls, %d cache hits, $%.4f",
+                        desc,
+                        done,
+                        len(requests),
+                        s.http_calls,
+                        s.cache_hits,
+                        s.cost_usd,
+                    )
+        return [r for r in results if r is not None]

@@ -1,0 +1,54 @@
+"""Relevance to the task (paper Appendix B, Table 3): a 0/1 verdict from any OpenAI-compatible chat model.
+
+The paper prompted LLaMA-2-chat and took "the last 0 or 1 digit" of the output; we take the last 0 or 1
+that is not part of a longer number (so "10 steps" or "2021" do not count). No digit -> ParseError, the
+runner retries, then records the item as failed with the raw reply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from evalsuite.llm import ChatOutcome, ChatRequest, ChatRunner, ParseError
+from evalsuite.prompts import relevance_prompt
+
+_BINARY = re.compile(r"(?<![\d.])[01](?![\d.]*\d)")
+
+
+def parse_binary_reply(text: str) -> int:
+    """The last standalone 0/1 digit of a reply."""
+    digits = _BINARY.findall(text or "")
+    if not digits:
+        raise ParseError("no 0/1 digit in the reply")
+    return int(digits[-1])
+
+
+def relevance_params(max_tokens: int | None = 32) -> dict[str, Any]:
+    params: dict[str, Any] = {"temperature": 0}
+    if max_tokens:
+        params["max_tokens"] = max_tokens
+    return params
+
+
+def relevance_request(task: str, response: str, max_tokens: int | None = 32) -> ChatRequest:
+    prompt = relevance_prompt(task, response)
+    return ChatRequest([{"role": "user", "content": prompt}], relevance_params(max_tokens), parse_binary_reply, 4)
+
+
+def relevance_columns(outcome: ChatOutcome | None) -> dict[str, Any]:
+    """relevance (0/1 or None), relevance_status (ok | failed | skipped), relevance_raw."""
+    if outcome is None:
+        return {"relevance": None, "relevance_status": "skipped", "relevance_raw": None}
+    return {
+        "relevance": outcome.value if outcome.status == "ok" else None,
+        "relevance_status": outcome.status,
+        "relevance_raw": outcome.raw,
+    }
+
+
+def relevance_all(runner: ChatRunner, items: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Relevance columns for (task, response) pairs, in order."""
+    outcomes = runner.run([relevance_request(t, r) for t, r in items], desc="relevance")
+    return [relevance_columns(o) for o in outcomes]

@@ -1,0 +1,124 @@
+"""Spellcheck correctness with Hunspell (paper Appendix B): the share of words of a response that pass.
+
+Tokenizer (`words`), in order:
+  1. remove fenced code blocks (``` or ~~~), inline `code`, HTML/XML tags and entities, URLs and e-mails;
+  2. markdown links/images keep only their text: [text](url) -> text;
+  3. markdown markup characters (# * _ > | ~ = and table rules) become spaces;
+  4. split on whitespace; drop every chunk that contains a digit (numbers, 2nd, 10km, COVID-19, v1.2);
+  5. in each remaining chunk a word is a run of letters, optionally joined by apostrophes (' or U+2019,
+     normalised to ') or hyphens: l'homme, don't, peut-être, кто-то, dá-me;
+  6. all-caps words of two or more letters (acronyms: USA, HTML, ЕГЭ) are skipped.
+A word passes if Hunspell accepts it, or if it is hyphenated and every part passes.
+
+Dictionaries (Debian layout, *.dic + *.aff): en -> en_US, en_GB; fr -> fr_FR, fr; pt -> pt_PT, pt_BR;
+ru -> ru_RU; de -> de_DE; searched in `dict_dirs` (default /usr/share/hunspell, /usr/share/myspell/dicts).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import hunspell
+
+DICT_NAMES = {
+    "en": ("en_US", "en_GB"),
+    "fr": ("fr_FR", "fr"),
+    "pt": ("pt_PT", "pt_BR"),
+    "ru": ("ru_RU",),
+    "de": ("de_DE",),
+}
+DEFAULT_DICT_DIRS = ("/usr/share/hunspell", "/usr/share/myspell/dicts", "/usr/share/myspell")
+
+_FENCED = re.compile(r"```.*?(?:```|$)|~~~.*?(?:~~~|$)", re.S)
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+_TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][^<>]*>", re.S)
+_ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[A-Za-z]+);")
+_MD_LINK = re.compile(r"!?\[([^\]\n]*)\]\([^)\n]*\)")
+_URL = re.compile(r"(?:https?|ftp)://\S+|www\.\S+")
+_EMAIL = re.compile(r"\S+@\S+\.\S+")
+_MARKUP = re.compile(r"[#*_>|~=\[\]{}]|-{3,}")
+_WORD = re.compile(r"[^\W\d_]+(?:['\-][^\W\d_]+)*")
+
+
+def words(text: str) -> list[str]:
+    """The words of `text` that are spellchecked (see module docstring for the rules)."""
+    text = _FENCED.sub(" ", text)
+    text = _INLINE_CODE.sub(" ", text)
+    text = _TAG.sub(" ", text)
+    text = _ENTITY.sub(" ", text)
+    text = _MD_LINK.sub(r" \1 ", text)
+    text = _URL.sub(" ", text)
+    text = _EMAIL.sub(" ", text)
+    text = _MARKUP.sub(" ", text)
+    text = text.replace("\u2019", "'")
+    out = []
+    for chunk in text.split():
+        if any(ch.isdigit() for ch in chunk):
+            continue
+        for w in _WORD.findall(chunk):
+            if len(w) >= 2 and w.isupper():
+                continue
+            out.append(w)
+    return out
+
+
+def find_dictionary(lang: str, dict_dirs: tuple[str, ...] = DEFAULT_DICT_DIRS) -> tuple[Path, Path] | None:
+    """(dic, aff) paths of the first installed dictionary for `lang`, or None."""
+    for name in DICT_NAMES.get(lang, ()):
+        for d in dict_dirs:
+            dic, aff = Path(d) / f"{name}.dic", Path(d) / f"{name}.aff"
+            if dic.exists() and aff.exists():
+                return dic, aff
+    return None
+
+
+class SpellChecker:
+    """Hunspell for one language, with a word cache; thread-safe."""
+
+    def __init__(self, lang: str, dict_dirs: tuple[str, ...] = DEFAULT_DICT_DIRS):
+        found = find_dictionary(lang, dict_dirs)
+        if found is None:
+            raise FileNotFoundError(
+                f"no Hunspell dictionary for {lang!r} ({', '.join(DICT_NAMES.get(lang, ()))}) in {dict_dirs}"
+            )
+        self.lang = lang
+        self.dic, self.aff = found
+        self._h = hunspell.HunSpell(str(self.dic), str(self.aff))
+        self._lock = threading.Lock()
+        self._cache: dict[str, bool] = {}
+
+    def _spell(self, word: str) -> bool:
+        with self._lock:
+            return bool(self._h.spell(word))
+
+    def check(self, word: str) -> bool:
+        """True if Hunspell accepts `word` (hyphenated words: or all of their parts)."""
+        hit = self._cache.get(word)
+        if hit is None:
+            hit = self._spell(word)
+            if not hit and "-" in word:
+                hit = all(self._spell(p) for p in word.split("-") if p)
+            self._cache[word] = hit
+        return hit
+
+    def counts(self, text: str) -> tuple[int, int]:
+        """(words that pass, words checked)."""
+        ws = words(text)
+        return sum(self.check(w) for w in ws), len(ws)
+
+    def ok_rate(self, text: str) -> float | None:
+        """Share of words that pass; None when the text has no word to check."""
+        ok, n = self.counts(text)
+        return ok / n if n else None
+
+
+@lru_cache(maxsize=16)
+def get_checker(lang: str, dict_dirs: tuple[str, ...] = DEFAULT_DICT_DIRS) -> SpellChecker | None:
+    """A shared SpellChecker for `lang`, or None if no dictionary is installed for it."""
+    try:
+        return SpellChecker(lang, dict_dirs)
+    except FileNotFoundError:
+        return None
