@@ -113,7 +113,9 @@ def _load_tasks_cached(path: str) -> tuple[Task, ...]:
         expected_first = t["last"] + 1
         tasks.append(Task(t["task"], t["first"], t["last"], t["rationale"]))
     if expected_first != N_EVAL:
-        raise RecordError(f"{path}: task ranges cover lines 0..{expected_first - 1}, expected 0..{N_EVAL - 1}")
+        raise RecordError(
+            f"{path}: task ranges cover lines 0..{expected_first - 1}, expected 0..{N_EVAL - 1}"
+        )
     return tuple(tasks)
 
 

@@ -127,7 +127,9 @@ def _collect(obj: Any, out: dict[str, list[Any]]) -> None:
 
 def _from_lines(text: str) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
-    for m in re.finditer(r"^[\s*\-#]*([A-Za-z][A-Za-z ]{1,30}?)\s*[:=-]\s*\**\s*([1-3][^\n]*?)\s*$", text, re.M):
+    for m in re.finditer(
+        r"^[\s*\-#]*([A-Za-z][A-Za-z ]{1,30}?)\s*[:=-]\s*\**\s*([1-3][^\n]*?)\s*$", text, re.M
+    ):
         c = criterion_of(m.group(1))
         if c:
             out.setdefault(c, []).append(m.group(2).strip(" *."))
@@ -165,7 +167,9 @@ def task_text(messages: Sequence[dict[str, str]]) -> str:
     raise ValueError("no user message in messages")
 
 
-def judge_request(task: str, response: str, variant: str = "paper", max_tokens: int | None = 200) -> ChatRequest:
+def judge_request(
+    task: str, response: str, variant: str = "paper", max_tokens: int | None = 200
+) -> ChatRequest:
     """The ChatRequest for one response (JSON mode, temperature 0)."""
     prompt = judge_prompt(task, response, variant)
     return ChatRequest([{"role": "user", "content": prompt}], judge_params(max_tokens), parse_judge_reply, 80)
@@ -174,7 +178,12 @@ def judge_request(task: str, response: str, variant: str = "paper", max_tokens: 
 def judge_columns(outcome: ChatOutcome | None) -> dict[str, Any]:
     """Score columns for one item: judge_<criterion> (0..2 or None), judge_status, judge_raw, judge_error."""
     if outcome is None:
-        return {**{f"judge_{c}": None for c in JUDGE_CRITERIA}, "judge_status": "skipped", "judge_raw": None, "judge_error": None}
+        return {
+            **{f"judge_{c}": None for c in JUDGE_CRITERIA},
+            "judge_status": "skipped",
+            "judge_raw": None,
+            "judge_error": None,
+        }
     values = outcome.value if outcome.status == "ok" else {}
     cols: dict[str, Any] = {f"judge_{c}": values.get(c) for c in JUDGE_CRITERIA}
     cols.update(judge_status=outcome.status, judge_raw=outcome.raw, judge_error=outcome.error)

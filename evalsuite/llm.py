@@ -115,7 +115,9 @@ class ChatOutcome:
 
 def cache_key(model: str, messages: Sequence[dict[str, str]], params: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of (model, messages, params); the base URL is not part of it."""
-    blob = json.dumps({"model": model, "messages": list(messages), "params": params}, sort_keys=True, ensure_ascii=False)
+    blob = json.dumps(
+        {"model": model, "messages": list(messages), "params": params}, sort_keys=True, ensure_ascii=False
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -142,7 +144,9 @@ class ChatCache:
             ).fetchone()
         return tuple(row) if row else None
 
-    def put(self, key: str, model: str, status: str, raw: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def put(
+        self, key: str, model: str, status: str, raw: str, prompt_tokens: int, completion_tokens: int
+    ) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -157,6 +161,32 @@ class ChatCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class Budget:
+    """A cost cap shared by several runners (judge, relevance, modifier judge) of one scoring run.
+
+    Before each call the runner reserves the call's estimated cost; a call whose reservation would pass the
+    cap is not made. After the call the reservation is replaced by the cost the server reported.
+    """
+
+    def __init__(self, max_cost_usd: float | None = None):
+        self.max_cost_usd = max_cost_usd
+        self.spent_usd = 0.0
+        self.reserved_usd = 0.0
+        self._lock = threading.Lock()
+
+    def try_reserve(self, usd: float) -> bool:
+        with self._lock:
+            if self.max_cost_usd is not None and self.spent_usd + self.reserved_usd + usd > self.max_cost_usd:
+                return False
+            self.reserved_usd += usd
+            return True
+
+    def settle(self, reserved: float, actual: float) -> None:
+        with self._lock:
+            self.reserved_usd -= reserved
+            self.spent_usd += actual
 
 
 @dataclasses.dataclass
@@ -202,6 +232,7 @@ class ChatRunner:
         backoff_max_s: float = 30.0,
         concurrency: int = 8,
         max_cost_usd: float | None = None,
+        budget: Budget | None = None,
         price_per_mtok: tuple[float, float] | None = None,
         retry_failed: bool = False,
     ):
@@ -212,7 +243,7 @@ class ChatRunner:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.concurrency = max(1, concurrency)
-        self.max_cost_usd = max_cost_usd
+        self.budget = budget or Budget(max_cost_usd)
         self.price = price_per_mtok or PRICES_PER_MTOK.get(spec.model, (0.0, 0.0))
         self.retry_failed = retry_failed
         self.stats = RunStats()
@@ -247,7 +278,12 @@ class ChatRunner:
         todo = [r for r in requests if self._cached(r) is None]
         pt = sum(estimate_tokens("".join(m["content"] for m in r.messages)) + 8 for r in todo)
         ct = sum(r.expected_completion_tokens for r in todo)
-        return {"calls": len(todo), "prompt_tokens": pt, "completion_tokens": ct, "cost_usd": self.cost(pt, ct)}
+        return {
+            "calls": len(todo),
+            "prompt_tokens": pt,
+            "completion_tokens": ct,
+            "cost_usd": self.cost(pt, ct),
+        }
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret != "EMPTY" else text
@@ -262,23 +298,24 @@ class ChatRunner:
                 pass
         time.sleep(delay)
 
-    def _over_budget(self) -> bool:
-        return self.max_cost_usd is not None and self.stats.cost_usd >= self.max_cost_usd
-
     def _call(self, req: ChatRequest, out: ChatOutcome) -> str | None:
         """One reply text with transport retries; None (and out.error set) if every attempt failed."""
         for attempt in range(self.max_retries + 1):
+            est = self.cost(estimate_tokens(str(req.messages)), req.expected_completion_tokens)
+            if not self.budget.try_reserve(est):
+                out.error = f"cost cap ${self.budget.max_cost_usd} reached (${self.budget.spent_usd:.4f} spent); not called"
+                return None
             with self._lock:
-                if self._over_budget():
-                    out.error = f"cost cap reached (${self.max_cost_usd:.4f}); not called"
-                    return None
                 self.stats.http_calls += 1
             out.calls += 1
             try:
-                resp = self._client.chat.completions.create(model=self.spec.model, messages=req.messages, **req.params)
+                resp = self._client.chat.completions.create(
+                    model=self.spec.model, messages=req.messages, **req.params
+                )
                 if not getattr(resp, "choices", None) or resp.choices[0].message is None:
                     raise _BadReply(f"reply without choices: {str(resp)[:200]}")
-            except _RETRYABLE as e:
+            except _RETRYABLE as e:  # a timed-out call may still be billed: keep its estimate
+                self.budget.settle(est, est if isinstance(e, openai.APITimeoutError) else 0.0)
                 with self._lock:
                     self.stats.transport_errors += 1
                 out.error = self._scrub(f"{type(e).__name__}: {e}")[:500]
@@ -286,6 +323,7 @@ class ChatRunner:
                     self._backoff(attempt, e)
                 continue
             except (openai.APIStatusError, TypeError, AttributeError) as e:
+                self.budget.settle(est, 0.0)
                 out.error = self._scrub(f"{type(e).__name__}: {e}")[:500]
                 return None
             usage = getattr(resp, "usage", None)
@@ -298,6 +336,7 @@ class ChatRunner:
                 self.stats.prompt_tokens += pt
                 self.stats.completion_tokens += ct
                 self.stats.cost_usd += self.cost(pt, ct)
+            self.budget.settle(est, self.cost(pt, ct))
             return text
         return None
 
@@ -313,7 +352,9 @@ class ChatRunner:
                     with self._lock:
                         self.stats.cache_hits += 1
                         self.stats.failed += 1
-                    return ChatOutcome("failed", None, raw, f"unparseable reply (cached): {e}", True, 0, pt, ct)
+                    return ChatOutcome(
+                        "failed", None, raw, f"unparseable reply (cached): {e}", True, 0, pt, ct
+                    )
             else:  # also a cached failure that today's parser understands
                 with self._lock:
                     self.stats.cache_hits += 1
@@ -335,7 +376,9 @@ class ChatRunner:
             break
         unparseable = out.error is not None and out.error.startswith("unparseable")
         if self.cache is not None and out.raw is not None and (out.status == "ok" or unparseable):
-            self.cache.put(self._key(req), self.spec.model, out.status, out.raw, out.prompt_tokens, out.completion_tokens)
+            self.cache.put(
+                self._key(req), self.spec.model, out.status, out.raw, out.prompt_tokens, out.completion_tokens
+            )
         if out.status != "ok":
             with self._lock:
                 self.stats.failed += 1
@@ -352,7 +395,9 @@ class ChatRunner:
                 try:
                     results[i] = fut.result()
                 except Exception as e:  # a bug in a parser must not lose the item
-                    results[i] = ChatOutcome("failed", error=self._scrub(f"internal error: {type(e).__name__}: {e}"))
+                    results[i] = ChatOutcome(
+                        "failed", error=self._scrub(f"internal error: {type(e).__name__}: {e}")
+                    )
                 done += 1
                 if done % 100 == 0 or done == len(requests):
                     s = self.stats

@@ -36,7 +36,16 @@ SHORT_MAX_SENTENCES = 5
 LONG_MIN_WORDS = 150
 CAP_MIN_RATIO = 0.9
 LLM_TYPES = ("scientific_style", "simple_style", "complex_inst")
-PROGRAM_TYPES = ("short", "long", "num_items", "lang", "markdown_template", "html_template", "arrow_template", "cap_template")
+PROGRAM_TYPES = (
+    "short",
+    "long",
+    "num_items",
+    "lang",
+    "markdown_template",
+    "html_template",
+    "arrow_template",
+    "cap_template",
+)
 
 _SENT_END = re.compile(r"(?<=[.!?…])\s+|\n+")
 _WORD = re.compile(r"[^\W\d_]+(?:['’\-][^\W\d_]+)*")
@@ -105,8 +114,37 @@ def check_markdown(response: str) -> tuple[bool, str]:
     return bool(found), "markdown: " + (", ".join(found) if found else "none")
 
 
-_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr", "param"}
-_OPTIONAL_END = {"li", "p", "td", "th", "tr", "option", "dt", "dd", "thead", "tbody", "tfoot", "head", "colgroup"}
+_VOID = {
+    "area",
+    "base",
+    "br",
+    "col",
+    "embed",
+    "hr",
+    "img",
+    "input",
+    "link",
+    "meta",
+    "source",
+    "track",
+    "wbr",
+    "param",
+}
+_OPTIONAL_END = {
+    "li",
+    "p",
+    "td",
+    "th",
+    "tr",
+    "option",
+    "dt",
+    "dd",
+    "thead",
+    "tbody",
+    "tfoot",
+    "head",
+    "colgroup",
+}
 
 
 class _TagChecker(HTMLParser):
@@ -200,7 +238,9 @@ def check_programmatic(
 def modifier_request(modifier_type: str, task: str, response: str, modifier_text: str) -> ChatRequest:
     """The 0/1 LLM request for scientific_style, simple_style or complex_inst."""
     prompt = modifier_prompt(modifier_type, task, response, modifier_text)
-    return ChatRequest([{"role": "user", "content": prompt}], {"temperature": 0, "max_tokens": 32}, parse_binary_reply, 4)
+    return ChatRequest(
+        [{"role": "user", "content": prompt}], {"temperature": 0, "max_tokens": 32}, parse_binary_reply, 4
+    )
 
 
 def helpfulness_with_modifier(helpfulness: int | None, modifier_ok: bool | None) -> int | None:

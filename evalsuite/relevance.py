@@ -34,7 +34,9 @@ def relevance_params(max_tokens: int | None = 32) -> dict[str, Any]:
 
 def relevance_request(task: str, response: str, max_tokens: int | None = 32) -> ChatRequest:
     prompt = relevance_prompt(task, response)
-    return ChatRequest([{"role": "user", "content": prompt}], relevance_params(max_tokens), parse_binary_reply, 4)
+    return ChatRequest(
+        [{"role": "user", "content": prompt}], relevance_params(max_tokens), parse_binary_reply, 4
+    )
 
 
 def relevance_columns(outcome: ChatOutcome | None) -> dict[str, Any]:

