@@ -11,7 +11,7 @@ Answers are deterministic functions of the prompt (`answer_for`):
   * judge prompts (contain "[Aspects to evaluate"): a JSON object with the six criteria, stars derived from a
     hash of the prompt, written in one of several formats a real judge uses (`judge_stars` gives the stars);
   * relevance/modifier prompts (contain "[Criterion]:"): "0" or "1", sometimes inside a sentence
-    (`binary_verdict` gives the digit).
+    (`binary_verdict` gives the digit; a submission containing XLIT_IRRELEVANT / XLIT_RELEVANT forces 0 / 1).
   A submission containing "XLIT_GARBAGE_ALWAYS" always gets an unparseable reply (to test failure recording).
 
 Faults are decided per request from (seed, prompt, how many times this prompt was received), so they do
@@ -63,6 +63,8 @@ def binary_verdict(prompt: str) -> int:
     sub = submission_of(prompt)
     if "XLIT_IRRELEVANT" in sub:
         return 0
+    if "XLIT_RELEVANT" in sub:
+        return 1
     return 0 if _h("bin", prompt) % 4 == 0 else 1
 
 
@@ -108,7 +110,8 @@ class FakeOpenAIServer:
         self.hang_s = hang_s
         self.require_key = require_key
         self.fault_kinds = fault_kinds
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter()  # requests, ok, one count per fault kind, 401, max_inflight
+        self._inflight = 0
         self.seen: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.requests_log: list[dict[str, Any]] = []
@@ -158,6 +161,16 @@ class FakeOpenAIServer:
                     pass
 
             def do_POST(self) -> None:
+                with server.lock:
+                    server._inflight += 1
+                    server.stats["max_inflight"] = max(server.stats["max_inflight"], server._inflight)
+                try:
+                    self._post()
+                finally:
+                    with server.lock:
+                        server._inflight -= 1
+
+            def _post(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 try:
                     body = json.loads(self.rfile.read(length))
