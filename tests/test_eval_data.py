@@ -76,9 +76,16 @@ def test_modifiers_types_args_and_base_instruction():
         targets = {m.modifier_arg for m in mods if m.modifier_type == "lang"}
         assert lang not in targets and targets <= {"en", "fr", "pt", "ru", "de"}
     en = data.load_modifiers("en")
-    assert (en[40].modifier_type, en[40].modifier_arg, en[40].modifier_text) == ("num_items", "2", "List 2 options.")
+    assert (en[40].modifier_type, en[40].modifier_arg, en[40].modifier_text) == (
+        "num_items",
+        "2",
+        "List 2 options.",
+    )
     assert (en[52].modifier_arg, en[52].base_item, en[52].task) == ("pt", 0, "sport_rules")
-    assert en[250].modifier_text == "After the explanation, tell which discipline of Maths does this concept belong to."
+    assert (
+        en[250].modifier_text
+        == "After the explanation, tell which discipline of Maths does this concept belong to."
+    )
 
 
 def test_instructions_table_matches_schema():

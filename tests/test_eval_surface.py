@@ -86,7 +86,12 @@ def test_expected_language_follows_lang_modifier():
 
 
 def test_surface_scorer_on_one_record():
-    cols = SurfaceScorer().score(lang="fr", response="Ich habe gestern einen Apfell gekauft und ihn sofort gegessen.", modifier_type="lang", modifier_arg="de")
+    cols = SurfaceScorer().score(
+        lang="fr",
+        response="Ich habe gestern einen Apfell gekauft und ihn sofort gegessen.",
+        modifier_type="lang",
+        modifier_arg="de",
+    )
     assert cols["expected_lang"] == "de" and cols["lang_pred"] == "de" and cols["lang_correct"] is True
     assert cols["spell_ok_rate"] == pytest.approx(0.9)
     assert cols["code_switch_rate"] == 0.0
