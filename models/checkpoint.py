@@ -134,6 +134,8 @@ class SafetensorsSource(TensorSource):
             if not files:
                 raise CheckpointError(f"{d}: no *.safetensors file and no model.safetensors.index.json")
             weight_map = None
+        self._index = index if index.exists() else None
+        self._files = files
         self._handles = {}
         self._map: dict[str, str] = {}
         for f in files:
@@ -157,7 +159,11 @@ class SafetensorsSource(TensorSource):
         return set(self._map)
 
     def where(self, name: str) -> str:
-        return str(Path(self.path) / self._map[name]) if name in self._map else self.path
+        if name in self._map:
+            return str(Path(self.path) / self._map[name])
+        if self._index is not None:
+            return str(self._index)
+        return str(Path(self.path) / self._files[0]) if len(self._files) == 1 else self.path
 
     def get(self, name: str) -> np.ndarray:
         t = self._handles[self._map[name]].get_tensor(name)
@@ -350,15 +356,15 @@ def load_model(
     abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(seed), lora=lora))
     graphdef, state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(state))
-    place = place or (lambda _path, var, arr: jnp.asarray(arr, dtype=var.value.dtype))
+    place = place or (lambda _path, var, arr: jnp.asarray(arr, dtype=var.get_value().dtype))
     for p, arr in iter_params(src, cfg):
         var = flat[p]
-        var.value = place(p, var, arr)
+        var.set_value(place(p, var, arr))
     if lora is not None:
         keys = jax.random.split(nnx.Rngs(seed).params(), len(LAYER_WEIGHT_NAMES) + 4)  # as Llama.__init__
         for name, (value, _) in init_lora(cfg, lora, keys[-1]).items():
-            flat[("lora", name)].value = place(("lora", name), flat[("lora", name)], np.asarray(value))
-    missing = [p for p, v in flat.items() if isinstance(v.value, jax.ShapeDtypeStruct)]
+            flat[("lora", name)].set_value(place(("lora", name), flat[("lora", name)], np.asarray(value)))
+    missing = [p for p, v in flat.items() if isinstance(v.get_value(), jax.ShapeDtypeStruct)]
     if missing:
         raise CheckpointError(f"{path}: parameters not filled: {missing}")
     return nnx.merge(graphdef, state)

@@ -18,7 +18,7 @@ from absl import app, flags, logging
 
 from models.checkpoint import GGUFSource, export_hf, load_model
 
-FLAGS = flags.DEFINE_string("src", None, "A .gguf file or an HF directory.", required=True)
+_SRC = flags.DEFINE_string("src", None, "A .gguf file or an HF directory.", required=True)
 _DST = flags.DEFINE_string("dst", None, "Output HF directory (replaced atomically).", required=True)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Stored weight dtype.")
 
@@ -79,7 +79,7 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "float32") -> Path:
 
 def main(argv: list[str]) -> None:
     del argv
-    out = convert(FLAGS.value, _DST.value, _DTYPE.value)
+    out = convert(_SRC.value, _DST.value, _DTYPE.value)
     logging.info("wrote %s", out)
     print(out)
 

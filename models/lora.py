@@ -9,6 +9,7 @@ how the trainer gives the optimizer the adapters alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +88,7 @@ def init_lora(cfg: LlamaConfig, lora: LoRAConfig, key: jax.Array) -> dict[str, t
     dt = cfg.weight_dtype
     out = {}
     for i, (name, (a_shape, a_axes, b_shape, b_axes)) in enumerate(lora_shapes(cfg, lora).items()):
-        fan_in = int(jnp.prod(jnp.array(a_shape[1:-1])))
+        fan_in = math.prod(a_shape[1:-1])
         a = jax.random.normal(jax.random.fold_in(key, i), a_shape, jnp.float32) / jnp.sqrt(fan_in * 1.0)
         out[f"{name}_a"] = (a.astype(dt), a_axes)
         out[f"{name}_b"] = (jnp.zeros(b_shape, dt), b_axes)

@@ -125,7 +125,7 @@ def _proj(x, w, lora_ab, scale, eq):
 
 
 def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_seg, kv, index):
-    """One decoder block. x [B,T,D]; kv = (k_cache [B,S,K,H], v_cache) or None (no cache)."""
+    """One decoder block. x [B,T,D]; kv = (k_cache [L,B,S,K,H], v_cache, layer index) or None (no cache)."""
     dt = cfg.compute_dtype
     w = {k: v.astype(dt) for k, v in w.items()}
     lw = {k: v.astype(dt) for k, v in lw.items()}
@@ -142,10 +142,19 @@ def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_se
     q = constrain(rope(q, positions, cfg.rope_theta), ("batch", "length", "act_heads", None))
     k = rope(k, positions, cfg.rope_theta)
     if kv is not None:
-        k_all = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
-        v_all = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
-        new_kv = (k_all, v_all)
-        k, v = k_all.astype(dt), v_all.astype(dt)
+        # kv = (k_cache [L,B,S,K,H], v_cache, layer): the whole cache is a scan carry, so the new keys and
+        # values are written in place (a dynamic_update_slice on a loop carry) instead of the cache being
+        # re-emitted as scan outputs, which would copy all of it at every decode step.
+        k_cache, v_cache, layer = kv
+        k_cache = jax.lax.dynamic_update_slice(
+            k_cache, k.astype(k_cache.dtype)[None], (layer, 0, index, 0, 0)
+        )
+        v_cache = jax.lax.dynamic_update_slice(
+            v_cache, v.astype(v_cache.dtype)[None], (layer, 0, index, 0, 0)
+        )
+        new_kv = (k_cache, v_cache)
+        k = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False).astype(dt)
+        v = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False).astype(dt)
         q_slot = index + jnp.arange(t)
     else:
         new_kv = None
@@ -171,8 +180,12 @@ def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_se
     return constrain(x, ("batch", "length", "act_embed")), new_kv
 
 
-def forward(model: Llama, tokens, positions, segment_ids, cache=None):
-    """Functional body of Llama.__call__ (scan over the stacked layers)."""
+def forward(model: Llama, tokens, positions, segment_ids, cache=None, *, last_only: bool = False):
+    """Functional body of Llama.__call__ (scan over the stacked layers).
+
+    `last_only` returns logits for the last position only ([B,1,V]), which is what a left-padded prefill
+    needs (it avoids materialising [B,T,V] float32 logits).
+    """
     cfg = model.cfg
     dt = cfg.compute_dtype
     x = jnp.take(model.embed[...], tokens, axis=0).astype(dt)
@@ -188,14 +201,30 @@ def forward(model: Llama, tokens, positions, segment_ids, cache=None):
         index = cache["index"]
         k_seg = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, index))
 
-    def body(x, per_layer):
-        w, lw, kv = per_layer
-        return _layer(cfg, lora_scale, x, w, lw, positions, segment_ids, k_seg, kv, index)
+    if cache is None:
 
-    if cfg.remat:
-        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-    kv_in = (cache["k"], cache["v"]) if cache is not None else None
-    x, kv_out = jax.lax.scan(body, x, (layer_w, lora_w, kv_in))
+        def body(x, per_layer):
+            w, lw = per_layer
+            return _layer(cfg, lora_scale, x, w, lw, positions, segment_ids, k_seg, None, index)
+
+        if cfg.remat:
+            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+        x, _ = jax.lax.scan(body, x, (layer_w, lora_w))
+    else:
+
+        def cached_body(carry, per_layer):
+            x, k_cache, v_cache = carry
+            w, lw, layer = per_layer
+            kv = (k_cache, v_cache, layer)
+            x, kv = _layer(cfg, lora_scale, x, w, lw, positions, segment_ids, k_seg, kv, index)
+            return (x, *kv), None
+
+        layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+        (x, k_out, v_out), _ = jax.lax.scan(
+            cached_body, (x, cache["k"], cache["v"]), (layer_w, lora_w, layers)
+        )
+    if last_only:
+        x = x[:, -1:]
     x = rms_norm(x, model.final_norm[...].astype(dt), cfg.rms_norm_eps)
     if cfg.tie_embeddings:
         logits = jnp.einsum("btd,vd->btv", x, model.embed[...].astype(dt), preferred_element_type=jnp.float32)
@@ -207,8 +236,8 @@ def forward(model: Llama, tokens, positions, segment_ids, cache=None):
     new_cache = None
     if cache is not None:
         new_cache = {
-            "k": kv_out[0],
-            "v": kv_out[1],
+            "k": k_out,
+            "v": v_out,
             "segment_ids": k_seg,
             "index": index + tokens.shape[1],
         }

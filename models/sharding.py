@@ -84,8 +84,9 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules=None) -> nnx.State:
     """NamedShardings for every variable of an nnx State, from its `logical_axes` metadata."""
 
     def one(v: nnx.Variable) -> NamedSharding:
-        names = getattr(v, "logical_axes", None) or (None,) * np.ndim(v.value)
-        return NamedSharding(mesh, logical_to_spec(names, np.shape(v.value), mesh, rules))
+        shape = np.shape(v.get_value())
+        names = getattr(v, "logical_axes", None) or (None,) * len(shape)
+        return NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

@@ -1,0 +1,122 @@
+"""Numerical parity of models.Llama with transformers' LlamaForCausalLM (PyTorch)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from models.checkpoint import load_model
+from models.config import preset
+from models.modules import Llama, init_cache
+from tests.conftest import make_tiny_hf
+
+PROMPTS = {
+    "en": "Explain the rules of volleyball in two sentences.",
+    "fr": "Explique les règles du volley-ball en deux phrases.",
+    "pt": "Explique as regras do voleibol em duas frases.",
+    "ru": "Объясни правила волейбола в двух предложениях.",
+}
+
+
+def padded_batch(lengths: list[int], total: int, vocab: int, seed: int = 0):
+    """Left-padded token batch with HF-convention positions."""
+    rng = np.random.default_rng(seed)
+    toks = rng.integers(3, vocab, size=(len(lengths), total))
+    mask = np.zeros_like(toks)
+    for i, n in enumerate(lengths):
+        mask[i, total - n :] = 1
+    toks = np.where(mask == 1, toks, 0)
+    pos = np.maximum(mask.cumsum(-1) - 1, 0)
+    return toks, mask, pos
+
+
+def hf_logits(hm, toks, mask, pos) -> np.ndarray:
+    with torch.no_grad():
+        out = hm(
+            input_ids=torch.tensor(toks), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)
+        )
+    return out.logits.float().numpy()
+
+
+@pytest.mark.parametrize(
+    "heads,kv_heads,tied",
+    [(4, 4, False), (4, 2, False), (4, 1, True), (6, 2, True)],
+    ids=["mha-untied", "gqa-untied", "mqa-tied", "gqa-tied"],
+)
+def test_tiny_random_parity_padded(tmp_path, heads, kv_heads, tied):
+    d = make_tiny_hf(
+        tmp_path / "m",
+        seed=heads * 10 + kv_heads,
+        vocab_size=320,
+        hidden_size=96 if heads == 6 else 64,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        tie_word_embeddings=tied,
+        rms_norm_eps=1e-5,
+    )
+    hm = AutoModelForCausalLM.from_pretrained(d).eval()
+    ours = load_model(d)
+    assert ours.cfg.tie_embeddings == tied and ours.cfg.num_kv_heads == kv_heads
+    toks, mask, pos = padded_batch([9, 5, 1], 9, 320)
+    ref = hf_logits(hm, toks, mask, pos)
+    got = np.asarray(ours(jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(mask))[0])
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], ref[real], rtol=1e-4, atol=1e-5)
+
+
+def test_kv_cache_prefill_then_steps_equals_full_forward():
+    cfg = preset("tiny")
+    model = Llama(cfg, rngs=nnx.Rngs(3))
+    toks, mask, pos = padded_batch([12, 7], 12, cfg.vocab_size, seed=1)
+    full = np.asarray(model(jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(mask))[0])
+    cache = init_cache(cfg, 2, 16)
+    split = 6
+    logits, cache = model(
+        jnp.asarray(toks[:, :split]), jnp.asarray(pos[:, :split]), jnp.asarray(mask[:, :split]), cache
+    )
+    steps = [np.asarray(logits)]
+    for t in range(split, 12):
+        sl = slice(t, t + 1)
+        logits, cache = model(
+            jnp.asarray(toks[:, sl]), jnp.asarray(pos[:, sl]), jnp.asarray(mask[:, sl]), cache
+        )
+        steps.append(np.asarray(logits))
+    incremental = np.concatenate(steps, axis=1)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(incremental[real], full[real], rtol=1e-5, atol=1e-6)
+    assert int(cache["index"]) == 12
+
+
+def test_packed_segments_do_not_attend_across_examples():
+    cfg = preset("tiny")
+    model = Llama(cfg, rngs=nnx.Rngs(0))
+    a, b = np.arange(3, 8), np.arange(20, 26)
+    packed = np.concatenate([a, b])[None]
+    seg = np.array([[1] * 5 + [2] * 6])
+    pos = np.array([list(range(5)) + list(range(6))])
+    got = np.asarray(model(jnp.asarray(packed), jnp.asarray(pos), jnp.asarray(seg))[0])
+    alone_b = np.asarray(model(jnp.asarray(b[None]), jnp.arange(6)[None], jnp.ones((1, 6), jnp.int32))[0])
+    np.testing.assert_allclose(got[0, 5:], alone_b[0], rtol=1e-5, atol=1e-6)
+
+
+def test_smollm2_real_weights_parity(smollm2_dir):
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    tok.padding_side = "left"
+    hm = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
+    ours = load_model(smollm2_dir)
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in PROMPTS.values()
+    ]
+    enc = tok(texts, return_tensors="np", padding=True, add_special_tokens=False)
+    toks, mask = enc["input_ids"], enc["attention_mask"]
+    pos = np.maximum(mask.cumsum(-1) - 1, 0)
+    ref = hf_logits(hm, toks, mask, pos)
+    got = np.asarray(ours(jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(mask))[0])
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], ref[real], rtol=1e-3, atol=1e-3)
+    assert (got.argmax(-1)[real] == ref.argmax(-1)[real]).all()
