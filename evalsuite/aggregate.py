@@ -260,17 +260,19 @@ def fmt(x: float | None, digits: int = 2) -> str:
 
 
 def format_table(
-    rows: Sequence[Row], columns: Sequence[str], formatters: dict[str, Callable[[Any], str]] | None = None
+    rows: Sequence[Row], columns: Sequence[str], formatters: dict[str, Callable[[Row], str]] | None = None
 ) -> str:
-    """Plain-text table with aligned columns."""
+    """Plain-text table with aligned columns; `formatters[column](row)` renders a cell from its row."""
     formatters = formatters or {}
-    cells = [
-        [formatters.get(c, lambda v: fmt(v) if isinstance(v, float) else str(v))(r.get(c)) for c in columns]
-        for r in rows
-    ]
-    widths = [
-        max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)
-    ]
+
+    def cell(r: Row, c: str) -> str:
+        if c in formatters:
+            return formatters[c](r)
+        v = r.get(c)
+        return fmt(v) if isinstance(v, float) else str(v)
+
+    cells = [[cell(r, c) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)

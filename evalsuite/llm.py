@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import openai
 from absl import logging
 
 DEFAULT_JUDGE_MODEL = "gpt-3.5-turbo-0125"
@@ -205,15 +204,18 @@ class _BadReply(Exception):
     """A 200 response whose body is not a chat completion."""
 
 
-_RETRYABLE = (
-    _BadReply,
-    openai.RateLimitError,
-    openai.InternalServerError,
-    openai.APITimeoutError,
-    openai.APIConnectionError,
-    openai.APIResponseValidationError,
-    json.JSONDecodeError,
-)
+def _retryable() -> tuple[type[BaseException], ...]:
+    import openai  # imported lazily: it takes seconds, and surface-only scoring never needs it
+
+    return (
+        _BadReply,
+        openai.RateLimitError,
+        openai.InternalServerError,
+        openai.APITimeoutError,
+        openai.APIConnectionError,
+        openai.APIResponseValidationError,
+        json.JSONDecodeError,
+    )
 
 
 class ChatRunner:
@@ -254,6 +256,10 @@ class ChatRunner:
                 raise LLMConfigError(f"set the API key in the environment variable {api_key_env}")
             key = "EMPTY"  # local OpenAI-compatible servers usually ignore the key
         self._secret = key
+        import openai
+
+        self._openai = openai
+        self._retryable = _retryable()
         self._client = openai.OpenAI(api_key=key, base_url=spec.base_url, timeout=timeout_s, max_retries=0)
 
     def __repr__(self) -> str:
@@ -314,15 +320,15 @@ class ChatRunner:
                 )
                 if not getattr(resp, "choices", None) or resp.choices[0].message is None:
                     raise _BadReply(f"reply without choices: {str(resp)[:200]}")
-            except _RETRYABLE as e:  # a timed-out call may still be billed: keep its estimate
-                self.budget.settle(est, est if isinstance(e, openai.APITimeoutError) else 0.0)
+            except self._retryable as e:  # a timed-out call may still be billed: keep its estimate
+                self.budget.settle(est, est if isinstance(e, self._openai.APITimeoutError) else 0.0)
                 with self._lock:
                     self.stats.transport_errors += 1
                 out.error = self._scrub(f"{type(e).__name__}: {e}")[:500]
                 if attempt < self.max_retries:
                     self._backoff(attempt, e)
                 continue
-            except (openai.APIStatusError, TypeError, AttributeError) as e:
+            except (self._openai.APIStatusError, TypeError, AttributeError) as e:
                 self.budget.settle(est, 0.0)
                 out.error = self._scrub(f"{type(e).__name__}: {e}")[:500]
                 return None
@@ -352,9 +358,7 @@ class ChatRunner:
                     with self._lock:
                         self.stats.cache_hits += 1
                         self.stats.failed += 1
-                    return ChatOutcome(
-                        "failed", None, raw, f"unparseable reply (cached): {e}", True, 0, pt, ct
-                    )
+                    return ChatOutcome("failed", None, raw, f"unparseable reply: {e}", True, 0, pt, ct)
             else:  # also a cached failure that today's parser understands
                 with self._lock:
                     self.stats.cache_hits += 1
