@@ -88,7 +88,7 @@ def test_judge_end_to_end_with_faults_then_cache_only(tmp_path):
     gens = tmp_path / "gens.jsonl"
     gens.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     out1, out2 = tmp_path / "s1.parquet", tmp_path / "s2.parquet"
-    with FakeOpenAIServer(seed=7, fault_rate=0.35, hang_s=1.0, require_key=SECRET) as srv:
+    with FakeOpenAIServer(seed=7, fault_rate=0.4, hang_s=1.0, require_key=SECRET) as srv:
         common = [
             f"--generations={gens}",
             f"--judge=openai:gpt-3.5-turbo-0125@{srv.base_url}",
@@ -104,6 +104,7 @@ def test_judge_end_to_end_with_faults_then_cache_only(tmp_path):
         assert p1.returncode == 0, p1.stderr[-3000:]
         calls = srv.stats["requests"]
         faults = calls - srv.stats["ok"]
+        print(f"fault share {faults / calls:.3f} of {calls} calls")
         assert faults / calls >= 0.30  # the server really injected faults on >= 30% of calls
         p2 = run("evalsuite.score", *common, f"--output={out2}")
         assert p2.returncode == 0, p2.stderr[-3000:]
@@ -135,10 +136,9 @@ def test_judge_end_to_end_with_faults_then_cache_only(tmp_path):
             assert r["judge_helpfulness_mod"] == cap
     assert n_llm_mod == 12
     garbage = t1[5]
-    assert (garbage["judge_status"], garbage["judge_raw"]) == (
-        "failed",
-        "I am sorry, I cannot evaluate this.",
-    )
+    # the raw reply of the last attempt: the server's refusal (or an injected garbage completion)
+    assert garbage["judge_status"] == "failed" and garbage["judge_error"].startswith("unparseable reply")
+    assert garbage["judge_raw"] in ("I am sorry, I cannot evaluate this.", "\x00garbage\x00 ]]}{")
     assert garbage["relevance_status"] == "failed"
 
     # the summary prints every table from the scores
