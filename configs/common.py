@@ -1,0 +1,159 @@
+"""Shared base of every training config: the full schema (each field typed and documented) and variants.
+
+`base()` holds every key the trainer reads; `train.main` rejects a config with a key that is not here, a
+value of another type, or an enum-like name not listed. Two protocols (see docs/train.md):
+  * released (`protocol="released"`, the authors' yaml): batches of 8192 tokens (4 rows × 2048), 10
+    accumulated micro-batches (4 for LoRA), lr → min_lr linearly over 1000 steps, no warmup;
+  * paper (`:paper`, Appendix B): batches of 4000 tokens (2 rows × 2000), 4 accumulated micro-batches,
+    inverse square root schedule, no warmup.
+Both: Adam β (0.9, 0.95), decoupled weight decay 0.1, no clipping, dropout 0, 1000 steps, prompt loss 0,
+bf16 compute with fp32 master weights, last checkpoint = result.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from models.lora import DEFAULT_TARGETS
+
+SHIPPED_DOLLY = "data/train/dolly_subset.jsonl"
+SHIPPED_LIMA = "data/train/lima.en.jsonl"
+# Full Dolly-15k is not shipped: download it (databricks/databricks-dolly-15k) and its NLLB translations
+# (naver/pasero examples/zero-shot-transfer-inst-tuning/data/dolly.{fr,pt,ru}.jsonl) to these paths.
+DOLLY_EN = "data/train/dolly.en.jsonl"
+DOLLY_DT = tuple(f"data/train/dolly.{lang}.jsonl" for lang in ("en", "fr", "pt", "ru"))
+LIMA_EN = SHIPPED_LIMA
+
+ENUMS = {
+    "model.chat_template": ("model", "llama-2"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "data.format": ("dolly", "lima"),
+    "data.lang_sampling": ("uniform", "proportional"),
+    "data.lang_unit": ("example", "microbatch"),
+    "data.over_budget": ("truncate", "skip"),
+    "data.empty_response": ("skip", "error"),
+    "optimizer.schedule": ("inverse_sqrt", "linear_to_min", "constant"),
+    "optimizer.mu_dtype": ("float32", "bfloat16"),
+    "export.dtype": ("float32", "bfloat16"),
+}
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict(
+        dict(
+            init_from="",  # HF dir, .gguf, or "embedded"; "" = random `preset` (tests / runlocal only)
+            preset="",  # models.config preset name, used only when init_from is ""
+            tokenizer="",  # tokenizer dir; "" = init_from
+            chat_template="model",  # "model" = the checkpoint's own, "llama-2" = [INST] (released configs)
+            dtype="bfloat16",  # compute
+            param_dtype="float32",  # master weights
+            remat=False,  # activation checkpointing per layer
+        )
+    )
+    c.lora = ml_collections.ConfigDict(dict(enabled=False, rank=16, alpha=32.0, targets=DEFAULT_TARGETS))
+    c.data = ml_collections.ConfigDict(
+        dict(
+            format="dolly",
+            paths=(DOLLY_EN,),  # JSONL or Parquet; "lang=path" sets a file's language
+            hub_dataset="",  # "databricks/databricks-dolly-15k" when online and asked for
+            languages=(),  # keep only these languages ((): all)
+            lang_sampling="uniform",
+            lang_unit="example",
+            seq_len=2048,  # row length = longest example (decoder_max_len)
+            batch_tokens=8192,  # tokens per micro-batch = rows × seq_len
+            over_budget="truncate",  # example longer than seq_len: truncate or skip (counted either way)
+            empty_response="skip",  # skip (counted) or error
+        )
+    )
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            lr=1e-5,
+            min_lr=1e-6,
+            schedule="linear_to_min",
+            warmup_steps=0,
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            weight_decay=0.1,
+            clip_norm=0.0,  # 0 = no clipping (as released)
+            mu_dtype="float32",  # Adam first moment; bfloat16 saves memory (13B on 2×A100)
+        )
+    )
+    c.train = ml_collections.ConfigDict(dict(steps=1000, grad_accum=10, log_every=1))
+    c.checkpoint = ml_collections.ConfigDict(dict(save_every=200, keep=2, async_save=True))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.export = ml_collections.ConfigDict(dict(enabled=True, dtype="float32"))
+    return c
+
+
+def paper_protocol(c: ml_collections.ConfigDict) -> None:
+    """Appendix B: 4000-token batches, update every 4 micro-batches, inverse square root, no warmup."""
+    c.data.seq_len = 2000
+    c.data.batch_tokens = 4000
+    c.train.grad_accum = 4
+    c.optimizer.schedule = "inverse_sqrt"
+
+
+def llama_config(
+    init_from: str, *, data: str, lora: bool = False, arg: str | None = None
+) -> ml_collections.ConfigDict:
+    """A paper configuration on a LLaMA-2 / Tower base. data: "dolly_en" | "dolly_dt" | "lima_en"."""
+    c = base()
+    c.model.init_from = init_from
+    c.model.chat_template = "llama-2"
+    c.model.remat = True
+    c.mesh.tensor = 2  # released: tp_size 2
+    if data == "dolly_en":
+        c.data.paths = (DOLLY_EN,)
+    elif data == "dolly_dt":
+        c.data.paths = DOLLY_DT
+        c.data.lang_sampling = "uniform"
+    elif data == "lima_en":
+        c.data.format = "lima"
+        c.data.paths = (LIMA_EN,)
+    else:
+        raise ValueError(data)
+    if lora:
+        c.lora.enabled = True
+        c.optimizer.lr, c.optimizer.min_lr = 1e-4, 1e-5
+        c.train.grad_accum = 4  # released LoRA yaml: virtual_dp_size 4
+        c.mesh.tensor = 1
+    c.export.dtype = "bfloat16"
+    return apply_args(c, arg)
+
+
+def apply_args(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Comma-separated variant names after `:` — `paper`, `runlocal` (and a config's own)."""
+    names = [a for a in (arg or "").split(",") if a]
+    unknown = [a for a in names if a not in ("paper", "runlocal")]
+    if unknown:
+        raise ValueError(f"unknown config argument(s) {unknown}; known: paper, runlocal")
+    if "paper" in names:
+        paper_protocol(c)
+    if "runlocal" in names:
+        runlocal(c)
+    return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> None:
+    """CPU smoke run: tiny random model with the embedded tokenizer, tiny batches, 2 steps, one device.
+
+    Only sizes change; the protocol (schedule, accumulation count, template, LoRA/FT, language mix)
+    stays. Dolly-En/DT paths become the shipped Dolly subset (for DT, the same file under each language).
+    """
+    c.model.init_from = ""
+    c.model.preset = "tiny"
+    c.model.tokenizer = "embedded"
+    c.model.dtype = "float32"
+    c.data.seq_len = 128
+    c.data.batch_tokens = 256
+    if c.data.format == "dolly":
+        langs = [p.split("/")[-1].split(".")[-2] for p in c.data.paths]
+        c.data.paths = tuple(f"{lang}={SHIPPED_DOLLY}" for lang in langs) if len(langs) > 1 else (SHIPPED_DOLLY,)
+    c.train.steps = 2
+    c.checkpoint.save_every = 1
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+    c.export.dtype = "float32"

@@ -1,0 +1,155 @@
+"""The loss, its gradient, accumulation, schedules and LoRA freezing, on the tiny preset (vocab 512)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from models.sharding import make_mesh
+from tests.test_train_util import tiny_config
+from train.optim import make_optimizer, make_schedule, schedule_value
+from train.state import build_state
+from train.step import accumulated_grads, make_train_step, token_nll
+
+VOCAB = 512
+
+
+def _built(lora: bool = False, **kw):
+    cfg = tiny_config("", **{"model.tokenizer": "", **kw})
+    cfg.lora.enabled = lora
+    mesh = make_mesh(1, -1, 1, devices=jax.devices()[:1])
+    tx, sched = make_optimizer(cfg.optimizer, cfg.train.steps)
+    with jax.set_mesh(mesh):
+        built = build_state(cfg, mesh, tx)
+    return built, tx, sched
+
+
+def _pack(examples, rows: int, t: int):
+    """examples: list of (row, ids, loss_mask) placed left to right in their row → one micro-batch dict."""
+    out = {k: np.zeros((rows, t), np.int32) for k in ("inputs", "targets", "segment_ids", "positions")}
+    out["weights"] = np.zeros((rows, t), np.float32)
+    fill, seg = [0] * rows, [0] * rows
+    for row, ids, mask in examples:
+        n = len(ids) - 1
+        a, b = fill[row], fill[row] + n
+        seg[row] += 1
+        out["inputs"][row, a:b] = ids[:-1]
+        out["targets"][row, a:b] = ids[1:]
+        out["weights"][row, a:b] = mask[1:]
+        out["segment_ids"][row, a:b] = seg[row]
+        out["positions"][row, a:b] = np.arange(n)
+        fill[row] = b
+    return out
+
+
+def _examples(seed: int, n: int, rows: int):
+    rng = np.random.default_rng(seed)
+    ex = []
+    for i in range(n):
+        length, prompt = int(rng.integers(6, 14)), int(rng.integers(2, 5))
+        ids = rng.integers(3, VOCAB, size=length)
+        mask = np.r_[np.zeros(prompt), np.ones(length - prompt)]
+        ex.append((i % rows, ids, mask))
+    return ex
+
+
+def test_loss_matches_hand_computation_on_two_examples():
+    built, _, _ = _built()
+    ids1, ids2 = np.array([5, 17, 99, 3, 250, 42, 7]), np.array([8, 300, 21, 77, 12])
+    m1, m2 = np.array([0, 0, 0, 1, 1, 1, 1]), np.array([0, 0, 1, 1, 1])
+    mb = _pack([(0, ids1, m1), (0, ids2, m2)], rows=1, t=16)
+    s, w = token_nll(built.graphdef, built.state["params"], built.state["frozen"], mb)
+    model = nnx.merge(built.graphdef, built.state["params"], built.state["frozen"])
+    total, count = 0.0, 0
+    for ids, m in ((ids1, m1), (ids2, m2)):  # each example alone, unpacked
+        n = len(ids)
+        logits, _ = model(jnp.asarray(ids[None]), jnp.arange(n)[None], jnp.ones((1, n), jnp.int32))
+        lp = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float64)))
+        for i in range(n - 1):
+            if m[i + 1]:
+                total += -lp[i, ids[i + 1]]
+                count += 1
+    assert float(w) == count == 7
+    np.testing.assert_allclose(float(s) / float(w), total / count, rtol=1e-5)
+
+
+def test_prompt_tokens_get_zero_gradient():
+    built, _, _ = _built()
+    p, f = built.state["params"], built.state["frozen"]
+    mb = _pack(_examples(1, 4, 2), rows=2, t=32)
+    batch = {k: v[None] for k, v in mb.items()}
+    perturbed = {k: v.copy() for k, v in batch.items()}
+    prompt = (batch["weights"] == 0) & (batch["segment_ids"] > 0)
+    assert prompt.sum() > 4
+    perturbed["targets"] = np.where(prompt, (batch["targets"] + 123) % VOCAB, batch["targets"])
+    l1, g1, _ = accumulated_grads(built.graphdef, p, f, batch)
+    l2, g2, _ = accumulated_grads(built.graphdef, p, f, perturbed)
+    assert float(l1) == float(l2)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    # and the loss's gradient w.r.t. the logits is exactly 0 at every prompt and padding position
+    model = nnx.merge(built.graphdef, p, f)
+    logits, _ = model(mb["inputs"], mb["positions"], mb["segment_ids"])
+
+    def loss_of_logits(lg):
+        ce = optax.softmax_cross_entropy_with_integer_labels(lg, mb["targets"])
+        return jnp.sum(ce * mb["weights"]) / jnp.sum(mb["weights"])
+
+    dl = np.asarray(jax.grad(loss_of_logits)(logits))
+    assert np.all(dl[mb["weights"] == 0] == 0)
+    assert np.abs(dl[mb["weights"] == 1]).sum() > 0
+
+
+def test_four_micro_batches_equal_one_batch():
+    built, _, _ = _built()
+    p, f = built.state["params"], built.state["frozen"]
+    mbs = [_pack(_examples(10 + i, 3, 1), rows=1, t=40) for i in range(4)]
+    accum = {k: np.stack([m[k] for m in mbs]) for k in mbs[0]}  # [4, 1, T]
+    whole = {k: np.concatenate([m[k] for m in mbs])[None] for k in mbs[0]}  # [1, 4, T]
+    la, ga, na = jax.jit(lambda b: accumulated_grads(built.graphdef, p, f, b))(accum)
+    lw, gw, nw = jax.jit(lambda b: accumulated_grads(built.graphdef, p, f, b))(whole)
+    assert float(na) == float(nw)
+    np.testing.assert_allclose(float(la), float(lw), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gw)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["inverse_sqrt", "linear_to_min", "constant"])
+def test_schedule_values(name):
+    lr, min_lr, steps = 1e-5, 1e-6, 1000
+    sched = make_schedule(name, lr=lr, min_lr=min_lr, steps=steps)
+    formula = {
+        "inverse_sqrt": lambda t: lr / math.sqrt(t + 1),
+        "linear_to_min": lambda t: lr - (lr - min_lr) * t / steps,
+        "constant": lambda t: lr,
+    }[name]
+    for t in (0, 1, 10, 999):
+        assert schedule_value(name, t, lr=lr, min_lr=min_lr, steps=steps) == pytest.approx(formula(t), rel=1e-12)
+        assert float(sched(t)) == pytest.approx(formula(t), rel=1e-6)
+    assert float(make_schedule("inverse_sqrt", lr=1.0, min_lr=0, steps=10, warmup=4)(1)) == pytest.approx(0.5)
+
+
+def test_lora_trains_adapters_only_and_base_stays_bit_identical():
+    built, tx, sched = _built(lora=True, **{"optimizer.lr": 1e-2})
+    frozen0 = jax.tree.map(np.array, built.state["frozen"])
+    lora0 = jax.tree.map(np.array, built.state["params"])
+    assert set(built.state["params"]) == {"lora"}
+    n_lora = sum(x.size for x in jax.tree.leaves(built.state["params"]))
+    n_opt = sum(x.size for x in jax.tree.leaves(built.state["opt_state"]) if x.ndim > 0)
+    assert n_opt == 2 * n_lora  # Adam mu and nu over the adapters only
+    step = jax.jit(make_train_step(built.graphdef, tx, sched))
+    state = built.state
+    for i in range(3):
+        mb = _pack(_examples(20 + i, 4, 2), rows=2, t=32)
+        state, m = step(state, {k: v[None] for k, v in mb.items()})
+    for a, b in zip(jax.tree.leaves(frozen0), jax.tree.leaves(state["frozen"])):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    b_after = np.asarray(state["params"]["lora"]["q_b"])
+    assert np.abs(b_after).max() > 0 and np.abs(lora0["lora"]["q_b"]).max() == 0
