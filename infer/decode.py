@@ -1,0 +1,244 @@
+"""Jitted prefill and decode loop over a left-padded batch: greedy or sampled, HF repetition penalty, EOS.
+
+The decode state (KV cache, next-token logits, generated tokens, per-row counters) stays on the device
+between calls. `prefill` runs the prompt and leaves the logits of the first new token; `decode` runs a
+`lax.while_loop` that, per step, picks a token from the current logits (repetition penalty, optional
+allowed-token mask, then argmax or temperature/top-p sampling), records it, marks rows that hit EOS or
+their token budget, and runs the model on the picked token. The loop ends after `steps` steps or when every
+row is done, so the host can stop early for stop strings, stream text, or apply a per-step constraint.
+
+Shapes are static per (batch, prompt length, cache length) bucket; per-row parameters (penalty,
+temperature, top-p, token budget, seed) are arrays, so one compiled program serves any mix of requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from models.modules import forward, init_cache
+
+_MASKED = -1e30
+FINISH_RUNNING, FINISH_STOP, FINISH_LENGTH = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeParams:
+    """Decoding parameters of one request (HF `generate` semantics).
+
+    temperature 0 means greedy; `repetition_penalty` follows `RepetitionPenaltyLogitsProcessor` (over prompt
+    and generated tokens: positive logits divided, negative multiplied); `stop` strings end a row and are
+    cut from its text; `seed` makes sampling reproducible per row, whatever the batch.
+    """
+
+    max_new_tokens: int = 512
+    repetition_penalty: float = 1.0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str | list):
+            object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"DecodeParams: {msg} (got {self})")
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["stop"] = list(self.stop)
+        d["do_sample"] = self.temperature > 0
+        return json.dumps(d, sort_keys=True)
+
+
+class RowParams(NamedTuple):
+    """Per-row decoding parameters as device arrays [B]."""
+
+    penalty: jax.Array
+    temperature: jax.Array
+    top_p: jax.Array
+    max_new: jax.Array
+    seed: jax.Array
+
+    @classmethod
+    def build(cls, params: list[DecodeParams], batch: int) -> RowParams:
+        pad = params + [params[-1]] * (batch - len(params))
+        return cls(
+            penalty=jnp.asarray([p.repetition_penalty for p in pad], jnp.float32),
+            temperature=jnp.asarray([p.temperature for p in pad], jnp.float32),
+            top_p=jnp.asarray([p.top_p for p in pad], jnp.float32),
+            max_new=jnp.asarray([p.max_new_tokens for p in pad], jnp.int32),
+            seed=jnp.asarray([p.seed % (2**32) for p in pad], jnp.uint32),
+        )
+
+
+class DecodeState(NamedTuple):
+    cache: dict[str, jax.Array]
+    logits: jax.Array  # [B,V] float32: logits of the next token (before processing)
+    seen: jax.Array  # [B,V] bool: tokens in prompt or output (repetition penalty)
+    out: jax.Array  # [B,N] int32 generated tokens (pad after the end)
+    n_gen: jax.Array  # [B] int32
+    finish: jax.Array  # [B] int32: FINISH_*
+    prompt_len: jax.Array  # [B] int32
+    step: jax.Array  # int32 scalar: steps taken (= n_gen of rows still running)
+
+    @property
+    def done(self) -> jax.Array:
+        return self.finish != FINISH_RUNNING
+
+
+def process_logits(logits: jax.Array, seen: jax.Array, penalty: jax.Array) -> jax.Array:
+    """HF RepetitionPenaltyLogitsProcessor with a per-row penalty [B]."""
+    p = penalty[:, None]
+    return jnp.where(seen, jnp.where(logits < 0, logits * p, logits / p), logits)
+
+
+def pick_tokens(logits: jax.Array, row: RowParams, n_gen: jax.Array) -> jax.Array:
+    """Argmax for rows with temperature 0; temperature + top-p (nucleus) sampling for the others."""
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def sample() -> jax.Array:
+        t = jnp.maximum(row.temperature, 1e-6)[:, None]
+        order = jnp.argsort(-logits, axis=-1)
+        srt = jnp.take_along_axis(logits, order, axis=-1) / t
+        probs = jax.nn.softmax(srt, axis=-1)
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < row.top_p[:, None]  # always keeps the first
+        srt = jnp.where(keep, srt, _MASKED)
+        keys = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.key(s), n))(row.seed, n_gen)
+        choice = jax.vmap(jax.random.categorical)(keys, srt)
+        sampled = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+        return jnp.where(row.temperature > 0, sampled, greedy)
+
+    return jax.lax.cond(jnp.any(row.temperature > 0), sample, lambda: greedy)
+
+
+def _prefill(graphdef, params, tokens, mask, *, cache_len: int, out_len: int) -> DecodeState:
+    model = nnx.merge(graphdef, params)
+    b, _ = tokens.shape
+    vocab = model.cfg.vocab_size
+    mask = mask.astype(jnp.int32)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+    cache = init_cache(model.cfg, b, cache_len)
+    logits, cache = forward(model, tokens, positions, mask, cache, last_only=True)
+    rows = jnp.arange(b)[:, None]
+    seen = jnp.zeros((b, vocab), bool).at[rows, jnp.where(mask > 0, tokens, vocab)].set(True, mode="drop")
+    return DecodeState(
+        cache=cache,
+        logits=logits[:, 0],
+        seen=seen,
+        out=jnp.zeros((b, out_len), jnp.int32),
+        n_gen=jnp.zeros((b,), jnp.int32),
+        finish=jnp.zeros((b,), jnp.int32),
+        prompt_len=mask.sum(-1),
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def _decode(graphdef, params, state: DecodeState, row: RowParams, eos_ids, steps, allowed, *, pad_id: int):
+    model = nnx.merge(graphdef, params)
+    b = state.out.shape[0]
+    rows = jnp.arange(b)
+    limit = jnp.minimum(state.step + steps, state.out.shape[1])
+
+    def cond(s: DecodeState):
+        return (s.step < limit) & ~jnp.all(s.done)
+
+    def body(s: DecodeState) -> DecodeState:
+        logits = process_logits(s.logits, s.seen, row.penalty)
+        if allowed is not None:
+            logits = jnp.where(allowed, logits, _MASKED)
+        running = ~s.done
+        tok = jnp.where(running, pick_tokens(logits, row, s.n_gen), pad_id)
+        out = jax.lax.dynamic_update_slice(s.out, tok[:, None], (0, s.step))
+        n_gen = s.n_gen + running.astype(jnp.int32)
+        is_eos = jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
+        finish = jnp.where(
+            running & is_eos,
+            FINISH_STOP,
+            jnp.where(running & (n_gen >= row.max_new), FINISH_LENGTH, s.finish),
+        )
+        seen = s.seen.at[rows, tok].set(True)
+        positions = (s.prompt_len + s.n_gen)[:, None]
+        logits, cache = forward(model, tok[:, None], positions, jnp.ones((b, 1), jnp.int32), s.cache)
+        return DecodeState(cache, logits[:, 0], seen, out, n_gen, finish, s.prompt_len, s.step + 1)
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+prefill_jit = jax.jit(_prefill, static_argnums=(0,), static_argnames=("cache_len", "out_len"))
+decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("pad_id",), donate_argnums=(2,))
+
+
+class Decoder:
+    """A model split into (graphdef, params) plus the jitted prefill/decode programs for it."""
+
+    def __init__(self, model: nnx.Module, eos_ids: list[int], pad_id: int):
+        self.graphdef, self.params = nnx.split(model)
+        self.cfg = model.cfg
+        self.eos_ids = jnp.asarray(sorted(set(eos_ids)) or [-1], jnp.int32)
+        self.pad_id = int(pad_id)
+
+    def prefill(self, tokens: np.ndarray, mask: np.ndarray, cache_len: int, out_len: int) -> DecodeState:
+        return prefill_jit(
+            self.graphdef,
+            self.params,
+            jnp.asarray(tokens, jnp.int32),
+            jnp.asarray(mask, jnp.int32),
+            cache_len=cache_len,
+            out_len=out_len,
+        )
+
+    def decode(
+        self, state: DecodeState, row: RowParams, steps: int, allowed: np.ndarray | None = None
+    ) -> DecodeState:
+        allowed_arr = None if allowed is None else jnp.asarray(allowed, bool)
+        return decode_jit(
+            self.graphdef,
+            self.params,
+            state,
+            row,
+            self.eos_ids,
+            jnp.asarray(steps, jnp.int32),
+            allowed_arr,
+            pad_id=self.pad_id,
+        )
+
+
+def bucket(n: int, minimum: int = 1, maximum: int | None = None) -> int:
+    """The smallest power of two >= n (and >= minimum), capped at maximum."""
+    b = max(minimum, 1 << max(0, (n - 1).bit_length()))
+    return min(b, maximum) if maximum is not None else b
+
+
+def left_pad(ids: list[list[int]], length: int, batch: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """[batch, length] tokens and mask, each row right-aligned; extra rows are a single pad token."""
+    tokens = np.full((batch, length), pad_id, np.int32)
+    mask = np.zeros((batch, length), np.int32)
+    for i in range(batch):
+        row = ids[i] if i < len(ids) else [pad_id]
+        tokens[i, length - len(row) :] = row
+        mask[i, length - len(row) :] = 1
+    return tokens, mask
+
+
+def state_to_host(state: DecodeState) -> dict[str, Any]:
+    """The small per-row fields as numpy (for the host loop)."""
+    return {
+        "n_gen": np.asarray(state.n_gen),
+        "finish": np.asarray(state.finish),
+        "step": int(state.step),
+    }
