@@ -104,6 +104,7 @@ class Engine:
         self.max_batch = max_batch
         self.eos_ids = eos_ids
         self.cfg = model.cfg
+        self.model = model
         self.decoder = Decoder(model, eos_ids, tokenizer.pad_token_id)
         self._json_vocab = None
 

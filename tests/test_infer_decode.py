@@ -1,0 +1,126 @@
+"""Decoding on the tiny random model: token-exact parity with transformers generate, batch invariance,
+EOS and stop strings, rows finishing at different steps, sampling, the JSON-object constraint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from infer.decode import DecodeParams, bucket
+from infer.engine import Engine
+from tests.infer_helpers import eval_prompts, hf_greedy
+
+PROMPTS = eval_prompts({"en": [0, 4, 9], "fr": [1, 7, 20], "pt": [2, 11], "ru": [3, 15, 30]})  # 11, mixed lengths
+N = 16
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_hf_dir) -> Engine:
+    return Engine.from_path(tiny_hf_dir, max_batch=16)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_hf_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_hf_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(engine) -> list[list[int]]:
+    ids = [engine.encode(p) for p in PROMPTS]
+    assert len({len(i) for i in ids}) > 5, "prompts should have mixed lengths"
+    return ids
+
+
+@pytest.mark.parametrize("penalty", [1.1, 1.2])
+def test_greedy_parity_with_transformers(engine, hf, prompt_ids, penalty):
+    ours = engine.generate(PROMPTS, DecodeParams(max_new_tokens=N, repetition_penalty=penalty))
+    for i, ids in enumerate(prompt_ids):  # HF one prompt at a time: the semantics without padding
+        ref = hf_greedy(hf, [ids], N, penalty)[0]
+        assert ours[i].ids == ref, f"prompt {i} (penalty {penalty})"
+        assert ours[i].prompt_tokens == len(ids)
+        assert ours[i].response_tokens == len(ref)
+
+
+def test_results_do_not_depend_on_batch_composition(tiny_hf_dir, engine, prompt_ids):
+    params = DecodeParams(max_new_tokens=N, repetition_penalty=1.2)
+    full = engine.generate_ids(prompt_ids, params)
+    small = Engine(engine.model, engine.tokenizer, engine.eos_ids, "tiny", max_batch=3)
+    reordered = small.generate_ids(prompt_ids[::-1], params)[::-1]
+    alone = [engine.generate_ids([p], params)[0] for p in prompt_ids[:2]]
+    assert [r.ids for r in reordered] == [r.ids for r in full]
+    assert [r.ids for r in alone] == [r.ids for r in full[:2]]
+
+
+def test_eos_rows_finish_at_different_steps(engine, hf, prompt_ids):
+    params = DecodeParams(max_new_tokens=N, repetition_penalty=1.1)
+    base = engine.generate_ids(prompt_ids[:4], params)
+    # make the 3rd token of row 0 and the 8th token of row 1 "EOS": those rows must stop there, others go on
+    eos = [base[0].ids[2], base[1].ids[7]]
+    eng = Engine(engine.model, engine.tokenizer, eos, "tiny-eos", max_batch=16)
+    got = eng.generate_ids(prompt_ids[:4], params)
+    for b, g, ids in zip(base, got, prompt_ids[:4], strict=True):
+        cut = next((k for k, t in enumerate(b.ids) if t in eos), None)
+        want = b.ids if cut is None else b.ids[: cut + 1]
+        assert g.ids == want
+        assert g.finish_reason == ("stop" if cut is not None else "length")
+        assert g.ids == hf_greedy(hf, [ids], N, 1.1, eos=eos)[0]
+    assert len(got[0].ids) == 3 and len(got[1].ids) <= 8 and len({len(g.ids) for g in got}) > 1
+
+
+def test_stop_strings_cut_text_and_end_row(engine, prompt_ids):
+    params = DecodeParams(max_new_tokens=24, repetition_penalty=1.1)
+    base = engine.generate_ids(prompt_ids[:3], params)
+    text = base[0].text
+    stop = text[len(text) // 3 : len(text) // 3 + 4]
+    assert stop.strip()
+    got = engine.generate_ids(prompt_ids[:3], DecodeParams(max_new_tokens=24, repetition_penalty=1.1, stop=(stop,)))
+    assert got[0].text == text[: text.index(stop)]
+    assert got[0].finish_reason == "stop" and got[0].response_tokens < base[0].response_tokens
+    assert got[0].ids == base[0].ids[: got[0].response_tokens]
+    for b, g in zip(base[1:], got[1:], strict=True):  # other rows: unchanged unless they contain the stop too
+        if stop not in b.text:
+            assert (g.ids, g.text, g.finish_reason) == (b.ids, b.text, b.finish_reason)
+
+
+def test_sampling_is_seeded_per_row(engine, prompt_ids):
+    p = [DecodeParams(max_new_tokens=N, temperature=0.9, top_p=0.9, seed=s) for s in (1, 2, 1)]
+    a = engine.generate_ids([prompt_ids[0]] * 3, p)
+    b = engine.generate_ids([prompt_ids[5], prompt_ids[0]], [p[2], p[0]])
+    assert a[0].ids == a[2].ids == b[1].ids
+    assert a[0].ids != a[1].ids
+    greedy = engine.generate_ids([prompt_ids[0]], DecodeParams(max_new_tokens=N))[0]
+    assert greedy.ids != a[0].ids
+
+
+def test_json_object_constraint_always_parses(engine):
+    msgs = [[{"role": "user", "content": f"Describe item {i} as JSON."}] for i in range(20)]
+    params = [DecodeParams(max_new_tokens=12 + i % 3, temperature=0.7 * (i % 2), seed=i) for i in range(20)]
+    res = engine.generate(msgs, params, constraints=[engine.json_constraint() for _ in msgs])
+    for r in res:
+        assert isinstance(json.loads(r.text), dict), r.text
+
+
+def test_json_constraint_closes_nested_structures(engine):
+    c = engine.json_constraint()
+    tok = engine.tokenizer.tok
+    for t in tok('{"a": [1, {"b": "x', add_special_tokens=False)["input_ids"]:
+        assert c.allowed(100)[t]
+        c.advance(t)
+    assert c.closing_text() == '"}]}'
+    assert json.loads('{"a": [1, {"b": "x' + c.closing_text()) == {"a": [1, {"b": "x"}]}
+    assert not c.allowed(100)[tok.eos_token_id]  # EOS only once the object is complete
+
+
+def test_bad_prompts_are_reported_not_dropped(engine):
+    res = engine.generate([[{"role": "user", "content": "hi"}], []], DecodeParams(max_new_tokens=4))
+    assert res[0].finish_reason in ("stop", "length")
+    assert res[1].finish_reason == "error" and res[1].error
+
+
+def test_buckets_are_powers_of_two():
+    assert [bucket(n, 16) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
+    assert bucket(5, maximum=4) == 4
+    with pytest.raises(ValueError, match="top_p"):
+        DecodeParams(top_p=0)
