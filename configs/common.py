@@ -152,7 +152,9 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
     c.data.batch_tokens = 256
     if c.data.format == "dolly":
         langs = [p.split("/")[-1].split(".")[-2] for p in c.data.paths]
-        c.data.paths = tuple(f"{lang}={SHIPPED_DOLLY}" for lang in langs) if len(langs) > 1 else (SHIPPED_DOLLY,)
+        c.data.paths = (
+            tuple(f"{lang}={SHIPPED_DOLLY}" for lang in langs) if len(langs) > 1 else (SHIPPED_DOLLY,)
+        )
     c.train.steps = 2
     c.checkpoint.save_every = 1
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1

@@ -37,7 +37,10 @@ def write_jsonl(path, rows):
 
 
 def dolly(n, prefix="q", resp_len=5):
-    return [{"instruction": f"{prefix}{i}", "context": "", "response": "r" * resp_len, "category": "x"} for i in range(n)]
+    return [
+        {"instruction": f"{prefix}{i}", "context": "", "response": "r" * resp_len, "category": "x"}
+        for i in range(n)
+    ]
 
 
 def loader(corpus, **kw):

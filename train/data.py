@@ -80,7 +80,9 @@ def _lima_messages(rec: dict, where: str) -> list[dict[str, str]]:
         msgs = rec["messages"]
         for i, m in enumerate(msgs):
             if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-                raise DataError(f"{where}: messages[{i}] must be {{'role': system|user|assistant, 'content'}}")
+                raise DataError(
+                    f"{where}: messages[{i}] must be {{'role': system|user|assistant, 'content'}}"
+                )
             if not isinstance(m.get("content"), str):
                 raise DataError(f"{where}: messages[{i}].content must be a string")
         if not any(m["role"] == "assistant" for m in msgs):
@@ -109,7 +111,9 @@ def _hub_file(name: str) -> str:
     try:
         return hf_hub_download(name, "databricks-dolly-15k.jsonl", repo_type="dataset")
     except Exception as e:  # offline, proxy, ...
-        raise DataError(f"cannot download {name} from the hub ({e}); download it and set data.paths") from None
+        raise DataError(
+            f"cannot download {name} from the hub ({e}); download it and set data.paths"
+        ) from None
 
 
 def read_corpus(
@@ -199,7 +203,9 @@ class Loader:
         self.over_budget, self.lang_unit = over_budget, lang_unit
         self.langs = list(corpus.by_lang)
         sizes = np.array([len(corpus.by_lang[lang]) for lang in self.langs], np.float64)
-        self.probs = np.full(len(sizes), 1 / len(sizes)) if lang_sampling == "uniform" else sizes / sizes.sum()
+        self.probs = (
+            np.full(len(sizes), 1 / len(sizes)) if lang_sampling == "uniform" else sizes / sizes.sum()
+        )
         self._cache: dict[tuple[str, int], Tokenized | None] = {}
         self._perm: dict[tuple[str, int], np.ndarray] = {}
         self._lang_block: tuple[int, np.ndarray] | None = None
@@ -213,7 +219,9 @@ class Loader:
     # -- position
     def set_state(self, state: dict[str, Any]) -> None:
         if sorted(state["cursor"]) != sorted(self.langs):
-            raise DataError(f"checkpoint data position has languages {sorted(state['cursor'])}, data has {self.langs}")
+            raise DataError(
+                f"checkpoint data position has languages {sorted(state['cursor'])}, data has {self.langs}"
+            )
         self.state = {
             "draws": int(state["draws"]),
             "microbatches": int(state["microbatches"]),
@@ -277,7 +285,9 @@ class Loader:
                     stats["over_budget_skipped"] += 1
                     self._advance(lang)
                     continue
-                ex = Tokenized(ex.inputs[: self.seq_len], ex.targets[: self.seq_len], ex.weights[: self.seq_len])
+                ex = Tokenized(
+                    ex.inputs[: self.seq_len], ex.targets[: self.seq_len], ex.weights[: self.seq_len]
+                )
                 if ex.weights.sum() == 0:
                     stats["over_budget_skipped"] += 1
                     self._advance(lang)

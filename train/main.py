@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
@@ -83,8 +82,16 @@ def validate_config(cfg: ConfigDict) -> None:
             raise ConfigError(f"config.{k}={got[k]!r}: use one of {allowed}")
     d = cfg.data
     if d.seq_len <= 0 or d.batch_tokens % d.seq_len:
-        raise ConfigError(f"data.batch_tokens={d.batch_tokens} must be a multiple of data.seq_len={d.seq_len}")
-    for k in ("train.steps", "train.grad_accum", "train.log_every", "checkpoint.save_every", "checkpoint.keep"):
+        raise ConfigError(
+            f"data.batch_tokens={d.batch_tokens} must be a multiple of data.seq_len={d.seq_len}"
+        )
+    for k in (
+        "train.steps",
+        "train.grad_accum",
+        "train.log_every",
+        "checkpoint.save_every",
+        "checkpoint.keep",
+    ):
         if got[k] <= 0:
             raise ConfigError(f"config.{k}={got[k]} must be positive")
     if not cfg.model.init_from and not cfg.model.preset:
@@ -98,7 +105,7 @@ def check_inputs(cfg: ConfigDict) -> None:
     if cfg.model.init_from:
         p = resolve_model(cfg.model.init_from)
         if not p.exists():
-            raise CheckpointError(f"model.init_from={cfg.model.init_from!r}: {p} does not exist")
+            raise FileNotFoundError(f"model.init_from={cfg.model.init_from!r}: {p} does not exist")
     if not cfg.data.hub_dataset:
         data_lib.check_paths(cfg.data.paths)
 
@@ -154,7 +161,9 @@ def run(cfg: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None =
         atomic_write_text(cfg.to_json_best_effort(indent=2), workdir / "config.json")
     with jax.set_mesh(mesh):
         built = build_state(cfg, mesh, tx, vocab_size=len(tok.tok))
-        ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+        ckpt = Checkpointer(
+            workdir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save
+        )
         state = built.state
         start = ckpt.latest_step() or 0
         if start:

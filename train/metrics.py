@@ -55,7 +55,11 @@ class MetricsWriter:
         if not self.enabled:
             return
         if self.path.exists():  # drop lines past the checkpoint we resume from
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+            keep = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln and json.loads(ln)["step"] <= resume_step
+            ]
             self.path.write_text("".join(ln + "\n" for ln in keep))
         from tensorboardX import SummaryWriter
 

@@ -49,7 +49,7 @@ def model_overrides(cfg) -> dict[str, Any]:
 
 def _placer(shard_of: dict[tuple[str, ...], NamedSharding]):
     def place(path, var, arr: np.ndarray) -> jax.Array:
-        arr = np.asarray(arr, dtype=var.value.dtype)
+        arr = np.asarray(arr, dtype=var.get_value().dtype)
         return jax.make_array_from_callback(arr.shape, shard_of[path], lambda idx: arr[idx])
 
     return place
