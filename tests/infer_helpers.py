@@ -31,11 +31,21 @@ def hf_greedy(model, prompts: list[list[int]], max_new: int, penalty: float, eos
     kw = {} if eos is None else {"eos_token_id": eos}
     with torch.no_grad():
         out = model.generate(
-            ids, attention_mask=mask, do_sample=False, repetition_penalty=penalty, max_new_tokens=max_new,
-            pad_token_id=pad_id, top_k=None, top_p=None, temperature=None, **kw,
+            ids,
+            attention_mask=mask,
+            do_sample=False,
+            repetition_penalty=penalty,
+            max_new_tokens=max_new,
+            pad_token_id=pad_id,
+            top_k=None,
+            top_p=None,
+            temperature=None,
+            **kw,
         )
     res = []
-    stop = set(eos if isinstance(eos, list) else [eos] if eos is not None else [model.generation_config.eos_token_id])
+    stop = set(
+        eos if isinstance(eos, list) else [eos] if eos is not None else [model.generation_config.eos_token_id]
+    )
     for row in out[:, width:].tolist():
         for k, t in enumerate(row):
             if t in stop:

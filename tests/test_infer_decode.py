@@ -12,7 +12,9 @@ from infer.decode import DecodeParams, bucket
 from infer.engine import Engine
 from tests.infer_helpers import eval_prompts, hf_greedy
 
-PROMPTS = eval_prompts({"en": [0, 4, 9], "fr": [1, 7, 20], "pt": [2, 11], "ru": [3, 15, 30]})  # 11, mixed lengths
+PROMPTS = eval_prompts(
+    {"en": [0, 4, 9], "fr": [1, 7, 20], "pt": [2, 11], "ru": [3, 15, 30]}
+)  # 11, mixed lengths
 N = 16
 
 
@@ -75,7 +77,9 @@ def test_stop_strings_cut_text_and_end_row(engine, prompt_ids):
     text = base[0].text
     stop = text[len(text) // 3 : len(text) // 3 + 4]
     assert stop.strip()
-    got = engine.generate_ids(prompt_ids[:3], DecodeParams(max_new_tokens=24, repetition_penalty=1.1, stop=(stop,)))
+    got = engine.generate_ids(
+        prompt_ids[:3], DecodeParams(max_new_tokens=24, repetition_penalty=1.1, stop=(stop,))
+    )
     assert got[0].text == text[: text.index(stop)]
     assert got[0].finish_reason == "stop" and got[0].response_tokens < base[0].response_tokens
     assert got[0].ids == base[0].ids[: got[0].response_tokens]

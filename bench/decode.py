@@ -1,0 +1,153 @@
+"""Decode throughput: xlit's jitted decode loop vs transformers `generate`, same prompts, same tokens.
+
+  python -m bench.decode [--model=embedded --batch_sizes=1,16 --max_new_tokens=32 --runs=5 --json_out=FILE]
+
+Greedy decoding with repetition penalty on English evaluation prompts. Per batch size: one warm-up
+(reported as compile time for xlit), then the median of `--runs` timed runs of the whole generate call
+(prefill included) for each side; tokens/s counts generated tokens (up to EOS). The generated ids of the
+two sides are asserted identical. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "embedded", "Model directory or 'embedded' (SmolLM2-135M-Instruct).")
+flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes to measure.")
+flags.DEFINE_integer("max_new_tokens", 32, "New tokens per prompt.")
+flags.DEFINE_float("repetition_penalty", 1.1, "HF repetition penalty.")
+flags.DEFINE_integer("runs", 5, "Timed runs per side and batch size (median reported).")
+flags.DEFINE_string(
+    "prompts", "data/eval/alpacaeval_test_subset.en.jsonl", "Chat prompts, one list per line."
+)
+flags.DEFINE_string("json_out", None, "Write the results as JSON here.")
+
+
+def hf_generate(
+    model, prompts: list[list[int]], max_new: int, penalty: float, eos: set[int]
+) -> list[list[int]]:
+    import torch
+
+    width = max(len(p) for p in prompts)
+    pad = 0  # not EOS: HF's repetition penalty also sees the pad ids of left-padded rows
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=mask,
+            do_sample=False,
+            repetition_penalty=penalty,
+            max_new_tokens=max_new,
+            pad_token_id=pad,
+            eos_token_id=sorted(eos),
+            top_k=None,
+            top_p=None,
+            temperature=None,
+        )
+    rows = []
+    for row in out[:, width:].tolist():
+        cut = next((k for k, t in enumerate(row) if t in eos), None)
+        rows.append(row if cut is None else row[: cut + 1])
+    return rows
+
+
+def timed(fn, runs: int) -> tuple[float, list[float], object]:
+    times, result = [], None
+    for _ in range(runs):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times, result
+
+
+def run(argv_unused: list[str]) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from infer.decode import DecodeParams
+    from infer.engine import Engine, resolve_model_dir
+
+    model_dir = resolve_model_dir(FLAGS.model)
+    lines = Path(FLAGS.prompts).read_text(encoding="utf-8").splitlines()
+    sizes = [int(b) for b in FLAGS.batch_sizes]
+    engine = Engine.from_path(model_dir, max_batch=max(sizes))
+    prompts = [engine.encode(json.loads(x)) for x in lines[: max(sizes)]]
+    hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    eos = set(engine.eos_ids)
+    params = DecodeParams(max_new_tokens=FLAGS.max_new_tokens, repetition_penalty=FLAGS.repetition_penalty)
+    rows = []
+    for b in sizes:
+        batch = prompts[:b]
+        t = time.perf_counter()
+        ours = engine.generate_ids(batch, params)  # warm-up: compiles this bucket
+        compile_s = time.perf_counter() - t
+        ours_s, ours_all, ours = timed(lambda batch=batch: engine.generate_ids(batch, params), FLAGS.runs)
+        hf_generate(hf, batch, FLAGS.max_new_tokens, FLAGS.repetition_penalty, eos)  # warm-up
+        hf_s, hf_all, ref = timed(
+            lambda batch=batch: hf_generate(hf, batch, FLAGS.max_new_tokens, FLAGS.repetition_penalty, eos),
+            FLAGS.runs,
+        )
+        ours_ids = [r.ids for r in ours]
+        mismatch = [i for i, (a, r) in enumerate(zip(ours_ids, ref, strict=True)) if a != r]
+        assert not mismatch, f"batch {b}: generated ids differ from transformers on rows {mismatch}"
+        tokens = sum(len(r) for r in ours_ids)
+        rows.append(
+            {
+                "batch": b,
+                "new_tokens": tokens,
+                "max_new_tokens": FLAGS.max_new_tokens,
+                "prompt_tokens": [len(p) for p in batch],
+                "xlit_s": ours_s,
+                "xlit_tok_s": tokens / ours_s,
+                "xlit_runs_s": ours_all,
+                "xlit_first_call_s": compile_s,
+                "hf_s": hf_s,
+                "hf_tok_s": tokens / hf_s,
+                "hf_runs_s": hf_all,
+                "speedup": hf_s / ours_s,
+                "identical_tokens": True,
+            }
+        )
+    print(
+        f"\ndecode benchmark: {model_dir.name}, greedy, repetition_penalty {FLAGS.repetition_penalty}, "
+        f"max_new_tokens {FLAGS.max_new_tokens}, median of {FLAGS.runs} runs (prefill included)"
+    )
+    print(
+        f"{'batch':>5} {'tokens':>6} {'xlit tok/s':>11} {'HF tok/s':>9} {'ratio':>6} {'xlit 1st call s':>16}"
+    )
+    for r in rows:
+        print(
+            f"{r['batch']:>5} {r['new_tokens']:>6} {r['xlit_tok_s']:>11.1f} {r['hf_tok_s']:>9.1f} "
+            f"{r['speedup']:>5.2f}x {r['xlit_first_call_s']:>16.1f}"
+        )
+    report = {
+        "model": str(model_dir),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg": os.getloadavg(),
+        "results": rows,
+    }
+    if FLAGS.json_out:
+        Path(FLAGS.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(FLAGS.json_out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
+    return 0
+
+
+def main() -> None:
+    app.run(lambda argv: sys.exit(run(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The OpenAI-compatible server, as a real `python -m infer.server` process, through the official client."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "test-key"
+MSG = [{"role": "user", "content": "Name a colour."}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_hf_dir):
+    port = free_port()
+    log = open(Path(tiny_hf_dir).parent / f"server-{port}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infer.server",
+            f"--model={tiny_hf_dir}",
+            f"--port={port}",
+            f"--api_key={KEY}",
+            "--served_model_name=tiny",
+            "--max_batch=8",
+            "--batch_wait_ms=50",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120)
+    deadline = time.time() + 120
+    while True:
+        try:
+            client.models.list()
+            break
+        except openai.APIConnectionError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"server did not start: {Path(log.name).read_text()[-2000:]}") from None
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server, api_key=KEY, max_retries=0, timeout=120)
+
+
+def chat(client, content: str, **kw) -> str:
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": content}], **kw)
+    return r.choices[0].message.content
+
+
+def test_models_and_chat(client):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=8, temperature=0)
+    assert r.object == "chat.completion" and r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens <= 8 and r.usage.prompt_tokens > 0
+    assert isinstance(r.choices[0].message.content, str) and r.choices[0].message.role == "assistant"
+
+
+def test_streaming_equals_non_streaming(client):
+    full = chat(client, "Name a colour.", max_tokens=8)
+    chunks = list(client.chat.completions.create(model="tiny", messages=MSG, max_tokens=8, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    comp = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=8)
+    streamed = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == comp.choices[0].text
+
+
+def test_json_object_always_parses(client):
+    def one(i: int) -> str:
+        return chat(
+            client,
+            f"Describe item {i} as a JSON object.",
+            max_tokens=12,
+            temperature=0.8 * (i % 2),
+            seed=i,
+            response_format={"type": "json_object"},
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(one, range(20)))
+    for text in outs:
+        assert isinstance(json.loads(text), dict), text
+
+
+def test_concurrent_clients_get_their_own_answers(client):
+    # different prompts and budgets per client, so a mixed-up answer would show
+    jobs = [
+        (f"Tell me fact number {i} about {w}.", 3 + i)
+        for i, w in enumerate("sun sea ice sand oak fox owl elk".split())
+    ]
+    sequential = [chat(client, p, max_tokens=n) for p, n in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lambda job: chat(client, job[0], max_tokens=job[1]), jobs))
+    assert concurrent == sequential
+    assert len(set(sequential)) == 8
+
+
+def test_errors_400_401_404(server, client):
+    cases = [
+        (dict(model="nope", messages=MSG), openai.NotFoundError),
+        (dict(model="tiny", messages=[]), openai.BadRequestError),
+        (dict(model="tiny", messages=[{"role": "wizard", "content": "x"}]), openai.BadRequestError),
+        (dict(model="tiny", messages=MSG, n=2), openai.BadRequestError),
+        (dict(model="tiny", messages=MSG, temperature=5), openai.BadRequestError),
+        (dict(model="tiny", messages=MSG, response_format={"type": "json_schema"}), openai.BadRequestError),
+    ]
+    for kw, err in cases:
+        with pytest.raises(err) as e:
+            client.chat.completions.create(**kw)
+        assert e.value.body and e.value.body.get("message")
+    for key in ("wrong", ""):
+        bad = openai.OpenAI(base_url=server, api_key=key or "x", max_retries=0)
+        if not key:
+            bad._client.headers.pop("Authorization", None)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+    with pytest.raises(openai.NotFoundError):
+        client.get("/nowhere", cast_to=object)
