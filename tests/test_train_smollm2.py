@@ -1,13 +1,12 @@
 """Real weights: SmolLM2-135M, LoRA and full fine-tuning on the shipped Dolly subset lower the training loss.
 
 Kept small for a 2-core CPU (a 135M step costs ~6·135M FLOPs per token): batches of one 96-token row,
-6 steps cycling over the first 2 batches of the stream; the loss on those batches must fall.
+5 steps alternating over the first 2 batches of the stream; the loss on each must fall.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,9 +17,8 @@ from tests.test_train_util import override
 from train.data import Loader, read_corpus
 from train.optim import make_optimizer
 from train.state import build_state, jit_train_step, put_batch, tokenizer_dir
-from train.step import token_nll
 
-STEPS, SEQ, N_BATCHES = 6, 96, 2
+STEPS, SEQ = 5, 96
 
 
 @pytest.mark.parametrize("variant,lr", [("lora", 3e-4), ("ft", 3e-5)])
@@ -32,22 +30,16 @@ def test_smollm2_training_lowers_loss(smollm2_dir, variant, lr):
     tok = ChatTokenizer(tokenizer_dir(cfg))
     corpus = read_corpus(cfg.data.paths, "dolly")
     loader = Loader(corpus, tok.encode_chat, seq_len=SEQ, rows=1, grad_accum=1, seed=0)
-    batches = [loader.next_batch() for _ in range(N_BATCHES)]
+    batches = [loader.next_batch() for _ in range(2)]
     mesh = make_mesh(1, -1, 1, devices=jax.devices()[:1])
     tx, sched = make_optimizer(cfg.optimizer, STEPS)
+    losses = []
     with jax.set_mesh(mesh):
         built = build_state(cfg, mesh, tx)
-        loss_fn = jax.jit(lambda s, b: jnp.divide(*token_nll(built.graphdef, s["params"], s["frozen"], b)))
-
-        def mean_loss(state):
-            return float(
-                np.mean([loss_fn(state, {k: v[0] for k, v in put_batch(b, mesh).items()}) for b in batches])
-            )
-
-        before = mean_loss(built.state)
         step = jit_train_step(built, tx, sched)
         state = built.state
-        for i in range(STEPS):
-            state, m = step(state, put_batch(batches[i % N_BATCHES], mesh))
-        after = mean_loss(state)
-    assert np.isfinite(before) and after < before - 0.05, (before, after)
+        for i in range(STEPS):  # batches 0, 1, 0, 1, 0: the loss is measured before each update
+            state, m = step(state, put_batch(batches[i % 2], mesh))
+            losses.append(float(m["loss"]))
+    assert all(np.isfinite(losses)), losses
+    assert losses[4] < losses[0] - 0.05 and losses[3] < losses[1] - 0.05, losses

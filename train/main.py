@@ -201,6 +201,12 @@ def run(cfg: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None =
         stats = {**corpus.stats, **loader.state["stats"]}
         export_dir = workdir / "export"
         if cfg.export.enabled:
+            if jax.process_count() > 1:  # every process joins the gather; process 0 writes
+                from jax.experimental import multihost_utils
+
+                state = {
+                    k: multihost_utils.process_allgather(state[k], tiled=True) for k in ("params", "frozen")
+                }
             model = merged_model(built, state)
             if jax.process_index() == 0:
                 export_hf(model, export_dir, tokenizer_dir=tok_dir, torch_dtype=cfg.export.dtype)
