@@ -156,6 +156,6 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
             tuple(f"{lang}={SHIPPED_DOLLY}" for lang in langs) if len(langs) > 1 else (SHIPPED_DOLLY,)
         )
     c.train.steps = 2
-    c.checkpoint.save_every = 1
+    c.checkpoint.save_every = 2
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
     c.export.dtype = "float32"
