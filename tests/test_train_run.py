@@ -16,16 +16,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.test_train_util import enable_compile_cache, tiny_config
+from tests.test_train_util import tiny_config
 from train.main import ConfigError, is_finished, run, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("__init__", "common"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache():
-    enable_compile_cache()
 
 
 def test_all_paper_configs_are_shipped():

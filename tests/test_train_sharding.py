@@ -16,7 +16,7 @@ SCRIPT = r"""
 import jax, numpy as np
 assert jax.device_count() == 8, jax.devices()
 from models.sharding import make_mesh
-from tests.test_train_util import tiny_config
+from tests.test_train_util import tiny_config  # also turns on the persistent compile cache
 from train.optim import make_optimizer
 from train.state import build_state, jit_train_step, put_batch
 

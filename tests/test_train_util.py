@@ -20,6 +20,9 @@ def enable_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+enable_compile_cache()
+
+
 def override(c: ConfigDict, **kw: Any) -> ConfigDict:
     """override(c, **{"train.steps": 3}) sets dotted keys."""
     for k, v in kw.items():
