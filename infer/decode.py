@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.modules import forward, init_cache
+from models.config import LlamaConfig
+from models.modules import _layer, init_cache, rms_norm
 
 _MASKED = -1e30
 FINISH_RUNNING, FINISH_STOP, FINISH_LENGTH = 0, 1, 2
@@ -126,14 +127,74 @@ def pick_tokens(logits: jax.Array, row: RowParams, n_gen: jax.Array) -> jax.Arra
     return jax.lax.cond(jnp.any(row.temperature > 0), sample, lambda: greedy)
 
 
-def _prefill(graphdef, params, tokens, mask, *, cache_len: int, out_len: int) -> DecodeState:
-    model = nnx.merge(graphdef, params)
+def unstack_params(model: nnx.Module) -> dict[str, Any]:
+    """The model's weights with the layer axis split into a list (one dict per layer)."""
+    n = model.cfg.num_layers
+    layers = {k: v[...] for k, v in model.layers.items()}
+    lora = {k: v[...] for k, v in model.lora.items()}
+    return {
+        "embed": model.embed[...],
+        "final_norm": model.final_norm[...],
+        "lm_head": None if model.lm_head is None else model.lm_head[...],
+        "layers": [{k: v[i] for k, v in layers.items()} for i in range(n)],
+        "lora": [{k: v[i] for k, v in lora.items()} for i in range(n)],
+    }
+
+
+def forward_unrolled(
+    cfg: LlamaConfig,
+    lora_scale: float,
+    p: dict[str, Any],
+    tokens,
+    positions,
+    segment_ids,
+    cache,
+    last_only: bool = False,
+):
+    """`models.modules.forward` with a cache, layers unrolled over per-layer weights.
+
+    The same blocks (`models.modules._layer`) in the same order, so the numbers are the same; unrolling
+    avoids slicing each layer's weights out of the stacked arrays at every step (a copy of all weights per
+    decode step on CPU, which halves batch-1 speed).
+    """
+    dt = cfg.compute_dtype
+    x = jnp.take(p["embed"], tokens, axis=0).astype(dt)
+    segment_ids = segment_ids.astype(jnp.int32)
+    index = cache["index"]
+    k_seg = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, index))
+    kc, vc = cache["k"], cache["v"]
+    for i in range(cfg.num_layers):
+        x, (kc, vc) = _layer(
+            cfg,
+            lora_scale,
+            x,
+            p["layers"][i],
+            p["lora"][i],
+            positions,
+            segment_ids,
+            k_seg,
+            (kc, vc, i),
+            index,
+        )
+    if last_only:
+        x = x[:, -1:]
+    x = rms_norm(x, p["final_norm"].astype(dt), cfg.rms_norm_eps)
+    if p["lm_head"] is None:
+        logits = jnp.einsum("btd,vd->btv", x, p["embed"].astype(dt), preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum("btd,dv->btv", x, p["lm_head"].astype(dt), preferred_element_type=jnp.float32)
+    new_cache = {"k": kc, "v": vc, "segment_ids": k_seg, "index": index + tokens.shape[1]}
+    return logits, new_cache
+
+
+def _prefill(model_info, params, tokens, mask, *, cache_len: int, out_len: int) -> DecodeState:
+    cfg, lora_scale = model_info
     b, _ = tokens.shape
-    vocab = model.cfg.vocab_size
+    vocab = cfg.vocab_size
     mask = mask.astype(jnp.int32)
     positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
-    cache = init_cache(model.cfg, b, cache_len)
-    logits, cache = forward(model, tokens, positions, mask, cache, last_only=True)
+    cache = init_cache(cfg, b, cache_len)
+    logits, cache = forward_unrolled(cfg, lora_scale, params, tokens, positions, mask, cache, last_only=True)
     rows = jnp.arange(b)[:, None]
     seen = jnp.zeros((b, vocab), bool).at[rows, jnp.where(mask > 0, tokens, vocab)].set(True, mode="drop")
     return DecodeState(
@@ -148,8 +209,8 @@ def _prefill(graphdef, params, tokens, mask, *, cache_len: int, out_len: int) ->
     )
 
 
-def _decode(graphdef, params, state: DecodeState, row: RowParams, eos_ids, steps, allowed, *, pad_id: int):
-    model = nnx.merge(graphdef, params)
+def _decode(model_info, params, state: DecodeState, row: RowParams, eos_ids, steps, allowed, *, pad_id: int):
+    cfg, lora_scale = model_info
     b = state.out.shape[0]
     rows = jnp.arange(b)
     limit = jnp.minimum(state.step + steps, state.out.shape[1])
@@ -173,7 +234,8 @@ def _decode(graphdef, params, state: DecodeState, row: RowParams, eos_ids, steps
         )
         seen = s.seen.at[rows, tok].set(True)
         positions = (s.prompt_len + s.n_gen)[:, None]
-        logits, cache = forward(model, tok[:, None], positions, jnp.ones((b, 1), jnp.int32), s.cache)
+        ones = jnp.ones((b, 1), jnp.int32)
+        logits, cache = forward_unrolled(cfg, lora_scale, params, tok[:, None], positions, ones, s.cache)
         return DecodeState(cache, logits[:, 0], seen, out, n_gen, finish, s.prompt_len, s.step + 1)
 
     return jax.lax.while_loop(cond, body, state)
@@ -184,11 +246,13 @@ decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("pad_id",), 
 
 
 class Decoder:
-    """A model split into (graphdef, params) plus the jitted prefill/decode programs for it."""
+    """A model's weights (layers unstacked) plus the jitted prefill/decode programs for it."""
 
     def __init__(self, model: nnx.Module, eos_ids: list[int], pad_id: int):
-        self.graphdef, self.params = nnx.split(model)
         self.cfg = model.cfg
+        lora_scale = model.lora_cfg.scale if model.lora_cfg is not None else 0.0
+        self.graphdef = (model.cfg, lora_scale)  # static part of the jitted programs
+        self.params = unstack_params(model)
         self.eos_ids = jnp.asarray(sorted(set(eos_ids)) or [-1], jnp.int32)
         self.pad_id = int(pad_id)
 
