@@ -120,3 +120,49 @@ def test_smollm2_real_weights_parity(smollm2_dir):
     real = mask.astype(bool)
     np.testing.assert_allclose(got[real], ref[real], rtol=1e-3, atol=1e-3)
     assert (got.argmax(-1)[real] == ref.argmax(-1)[real]).all()
+
+
+def test_converted_smollm2_greedy_continuation_matches_transformers(smollm2_dir):
+    """The directory `make setup` made with models.convert from the GGUF: same greedy tokens in both stacks."""
+    import jax
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    tok.padding_side = "left"
+    hm = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
+    ours = load_model(smollm2_dir)
+    graphdef, state = nnx.split(ours)
+
+    @jax.jit
+    def step(state, toks, pos, seg, cache):
+        return nnx.merge(graphdef, state)(toks, pos, seg, cache)
+
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in list(PROMPTS.values())[:3]
+    ]
+    enc = tok(texts, return_tensors="np", padding=True, add_special_tokens=False)
+    toks, mask = enc["input_ids"], enc["attention_mask"]
+    new = 12
+    with torch.no_grad():
+        ref = hm.generate(
+            torch.tensor(toks), attention_mask=torch.tensor(mask), max_new_tokens=new, do_sample=False
+        )[:, toks.shape[1] :].numpy()
+    pos = np.maximum(mask.cumsum(-1) - 1, 0)
+    cache = init_cache(ours.cfg, 3, toks.shape[1] + new)
+    logits, cache = step(state, jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(mask), cache)
+    last_pos, got = pos[:, -1], []
+    for _ in range(new):
+        nxt = np.asarray(jnp.argmax(logits[:, -1], axis=-1))
+        got.append(nxt)
+        last_pos = last_pos + 1
+        logits, cache = step(
+            state,
+            jnp.asarray(nxt[:, None]),
+            jnp.asarray(last_pos[:, None]),
+            jnp.ones((3, 1), jnp.int32),
+            cache,
+        )
+    got = np.stack(got, axis=1)
+    for row in range(3):  # HF pads finished rows with pad (= EOS) tokens; compare up to the first EOS
+        n = next((i + 1 for i, t in enumerate(ref[row]) if t == tok.eos_token_id), new)
+        assert got[row, :n].tolist() == ref[row, :n].tolist(), (tok.decode(got[row]), tok.decode(ref[row]))
