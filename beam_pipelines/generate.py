@@ -1,0 +1,212 @@
+r"""Generation pipeline: `RunInference` around our JAX engine (the Beam version of `python -m infer.main`).
+
+  python -m beam_pipelines.generate --model=DIR --eval=paper|modifiers --langs=en,fr,pt,ru \
+      --output=out/gen [--max_new_tokens=512 --repetition_penalty=1.1 --batch_size=16] [--overwrite]
+  python -m beam_pipelines.generate --model=DIR --input='prompts/*.parquet' --output=out/gen
+
+Rows: the evaluation set (`--eval`) or any Parquet with INSTRUCTION_SCHEMA's id and messages (`--input`).
+Output: `PREFIX-SSSSS-of-NNNNN.parquet` with the input columns + GENERATION_SCHEMA + error, the same
+records `infer.main` writes for the same rows and decoding flags; `PREFIX.SUCCESS` when complete.
+Unknown flags are Beam pipeline options (`--runner`, `--direct_running_mode`, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+
+from beam_pipelines.io import Output, check_files, metric_totals, pipeline_options, read_parquet
+from beam_pipelines.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA, SchemaError
+
+NS = "xlit.generate"
+GEN_FIELDS = [*GENERATION_SCHEMA, pa.field("error", pa.string())]
+
+
+class EngineHandler(ModelHandler[dict, PredictionResult, Any]):
+    """`infer.engine.Engine`, loaded once per worker process (RunInference shares it between threads)."""
+
+    def __init__(
+        self,
+        model: str,
+        params: Any,
+        *,
+        dtype: str = "float32",
+        template: str = "model",
+        batch_size: int = 16,
+    ):
+        super().__init__()
+        self.model_path = model
+        self.params = params
+        self.dtype = dtype
+        self.template = template
+        self.batch_size = batch_size
+
+    def load_model(self) -> Any:
+        from infer.engine import Engine
+
+        return Engine.from_path(
+            self.model_path, dtype=self.dtype, template=self.template, max_batch=self.batch_size
+        )
+
+    def run_inference(
+        self, batch: Sequence[dict], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterator[PredictionResult]:
+        results = model.generate([r["messages"] for r in batch], self.params)
+        for row, res in zip(batch, results, strict=True):
+            yield PredictionResult(row, {**res.__dict__, "model_name": model.name})
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": self.batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return False
+
+
+class ToRecord(beam.DoFn):
+    """PredictionResult → the record infer.main writes."""
+
+    def __init__(self, model_name: str | None, decoding_json: str):
+        self.model_name = model_name
+        self.decoding_json = decoding_json
+        self.items = Metrics.counter(NS, "items")
+        self.failures = Metrics.counter(NS, "failures")
+        self.tokens = Metrics.counter(NS, "response_tokens")
+
+    def process(self, pred: PredictionResult) -> Iterator[dict[str, Any]]:
+        res = pred.inference
+        self.items.inc()
+        self.tokens.inc(res["response_tokens"])
+        if res["error"]:
+            self.failures.inc()
+        yield {
+            **pred.example,
+            "response": res["text"],
+            "prompt_tokens": res["prompt_tokens"],
+            "response_tokens": res["response_tokens"],
+            "finish_reason": res["finish_reason"],
+            "model": self.model_name or res["model_name"],
+            "decoding": self.decoding_json,
+            "error": res["error"],
+        }
+
+
+def eval_rows(eval_set: str, langs: Sequence[str]) -> list[dict[str, Any]]:
+    from evalsuite import data
+
+    load = data.load_eval if eval_set == "paper" else data.load_modifiers
+    return [r.to_row() for lang in langs for r in load(lang)]
+
+
+def output_schema(input_schema: pa.Schema) -> pa.Schema:
+    names = {f.name for f in GEN_FIELDS}
+    return pa.schema([f for f in input_schema if f.name not in names] + GEN_FIELDS)
+
+
+def decoding_json(params: Any, template: str, dtype: str) -> str:
+    decoding = json.loads(params.to_json())
+    decoding.update(template=template, dtype=dtype)
+    return json.dumps(decoding, sort_keys=True)
+
+
+def build(
+    p: beam.Pipeline,
+    out: Output,
+    handler: EngineHandler,
+    *,
+    rows: list[dict[str, Any]] | None = None,
+    input_pattern: str | None = None,
+    model_name: str | None = None,
+) -> beam.PCollection:
+    """Adds the generation transforms; rows come from `rows` (in memory) or Parquet `input_pattern`."""
+    if input_pattern:
+        schema = output_schema(check_files(input_pattern, INSTRUCTION_SCHEMA, ("id", "messages")))
+        src = read_parquet(p, "ReadInstructions", input_pattern)
+    else:
+        schema = output_schema(INSTRUCTION_SCHEMA)
+        src = p | "EvalInstructions" >> beam.Create(rows or [])
+    gen = (
+        src
+        | "Generate" >> RunInference(handler)
+        | "ToRecords"
+        >> beam.ParDo(ToRecord(model_name, decoding_json(handler.params, handler.template, handler.dtype)))
+    )
+    out.write(gen, "WriteGenerations", schema)
+    return gen
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--model", required=True, help="HF directory, training workdir, .gguf or 'embedded'.")
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--eval", choices=["paper", "modifiers"])
+    src.add_argument("--input", help="Parquet glob with id and messages (INSTRUCTION_SCHEMA).")
+    a.add_argument("--langs", default="en,fr,pt,ru")
+    a.add_argument("--output", required=True)
+    a.add_argument("--overwrite", action="store_true")
+    a.add_argument("--max_new_tokens", type=int, default=512)
+    a.add_argument("--repetition_penalty", type=float, default=1.1)
+    a.add_argument("--temperature", type=float, default=0.0)
+    a.add_argument("--top_p", type=float, default=1.0)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--stop", action="append", default=[])
+    a.add_argument("--batch_size", type=int, default=16)
+    a.add_argument("--template", default="model")
+    a.add_argument("--dtype", default="float32")
+    a.add_argument("--model_name", default=None)
+    return a.parse_known_args(list(argv))
+
+
+def run(argv: Sequence[str]) -> dict:
+    from infer.decode import DecodeParams
+
+    args, beam_args = parse_args(argv)
+    out = Output(args.output)
+    if out.complete() and not args.overwrite:
+        print(f"{args.output}: complete output exists ({out.marker}); --overwrite to recompute")
+        return {"skipped": True}
+    params = DecodeParams(
+        max_new_tokens=args.max_new_tokens,
+        repetition_penalty=args.repetition_penalty,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+    handler = EngineHandler(
+        args.model, params, dtype=args.dtype, template=args.template, batch_size=args.batch_size
+    )
+    rows = eval_rows(args.eval, args.langs.split(",")) if args.eval else None
+    t0 = time.perf_counter()
+    p = beam.Pipeline(options=pipeline_options(beam_args))
+    build(p, out, handler, rows=rows, input_pattern=args.input, model_name=args.model_name)
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except BaseException:
+        out.abandon()
+        raise
+    summary = {"counters": metric_totals(result, NS), "seconds": round(time.perf_counter() - t0, 2)}
+    summary["files"] = out.commit(summary)
+    return summary
+
+
+def main() -> None:
+    try:
+        summary = run(sys.argv[1:])
+    except (SchemaError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
