@@ -22,7 +22,7 @@ from models.config import UnsupportedModelError, from_hf_config
 from models.lora import LoRAConfig, LoRAParam, merge_lora
 from models.sharding import make_mesh, state_shardings
 from tests.conftest import make_tiny_hf
-from tests.test_models_parity import hf_logits, padded_batch
+from tests.test_models_parity import hf_logits, padded_batch, run
 
 VOCAB = 320
 
@@ -33,7 +33,7 @@ def small_hf(tmp_path):
 
 
 def _logits(model, toks, mask, pos):
-    return np.asarray(model(jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(mask))[0])
+    return np.asarray(run(model, toks, pos, mask)[0])
 
 
 def test_export_round_trip_reloads_in_transformers(small_hf, tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -34,6 +37,17 @@ def padded_batch(lengths: list[int], total: int, vocab: int, seed: int = 0):
     return toks, mask, pos
 
 
+@functools.cache
+def _jitted(graphdef):
+    return jax.jit(lambda state, *a: nnx.merge(graphdef, state)(*a))
+
+
+def run(model, toks, pos, seg, cache=None):
+    """model(...) under jit (eager nnx calls re-trace the layer scan on every call)."""
+    graphdef, state = nnx.split(model)
+    return _jitted(graphdef)(state, jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(seg), cache)
+
+
 def hf_logits(hm, toks, mask, pos) -> np.ndarray:
     with torch.no_grad():
         out = hm(
@@ -63,7 +77,7 @@ def test_tiny_random_parity_padded(tmp_path, heads, kv_heads, tied):
     assert ours.cfg.tie_embeddings == tied and ours.cfg.num_kv_heads == kv_heads
     toks, mask, pos = padded_batch([9, 5, 1], 9, 320)
     ref = hf_logits(hm, toks, mask, pos)
-    got = np.asarray(ours(jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(mask))[0])
+    got = np.asarray(run(ours, toks, pos, mask)[0])
     real = mask.astype(bool)
     np.testing.assert_allclose(got[real], ref[real], rtol=1e-4, atol=1e-5)
 
@@ -72,7 +86,7 @@ def test_kv_cache_prefill_then_steps_equals_full_forward():
     cfg = preset("tiny")
     model = Llama(cfg, rngs=nnx.Rngs(3))
     toks, mask, pos = padded_batch([12, 7], 12, cfg.vocab_size, seed=1)
-    full = np.asarray(model(jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(mask))[0])
+    full = np.asarray(run(model, toks, pos, mask)[0])
     cache = init_cache(cfg, 2, 16)
     split = 6
     logits, cache = model(
@@ -98,8 +112,8 @@ def test_packed_segments_do_not_attend_across_examples():
     packed = np.concatenate([a, b])[None]
     seg = np.array([[1] * 5 + [2] * 6])
     pos = np.array([list(range(5)) + list(range(6))])
-    got = np.asarray(model(jnp.asarray(packed), jnp.asarray(pos), jnp.asarray(seg))[0])
-    alone_b = np.asarray(model(jnp.asarray(b[None]), jnp.arange(6)[None], jnp.ones((1, 6), jnp.int32))[0])
+    got = np.asarray(run(model, packed, pos, seg)[0])
+    alone_b = np.asarray(run(model, b[None], np.arange(6)[None], np.ones((1, 6), np.int32))[0])
     np.testing.assert_allclose(got[0, 5:], alone_b[0], rtol=1e-5, atol=1e-6)
 
 
@@ -116,7 +130,7 @@ def test_smollm2_real_weights_parity(smollm2_dir):
     toks, mask = enc["input_ids"], enc["attention_mask"]
     pos = np.maximum(mask.cumsum(-1) - 1, 0)
     ref = hf_logits(hm, toks, mask, pos)
-    got = np.asarray(ours(jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(mask))[0])
+    got = np.asarray(run(ours, toks, pos, mask)[0])
     real = mask.astype(bool)
     np.testing.assert_allclose(got[real], ref[real], rtol=1e-3, atol=1e-3)
     assert (got.argmax(-1)[real] == ref.argmax(-1)[real]).all()
@@ -124,8 +138,6 @@ def test_smollm2_real_weights_parity(smollm2_dir):
 
 def test_converted_smollm2_greedy_continuation_matches_transformers(smollm2_dir):
     """The directory `make setup` made with models.convert from the GGUF: same greedy tokens in both stacks."""
-    import jax
-
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     tok.padding_side = "left"
     hm = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
