@@ -72,13 +72,16 @@ class Output:
     def staged_prefix(self, name: str = "") -> str:
         return posixpath.join(self.staging, posixpath.basename(self.prefix) + name)
 
-    def write(self, pcoll: beam.PCollection, label: str, schema: pa.Schema, name: str = "") -> None:
+    def write(
+        self, pcoll: beam.PCollection, label: str, schema: pa.Schema, name: str = "", num_shards: int = 0
+    ) -> None:
         """Writes `pcoll` (dicts) as Parquet shards `PREFIX{name}-SSSSS-of-NNNNN.parquet` (staged)."""
         _ = pcoll | label >> beam.io.WriteToParquet(
             self.staged_prefix(name),
             schema,
             file_name_suffix=".parquet",
             shard_name_template=SHARDS,
+            num_shards=num_shards,
         )
 
     def commit(self, summary: dict) -> list[str]:
