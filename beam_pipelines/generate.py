@@ -65,7 +65,8 @@ class EngineHandler(ModelHandler[dict, PredictionResult, Any]):
             yield PredictionResult(row, {**res.__dict__, "model_name": model.name})
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": self.batch_size}
+        # full batches: every new batch shape is a new XLA compilation
+        return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size}
 
     def share_model_across_processes(self) -> bool:
         return False

@@ -65,7 +65,9 @@ def by_id(rows: list[dict]) -> list[dict]:
 
 
 def test_scores_equal_evalsuite_and_dead_letters(gens: Path, tmp_path: Path) -> None:
-    with FakeOpenAIServer(seed=3, fault_rate=0.3, hang_s=0.5) as srv:
+    with FakeOpenAIServer(
+        seed=3, fault_rate=0.3, fault_kinds=("429", "500", "garbage_body", "garbage_text")
+    ) as srv:
         cfg = LLMConfig(
             judge=f"openai:gpt-3.5-turbo-0125@{srv.base_url}",
             relevance=f"openai:llama-2-7b-chat@{srv.base_url}",
