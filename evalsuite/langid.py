@@ -57,16 +57,29 @@ class LangId:
         text = _URL.sub(" ", _CODE_BLOCK.sub(" ", text))
         out = []
         for s in _SENT_SPLIT.split(text):
-            if sum(ch.isalpha() for ch in s) >= min_chars:
+            if sum(map(str.isalpha, s)) >= min_chars:
                 out.append(s.strip())
         return out
 
-    def code_switch_rate(self, text: str, expected: str, min_chars: int = 20) -> float | None:
-        """Share of sentences (>= min_chars letters) labelled as a language other than `expected`."""
+    def code_switch_rate(
+        self, text: str, expected: str, min_chars: int = 20, known: tuple[str, str | None] | None = None
+    ) -> float | None:
+        """Share of sentences (>= min_chars letters) labelled as a language other than `expected`.
+
+        known: (text, label) already predicted by the caller (the whole response); a sentence equal to that
+        text after whitespace flattening reuses the label instead of running fastText again.
+        """
         sents = self.sentences(text, min_chars)
         if not sents:
             return None
-        other = sum(1 for s in sents if self.predict(s)[0] != expected)
+        flat_known = " ".join(known[0].split()) if known else None
+
+        def label(s: str) -> str | None:
+            if known is not None and " ".join(s.split()) == flat_known:
+                return known[1]
+            return self.predict(s)[0]
+
+        other = sum(1 for s in sents if label(s) != expected)
         return other / len(sents)
 
 

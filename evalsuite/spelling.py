@@ -56,7 +56,7 @@ def words(text: str) -> list[str]:
     text = text.replace("\u2019", "'")
     out = []
     for chunk in text.split():
-        if any(ch.isdigit() for ch in chunk):
+        if any(map(str.isdigit, chunk)):
             continue
         for w in _WORD.findall(chunk):
             if len(w) >= 2 and w.isupper():

@@ -57,7 +57,9 @@ class SurfaceScorer:
             "lang_pred": pred,
             "lang_prob": prob,
             "lang_correct": pred == expected,
-            "code_switch_rate": self.langid.code_switch_rate(response, expected, self.code_switch_min_chars),
+            "code_switch_rate": self.langid.code_switch_rate(
+                response, expected, self.code_switch_min_chars, known=(response, pred)
+            ),
             "spell_ok_rate": checker.ok_rate(response) if checker else None,
             "modifier_ok": None,
             "modifier_status": None,
