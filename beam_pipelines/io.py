@@ -87,11 +87,7 @@ class Output:
     def commit(self, summary: dict) -> list[str]:
         """Moves the staged files into place (old shards of this prefix removed) and writes the marker."""
         staged = [m.path for r in FileSystems.match([self.staging + "/*"]) for m in r.metadata_list]
-        old = [
-            m.path
-            for r in FileSystems.match([self.prefix + "*.parquet", self.marker])
-            for m in r.metadata_list
-        ]
+        old = self._committed_files()
         if old:
             FileSystems.delete(old)
         dest_dir = posixpath.dirname(self.prefix)
@@ -102,6 +98,14 @@ class Output:
         with FileSystems.create(self.marker) as f:
             f.write(json.dumps({**summary, "files": sorted(dests)}, sort_keys=True).encode())
         return sorted(dests)
+
+    def _committed_files(self) -> list[str]:
+        """The files the previous complete run listed in its marker (only those are replaced)."""
+        if not FileSystems.exists(self.marker):
+            return []
+        with FileSystems.open(self.marker) as f:
+            listed = json.loads(f.read().decode("utf-8")).get("files", [])
+        return [p for p in listed if FileSystems.exists(p)] + [self.marker]
 
     def abandon(self) -> None:
         if FileSystems.exists(self.staging):
