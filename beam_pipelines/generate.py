@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -24,8 +23,15 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from beam_pipelines.io import Output, check_files, metric_totals, pipeline_options, read_parquet
-from beam_pipelines.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA, SchemaError
+from beam_pipelines.io import (
+    Output,
+    check_files,
+    cli_main,
+    pipeline_options,
+    read_parquet,
+    run_and_commit,
+)
+from beam_pipelines.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA
 
 NS = "xlit.generate"
 GEN_FIELDS = [*GENERATION_SCHEMA, pa.field("error", pa.string())]
@@ -189,24 +195,11 @@ def run(argv: Sequence[str]) -> dict:
     t0 = time.perf_counter()
     p = beam.Pipeline(options=pipeline_options(beam_args))
     build(p, out, handler, rows=rows, input_pattern=args.input, model_name=args.model_name)
-    try:
-        result = p.run()
-        result.wait_until_finish()
-    except BaseException:
-        out.abandon()
-        raise
-    summary = {"counters": metric_totals(result, NS), "seconds": round(time.perf_counter() - t0, 2)}
-    summary["files"] = out.commit(summary)
-    return summary
+    return run_and_commit(p, out, NS, t0)
 
 
 def main() -> None:
-    try:
-        summary = run(sys.argv[1:])
-    except (SchemaError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(summary))
+    cli_main(run)
 
 
 if __name__ == "__main__":

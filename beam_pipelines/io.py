@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import posixpath
+import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -142,3 +143,29 @@ def metric_totals(result: beam.runners.runner.PipelineResult, namespace: str) ->
 
 def arrow_fields(schema: pa.Schema, names: Iterable[str]) -> list[pa.Field]:
     return [schema.field(n) for n in names]
+
+
+def run_and_commit(
+    p: beam.Pipeline, out: Output, namespace: str, t0: float, counters: Sequence[str] = ()
+) -> dict:
+    """Runs the pipeline; on success commits `out` and returns the summary, on failure abandons it."""
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except BaseException:
+        out.abandon()
+        raise
+    totals = {k: 0 for k in counters} | metric_totals(result, namespace)
+    summary = {"counters": totals, "seconds": round(time.perf_counter() - t0, 2)}
+    summary["files"] = out.commit(summary)
+    return summary
+
+
+def cli_main(run: Callable[[list[str]], dict]) -> None:
+    """Entry point shared by the pipelines: bad input exits 2 with the message; the summary is printed as JSON."""
+    try:
+        summary = run(sys.argv[1:])
+    except (SchemaError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(summary))

@@ -12,15 +12,20 @@ Unknown flags are Beam pipeline options.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from collections.abc import Sequence
 
 import apache_beam as beam
 import pyarrow as pa
 
-from beam_pipelines.io import Output, check_files, metric_totals, pipeline_options, read_parquet
+from beam_pipelines.io import (
+    Output,
+    check_files,
+    cli_main,
+    pipeline_options,
+    read_parquet,
+    run_and_commit,
+)
 from beam_pipelines.schemas import GENERATION_SCHEMA, SCORE_SCHEMA, SchemaError
 from beam_pipelines.score_fns import DEAD, NS, LLMConfig, LLMScoreFn, SurfaceFn
 
@@ -149,25 +154,11 @@ def run(argv: Sequence[str]) -> dict:
         code_switch_min_chars=args.code_switch_min_chars,
         batch_size=args.batch_size,
     )
-    try:
-        result = p.run()
-        result.wait_until_finish()
-    except BaseException:
-        out.abandon()
-        raise
-    counters = {k: 0 for k in COUNTERS} | metric_totals(result, NS)
-    summary = {"counters": counters, "seconds": round(time.perf_counter() - t0, 2)}
-    summary["files"] = out.commit(summary)
-    return summary
+    return run_and_commit(p, out, NS, t0, COUNTERS)
 
 
 def main() -> None:
-    try:
-        summary = run(sys.argv[1:])
-    except (SchemaError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(summary))
+    cli_main(run)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -26,8 +25,15 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from beam_pipelines.io import Output, check_files, metric_totals, pipeline_options, read_parquet
-from beam_pipelines.schemas import TRANSLATION_SCHEMA, SchemaError
+from beam_pipelines.io import (
+    Output,
+    check_files,
+    cli_main,
+    pipeline_options,
+    read_parquet,
+    run_and_commit,
+)
+from beam_pipelines.schemas import TRANSLATION_SCHEMA
 from beam_pipelines.translators import ChatTranslatorHandler, Seq2SeqHandler, split_segments
 
 NS = "xlit.translate"
@@ -213,24 +219,11 @@ def run(argv: Sequence[str]) -> dict:
         tokenizer=tokenizer,
         max_input_tokens=args.max_input_tokens,
     )
-    try:
-        result = p.run()
-        result.wait_until_finish()
-    except BaseException:
-        out.abandon()
-        raise
-    summary = {"counters": metric_totals(result, NS), "seconds": round(time.perf_counter() - t0, 2)}
-    summary["files"] = out.commit(summary)
-    return summary
+    return run_and_commit(p, out, NS, t0)
 
 
 def main() -> None:
-    try:
-        summary = run(sys.argv[1:])
-    except (SchemaError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(summary))
+    cli_main(run)
 
 
 if __name__ == "__main__":
