@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable
 from html.parser import HTMLParser
 
+from evalsuite.data import MODIFIER_TYPES
 from evalsuite.langid import LangId
 from evalsuite.llm import ChatRequest
 from evalsuite.prompts import modifier_prompt
@@ -36,16 +37,7 @@ SHORT_MAX_SENTENCES = 5
 LONG_MIN_WORDS = 150
 CAP_MIN_RATIO = 0.9
 LLM_TYPES = ("scientific_style", "simple_style", "complex_inst")
-PROGRAM_TYPES = (
-    "short",
-    "long",
-    "num_items",
-    "lang",
-    "markdown_template",
-    "html_template",
-    "arrow_template",
-    "cap_template",
-)
+PROGRAM_TYPES = tuple(t for t in MODIFIER_TYPES if t not in LLM_TYPES)
 
 _SENT_END = re.compile(r"(?<=[.!?…])\s+|\n+")
 _WORD = re.compile(r"[^\W\d_]+(?:['’\-][^\W\d_]+)*")
