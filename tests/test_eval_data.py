@@ -25,16 +25,17 @@ def test_eval_set_counts_ids_and_alignment():
     assert sets["en"][0].instruction.startswith("Hi, my sister and her girlfriends want me to play kickball")
 
 
-def test_tasks_are_25_contiguous_groups_of_3_to_6():
+def test_tasks_are_25_contiguous_groups_of_4_to_5():
     tasks = data.load_tasks()
     assert len(tasks) == 25
     assert tasks[0].first == 0 and tasks[-1].last == 112
     assert all(b.first == a.last + 1 for a, b in zip(tasks, tasks[1:]))
     sizes = Counter(t.last - t.first + 1 for t in tasks)
-    assert sizes == Counter({5: 11, 4: 10, 6: 2, 3: 2})
+    assert sizes == Counter({5: 13, 4: 12})  # 113 = 13 x 5 + 12 x 4
     assert data.task_of_item(0) == "sport_rules"
     assert data.task_of_item(38) == "recipes"
-    assert data.task_of_item(107) == data.task_of_item(112) == "classification"
+    assert data.task_of_item(108) == data.task_of_item(112) == "classification"
+    assert data.task_of_item(107) == "summarization"  # boundary item, see tasks.json
     assert len({t.name for t in tasks}) == 25
 
 
@@ -125,7 +126,7 @@ def test_task_ranges_must_cover_every_line(data_copy):
     spec = json.loads((data_copy / "tasks.json").read_text())
     spec["tasks"][3]["first"] += 1
     (data_copy / "tasks.json").write_text(json.dumps(spec))
-    with pytest.raises(RecordError, match=r"tasks\[3\] \(factual_qa\): range must start at 14"):
+    with pytest.raises(RecordError, match=r"tasks\[3\] \(general_questions\): range must start at 13"):
         data.load_tasks(data_copy)
 
 
