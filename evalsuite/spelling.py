@@ -8,10 +8,12 @@ Tokenizer (`words`), in order:
   5. in each remaining chunk a word is a run of letters, optionally joined by apostrophes (' or U+2019,
      normalised to ') or hyphens: l'homme, don't, peut-être, кто-то, dá-me;
   6. all-caps words of two or more letters (acronyms: USA, HTML, ЕГЭ) are skipped.
-A word passes if Hunspell accepts it, or if it is hyphenated and every part passes.
+A word passes if one of the language's installed dictionaries accepts it, or if it is hyphenated and
+every part passes.
 
 Dictionaries (Debian layout, *.dic + *.aff): en -> en_US, en_GB; fr -> fr_FR, fr; pt -> pt_PT, pt_BR;
 ru -> ru_RU; de -> de_DE; searched in `dict_dirs` (default /usr/share/hunspell, /usr/share/myspell/dicts).
+Every installed variant is used (pt_PT and pt_BR spellings both pass: económico, econômico).
 """
 
 from __future__ import annotations
@@ -65,34 +67,46 @@ def words(text: str) -> list[str]:
     return out
 
 
-def find_dictionary(lang: str, dict_dirs: tuple[str, ...] = DEFAULT_DICT_DIRS) -> tuple[Path, Path] | None:
-    """(dic, aff) paths of the first installed dictionary for `lang`, or None."""
+def find_dictionaries(lang: str, dict_dirs: tuple[str, ...] = DEFAULT_DICT_DIRS) -> list[tuple[Path, Path]]:
+    """(dic, aff) paths of every installed variant for `lang` (first directory wins per variant)."""
+    found: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
     for name in DICT_NAMES.get(lang, ()):
         for d in dict_dirs:
             dic, aff = Path(d) / f"{name}.dic", Path(d) / f"{name}.aff"
             if dic.exists() and aff.exists():
-                return dic, aff
-    return None
+                if dic.resolve() not in seen:  # Debian's fr.dic is a link to fr_FR.dic
+                    seen.add(dic.resolve())
+                    found.append((dic, aff))
+                break
+    return found
+
+
+def find_dictionary(lang: str, dict_dirs: tuple[str, ...] = DEFAULT_DICT_DIRS) -> tuple[Path, Path] | None:
+    """(dic, aff) paths of the first installed dictionary for `lang`, or None."""
+    found = find_dictionaries(lang, dict_dirs)
+    return found[0] if found else None
 
 
 class SpellChecker:
     """Hunspell for one language, with a word cache; thread-safe."""
 
     def __init__(self, lang: str, dict_dirs: tuple[str, ...] = DEFAULT_DICT_DIRS):
-        found = find_dictionary(lang, dict_dirs)
-        if found is None:
+        found = find_dictionaries(lang, dict_dirs)
+        if not found:
             raise FileNotFoundError(
                 f"no Hunspell dictionary for {lang!r} ({', '.join(DICT_NAMES.get(lang, ()))}) in {dict_dirs}"
             )
         self.lang = lang
-        self.dic, self.aff = found
-        self._h = hunspell.HunSpell(str(self.dic), str(self.aff))
+        self.dictionaries = found
+        self.dic, self.aff = found[0]
+        self._hs = [hunspell.HunSpell(str(dic), str(aff)) for dic, aff in found]
         self._lock = threading.Lock()
         self._cache: dict[str, bool] = {}
 
     def _spell(self, word: str) -> bool:
         with self._lock:
-            return bool(self._h.spell(word))
+            return any(h.spell(word) for h in self._hs)
 
     def check(self, word: str) -> bool:
         """True if Hunspell accepts `word` (hyphenated words: or all of their parts)."""

@@ -77,6 +77,14 @@ def test_spelling_without_words_or_dictionary():
     assert find_dictionary("pt")[0].name in ("pt_PT.dic", "pt_BR.dic")
 
 
+def test_portuguese_accepts_both_variants():
+    # make setup installs hunspell-pt-pt and hunspell-pt-br; each spelling is known to one dictionary only
+    checker = get_checker("pt")
+    assert [p.name for p, _ in checker.dictionaries] == ["pt_PT.dic", "pt_BR.dic"]
+    assert checker.counts("O crescimento económico e o crescimento econômico do ônibus.") == (9, 9)
+    assert checker.counts("O crescimento economicco.") == (2, 3)
+
+
 def test_expected_language_follows_lang_modifier():
     assert expected_language("fr") == "fr"
     assert expected_language("fr", "lang", "de") == "de"
