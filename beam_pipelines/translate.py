@@ -22,13 +22,16 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
+from beam_pipelines.files import RecordError
 from beam_pipelines.io import (
     Output,
     check_files,
     cli_main,
+    match,
     pipeline_options,
     read_parquet,
     run_and_commit,
@@ -48,6 +51,43 @@ def record_id(rec: dict[str, Any]) -> str:
     return "dolly-" + hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
+def dolly_problem(rec: Any) -> str | None:
+    """Why a parsed Dolly line is not a usable record (None if it is)."""
+    if not isinstance(rec, dict):
+        return f"expected a JSON object, got {type(rec).__name__}"
+    for f in ("instruction", "response"):
+        if not isinstance(rec.get(f), str):
+            return f"field {f!r} missing or not a string"
+    for f in ("context", "category", "id", "lang"):
+        if rec.get(f) is not None and not isinstance(rec[f], str | int):
+            return f"field {f!r} must be a string"
+    return None
+
+
+def check_dolly_jsonl(pattern: str) -> int:
+    """Reads every matched JSONL file once before the pipeline starts (any Beam filesystem) and raises
+    RecordError("file:line: ...") on the first line that is not valid JSON or not a Dolly record, so a
+    bad input names its file and line instead of failing inside a worker. Returns the number of records."""
+    n = 0
+    for path in match(pattern):
+        with FileSystems.open(path) as f:
+            for lineno, raw in enumerate(f, start=1):
+                line = raw.decode("utf-8").strip()
+                if not line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RecordError(
+                        f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})"
+                    ) from None
+                problem = dolly_problem(rec)
+                if problem:
+                    raise RecordError(f"{path}:{lineno}: {problem}")
+                n += 1
+    return n
+
+
 class ParseDolly(beam.DoFn):
     """A JSONL line or Parquet row → a source TRANSLATION record (errors name the field)."""
 
@@ -56,11 +96,10 @@ class ParseDolly(beam.DoFn):
 
     def process(self, value: str | dict) -> Iterator[dict[str, Any]]:
         rec = json.loads(value) if isinstance(value, str) else value
-        if not isinstance(rec, dict):
-            raise ValueError(f"expected a JSON object per line, got {str(value)[:80]!r}")
-        for f in ("instruction", "response"):
-            if not isinstance(rec.get(f), str):
-                raise ValueError(f"record {record_id(rec)}: field {f!r} must be a string")
+        problem = dolly_problem(rec)
+        if problem:  # JSONL inputs were checked with file:line before the run; Parquet rows name the id
+            where = f"record {record_id(rec)}" if isinstance(rec, dict) else f"{str(value)[:80]!r}"
+            raise ValueError(f"{where}: {problem}")
         yield {
             "id": record_id(rec),
             "lang": rec.get("lang") or self.src,
@@ -141,6 +180,7 @@ def build(
         check_files(input_pattern, TRANSLATION_SCHEMA, ("instruction", "response"))
         raw = read_parquet(p, "ReadDolly", input_pattern)
     else:
+        check_dolly_jsonl(input_pattern)
         raw = p | "ReadDolly" >> beam.io.ReadFromText(input_pattern)
     source = raw | "ParseDolly" >> beam.ParDo(ParseDolly(src))
     translated = (

@@ -173,3 +173,33 @@ def test_chat_translator_and_dead_letter(tmp_path: Path) -> None:
                 lambda d: (d["id"], d["lang"], d["reason"].startswith("no translation"))
             )
             assert_that(dead, equal_to([("bad", "pt", True)]), "Dead")
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ('{"instruction": "Hi", "response": ', "invalid JSON"),
+        ('["not", "an", "object"]', "expected a JSON object, got list"),
+        ('{"instruction": "Hi", "context": ""}', "field 'response' missing or not a string"),
+        ('{"instruction": 3, "response": "x"}', "field 'instruction' missing or not a string"),
+    ],
+)
+def test_bad_jsonl_line_names_file_and_line(
+    tmp_path: Path, line: str, problem: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    inp = tmp_path / "dolly.jsonl"
+    good = "".join(json.dumps(r) + "\n" for r in DOLLY)
+    inp.write_text(good + "\n" + line + "\n", encoding="utf-8")  # blank line 3, bad line 4
+    with pytest.raises(translate.RecordError, match=rf"dolly\.jsonl:4: {problem}"):
+        translate.check_dolly_jsonl(str(tmp_path / "*.jsonl"))
+    # the CLI stops before starting Beam, with the same message and exit status 2
+    out = tmp_path / "dt"
+    argv = ["translate", f"--input={inp}", "--model=unused", f"--output={out}"]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        translate.cli_main(translate.run)
+    assert exit_info.value.code == 2
+    assert f"dolly.jsonl:4: {problem}" in capsys.readouterr().err
+    assert not list(tmp_path.glob("dt*"))
+    inp.write_text(good, encoding="utf-8")
+    assert translate.check_dolly_jsonl(str(inp)) == 2
