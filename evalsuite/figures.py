@@ -1,0 +1,139 @@
+"""Matplotlib figures of the report (evalsuite.report), rendered to PNG bytes.
+
+Uses `matplotlib.figure.Figure` with the Agg canvas directly (no pyplot, no global backend state), so it
+works headless and in threads. Every function takes plain numbers prepared by evalsuite.report.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+@dataclass
+class Panel:
+    """One heatmap: `values[i][j]` (NaN = no value) coloured, `texts[i][j]` written in the cell."""
+
+    title: str
+    values: np.ndarray
+    texts: list[list[str]]
+    row_labels: list[str]
+    col_labels: list[str]
+    vmin: float = 0.0
+    vmax: float = 2.0
+    cmap: str = "RdYlGn"
+    xlabel: str = ""
+    ylabel: str = ""
+
+
+@dataclass
+class Line:
+    """One line of Figure 3 left: `ys[k]` at LR `xs[k]`; `chosen` = the LR marked on it (or None)."""
+
+    name: str
+    xs: list[float]
+    ys: list[float | None]
+    chosen: float | None
+    color_index: int
+    dashed: bool = False
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def heatmaps_png(panels: Sequence[Panel], ncols: int, suptitle: str = "") -> bytes:
+    """Heatmap panels on a grid of `ncols` columns, values written in the cells."""
+    nrows = -(-len(panels) // ncols)
+    cell_w = max(max(len(p.col_labels) for p in panels) * 0.75, 2.4)
+    cell_h = max(max(len(p.row_labels) for p in panels) * 0.45 + 1.6, 2.4)
+    label_w = max(max((len(s) for p in panels for s in p.row_labels), default=4) * 0.075, 0.6)
+    fig = Figure(figsize=(ncols * (cell_w + label_w), nrows * cell_h), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, p in zip(axes.flat, panels):
+        vals = np.asarray(p.values, dtype=float)
+        im = ax.imshow(np.ma.masked_invalid(vals), cmap=p.cmap, vmin=p.vmin, vmax=p.vmax, aspect="auto")
+        for i in range(vals.shape[0]):
+            for j in range(vals.shape[1]):
+                ax.text(j, i, p.texts[i][j], ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(p.col_labels)), p.col_labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(p.row_labels)), p.row_labels, fontsize=8)
+        ax.set_title(p.title, fontsize=10)
+        ax.set_xlabel(p.xlabel, fontsize=8)
+        ax.set_ylabel(p.ylabel, fontsize=8)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_axis_off()
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    return _png(fig)
+
+
+def surface_png(metrics: dict[str, list[Line]], suptitle: str = "") -> bytes:
+    """Figure 3 left: one panel per surface metric, x = LR (log scale), the chosen LR marked by a star."""
+    fig = Figure(figsize=(5 * len(metrics), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    colors = [f"C{i}" for i in range(10)]
+    for ax, (title, lines) in zip(axes, metrics.items()):
+        for ln in lines:
+            pts = [(x, y) for x, y in zip(ln.xs, ln.ys) if y is not None]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            color = colors[ln.color_index % len(colors)]
+            ax.plot(xs, ys, "--" if ln.dashed else "-", marker="o", color=color, label=ln.name)
+            if ln.chosen is not None and ln.chosen in xs:
+                y = ys[xs.index(ln.chosen)]
+                ax.plot([ln.chosen], [y], marker="*", markersize=16, color=color, markeredgecolor="black")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("learning rate")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8)
+    fig.suptitle(suptitle or "Surface metrics vs LR (★ = chosen LR; solid = en, dashed = mean fr/pt/ru)")
+    return _png(fig)
+
+
+def tasks_png(
+    tasks: list[str],
+    series: dict[str, tuple[list, list, list]],
+    title: str,
+    xlabel: str = "helpfulness (0-2)",
+) -> bytes:
+    """Figure 3 right: horizontal grouped bars per task; `series[name] = (means, los, his)`."""
+    fig = Figure(figsize=(7, 1.2 + 0.32 * len(tasks) * max(len(series), 1) / 2 + 0.3), layout="constrained")
+    ax = fig.subplots()
+    height = 0.8 / max(len(series), 1)
+    y = np.arange(len(tasks))
+    for k, (name, (means, los, his)) in enumerate(series.items()):
+        m = np.array([np.nan if v is None else v for v in means], dtype=float)
+        lo = np.array([np.nan if v is None else v for v in los], dtype=float)
+        hi = np.array([np.nan if v is None else v for v in his], dtype=float)
+        err = np.nan_to_num(np.stack([m - lo, hi - m]), nan=0.0).clip(min=0)
+        ax.barh(
+            y + (k - (len(series) - 1) / 2) * height,
+            np.nan_to_num(m),
+            height,
+            xerr=err,
+            label=name,
+            capsize=2,
+        )
+    ax.set_yticks(y, tasks, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 2.05)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)

@@ -1,0 +1,381 @@
+"""evalsuite.report on a synthetic runs directory: exact values of every table, LR choice, failed-item flags,
+a self-contained page, the demo banner, errors naming the file and field."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from beam_pipelines.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA, JUDGE_CRITERIA, SCORE_SCHEMA
+from evalsuite import aggregate as agg
+from evalsuite import report
+from evalsuite.agreement import weighted_kappa
+
+REPO = Path(__file__).resolve().parents[1]
+FIELDS: dict[str, pa.Field] = {}
+for _schema in (INSTRUCTION_SCHEMA, GENERATION_SCHEMA, SCORE_SCHEMA):
+    for _f in _schema:
+        FIELDS.setdefault(_f.name, _f)
+SCHEMA = pa.schema(list(FIELDS.values()))
+HUMAN_SCHEMA = pa.schema(
+    [
+        ("run", pa.string()),
+        ("id", pa.string()),
+        ("item", pa.int32()),
+        ("lang", pa.string()),
+        ("task", pa.string()),
+    ]
+    + [("annotator", pa.string())]
+    + [(c, pa.int8()) for c in JUDGE_CRITERIA]
+)
+TASKS = ("brainstorm", "brainstorm", "calc", "calc")  # items 0-3
+ANCHOR, LOW, OTHER = "tiny-lr0.001", "tiny-lr0.0001", "other-lr0.0001"
+TINY, OTHER_G = "Tiny / Dolly-En / LoRA", "Other / Dolly-En / FT"
+N_BOOT = 200
+
+
+def score_row(run, lang, item, *, language=2, help=2, status="ok", lang_correct=True, relevance=1, **kw):
+    eval_set = kw.pop("eval_set", "paper")
+    r = {name: None for name in SCHEMA.names}
+    r.update(
+        id=f"{eval_set}-{lang}-{item:03d}",
+        eval_set=eval_set,
+        item=item,
+        lang=lang,
+        task=TASKS[item % 4],
+        messages=[{"role": "user", "content": f"instruction {item}"}],
+        response=f"answer {item}",
+        prompt_tokens=5,
+        response_tokens=7,
+        finish_reason="stop",
+        model=run,
+        decoding="{}",
+        expected_lang=lang,
+        lang_pred=lang if lang_correct else "en",
+        lang_prob=0.9,
+        lang_correct=lang_correct,
+        spell_ok_rate=0.9,
+        relevance=relevance,
+        relevance_status="ok",
+        judge_status=status,
+        judge_error="parse error" if status == "failed" else None,
+    )
+    if status == "ok":
+        r.update({f"judge_{c}": help for c in JUDGE_CRITERIA}, judge_language=language)
+    r.update(kw)
+    return r
+
+
+def paper_rows(run):
+    if run == ANCHOR:
+        spec = {  # (judge language, helpfulness) per item; None = failed judge call
+            "en": [(2, 2), (2, 1), (2, 2), (2, 0)],
+            "fr": [(2, 2), (0, 2), (2, 1), (2, 1)],  # item 1 in the wrong language
+            "pt": [(2, 1)] * 4,
+            "ru": [(2, 2), (2, 0), (1, 2), None],  # item 3 failed
+        }
+        out = []
+        for lang, items in spec.items():
+            for i, s in enumerate(items):
+                if s is None:
+                    out.append(score_row(run, lang, i, status="failed"))
+                else:
+                    out.append(score_row(run, lang, i, language=s[0], help=s[1], lang_correct=s[0] > 0))
+        return out
+    help_ = 1 if run == LOW else 2
+    rel = [1, 0, 1, 0] if run == LOW else [1, 1, 1, 1]  # LR too low: relevance drops
+    return [
+        score_row(run, lang, i, help=help_, relevance=rel[i])
+        for lang in ("en", "fr", "pt", "ru")
+        for i in range(4)
+    ]
+
+
+def modifier_rows(run):
+    def mod(lang, item, mtype, ok, hmod, **kw):
+        return score_row(
+            run,
+            lang,
+            item,
+            eval_set="modifiers",
+            modifier_type=mtype,
+            modifier_arg="de" if mtype == "lang" else None,
+            modifier_ok=ok,
+            modifier_status="ok",
+            judge_helpfulness_mod=hmod,
+            **kw,
+        )
+
+    if run != ANCHOR:  # every modifier fulfilled: would show 100% if the wrong run were used
+        return [mod(lang, i, "short", True, 2) for lang in ("en", "ru") for i in range(2)]
+    return [
+        mod("en", 0, "short", True, 2),
+        mod("en", 1, "short", False, 1),
+        mod("ru", 0, "short", True, 2),
+        mod("ru", 1, "short", True, 1),
+        mod("ru", 2, "short", True, None, status="failed"),
+        mod("en", 3, "lang", True, 2),
+        mod("en", 4, "lang", False, 1, lang_correct=False),  # fastText decides for lang_XX: excluded
+    ]
+
+
+def human_rows():
+    def h(lang, item, help_, annotator="a1", language=2):
+        return {
+            "run": ANCHOR,
+            "id": f"paper-{lang}-{item:03d}",
+            "item": item,
+            "lang": lang,
+            "task": TASKS[item],
+            "annotator": annotator,
+            **{c: help_ for c in JUDGE_CRITERIA},
+            "language": language,
+        }
+
+    rows = [h("en", i, v) for i, v in enumerate([1, 1, 2, 0])]
+    rows.append(h("en", 0, 2, annotator="a2"))  # second annotator of item 0
+    rows += [h("fr", i, 2) for i in range(4)]
+    rows.append(h("ru", 3, 1))  # the judge failed on this item: no pair
+    return rows
+
+
+def make_runs(root: Path, judge_kind: str = "real", human: bool = True) -> tuple[Path, Path | None]:
+    runs = root / "runs"
+    runs.mkdir()
+    (runs / "judge.json").write_text(
+        json.dumps({"spec": f"{judge_kind}:test", "kind": judge_kind, "note": "t"})
+    )
+    specs = [(ANCHOR, TINY, 1e-3, True), (LOW, TINY, 1e-4, True), (OTHER, OTHER_G, 1e-4, False)]
+    for name, group, lr, anchor in specs + [("pending-lr0.01", OTHER_G, 1e-2, False)]:
+        d = runs / name
+        d.mkdir()
+        info = {
+            "run": name,
+            "config": f"configs/{name}.py",
+            "config_hash": "0" * 64,
+            "label": group,
+            "group": group,
+            "base_model": "tiny",
+            "data": "dolly_en",
+            "method": "lora",
+            "lr": lr,
+            "anchor": anchor,
+        }
+        (d / "run.json").write_text(json.dumps(info))
+        if name != "pending-lr0.01":
+            rows = paper_rows(name) + modifier_rows(name)
+            pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), d / "scores.parquet")
+    (runs / "trainer-workdir").mkdir()  # a folder without run.json is ignored
+    ratings = None
+    if human:
+        ratings = root / "ratings.parquet"
+        pq.write_table(pa.Table.from_pylist(human_rows(), schema=HUMAN_SCHEMA), ratings)
+    return runs, ratings
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    runs, ratings = make_runs(root)
+    rep = report.build_report(runs, ratings, "judge", N_BOOT)
+    index = report.write_report(rep, root / "out")
+    return root, rep, index
+
+
+def pick(rows, **kw):
+    out = [r for r in rows if all(r[k] == v for k, v in kw.items())]
+    assert len(out) == 1, (kw, out)
+    return out[0]
+
+
+def test_outputs_exist(built):
+    root, _, index = built
+    names = {p.name for p in (root / "out").iterdir()}
+    for n in ("fig2", "fig3_surface", "fig3_tasks", "fig4", "fig5"):
+        assert f"{n}.png" in names and f"{n}.csv" in names
+    assert {"table1.csv", "report.md", "index.html", "runs.csv"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert index == root / "out" / "index.html"
+
+
+def test_figure2_values(built):
+    root, *_ = built
+    rows = read_csv(root / "out" / "fig2.csv")
+    en = pick(rows, source="judge", run=ANCHOR, criterion="helpfulness", langs="en")
+    assert (
+        float(en["mean"]) == pytest.approx((2 + 1 + 2 + 0) / 4) and en["n"] == "4" and en["n_failed"] == "0"
+    )
+    non = pick(rows, source="judge", run=ANCHOR, criterion="helpfulness", langs="non_en")
+    # fr (wrong-language item left out) (2+1+1)/3, pt 1, ru (failed item left out) (2+0+2)/3
+    assert float(non["mean"]) == pytest.approx((4 / 3 + 1 + 4 / 3) / 3)
+    assert (non["n"], non["n_failed"], non["n_wrong_lang"]) == ("10", "1", "1")
+    assert float(non["lo"]) <= float(non["mean"]) <= float(non["hi"])
+    lang = pick(rows, source="judge", run=ANCHOR, criterion="language", langs="non_en")
+    assert float(lang["mean"]) == pytest.approx((6 / 4 + 2 + 5 / 3) / 3)  # no exclusion for Correct language
+    other = pick(rows, source="judge", run=OTHER, criterion="helpfulness", langs="en")
+    assert float(other["mean"]) == 2.0
+    assert not [r for r in rows if r["run"] == LOW]  # only the chosen LR of each group is a model
+    human = pick(rows, source="human", run=ANCHOR, criterion="helpfulness", langs="en")
+    assert float(human["mean"]) == pytest.approx((1 + 1 + 2 + 0 + 2) / 5) and human["n"] == "5"
+
+
+def test_figure4_and_tasks(built):
+    root, *_ = built
+    fr = pick(
+        read_csv(root / "out" / "fig4.csv"), source="judge", run=ANCHOR, lang="fr", criterion="helpfulness"
+    )
+    assert float(fr["mean"]) == pytest.approx(4 / 3) and (fr["n"], fr["n_wrong_lang"]) == ("3", "1")
+    ru = pick(read_csv(root / "out" / "fig4.csv"), source="judge", run=ANCHOR, lang="ru", criterion="logic")
+    assert ru["n_failed"] == "1"
+    tasks = read_csv(root / "out" / "fig3_tasks.csv")
+    assert float(pick(tasks, source="judge", task="brainstorm", lang="en")["mean"]) == 1.5
+    assert float(pick(tasks, source="judge", task="calc", lang="en")["mean"]) == 1.0
+    assert float(pick(tasks, source="human", task="calc", lang="en")["mean"]) == 1.0  # (2 + 0) / 2
+    # non-en calc: fr (1+1)/2, pt 1, ru item 2 only (item 3 failed) 2 -> mean of means 4/3
+    assert float(pick(tasks, source="judge", task="calc", lang="non_en")["mean"]) == pytest.approx(4 / 3)
+    assert {r["run"] for r in tasks} == {ANCHOR}
+
+
+def test_chosen_lr_is_select_lr(built):
+    root, *_ = built
+    rows = [
+        r
+        for name in (ANCHOR, LOW)
+        for r in report.load_rows(
+            report.Run(
+                name, TINY, TINY, float(name.split("lr")[1]), True, None, None, root / "runs" / name, True
+            )
+        )
+    ]
+    surface = agg.surface_table([r for r in rows if report.is_paper(r)], ("group", "lr", "lang"), N_BOOT)
+    assert agg.select_lr(surface) == 1e-3  # 1e-4 loses on relevance (0.5)
+    srows = read_csv(root / "out" / "fig3_surface.csv")
+    chosen = {(r["group"], float(r["lr"])) for r in srows if r["chosen"] == "True"}
+    assert chosen == {(TINY, 1e-3), (OTHER_G, 1e-4)}
+    low_fr = pick(srows, group=TINY, lr="0.0001", lang="fr")
+    assert float(low_fr["relevance"]) == 0.5 and low_fr["run"] == LOW and low_fr["n"] == "4"
+    runs = {r["run"]: r for r in read_csv(root / "out" / "runs.csv")}
+    assert runs[ANCHOR]["chosen"] == "True" and runs[LOW]["chosen"] == "False"
+    assert runs["pending-lr0.01"]["status"] == "not scored yet"
+
+
+def test_table1_rates(built):
+    root, *_ = built
+    rows = read_csv(root / "out" / "table1.csv")
+    assert {r["run"] for r in rows} == {ANCHOR, OTHER}
+    short_en = pick(rows, run=ANCHOR, modifier_type="short", lang="en")
+    assert float(short_en["fulfilled"]) == 0.5 and float(short_en["helpfulness"]) == 1.5
+    short_ru = pick(rows, run=ANCHOR, modifier_type="short", lang="ru")
+    assert float(short_ru["fulfilled"]) == 1.0 and float(short_ru["helpfulness"]) == 1.5
+    assert (short_ru["n_checked"], short_ru["n_helpfulness"], short_ru["n_failed"]) == ("3", "2", "1")
+    lang_en = pick(rows, run=ANCHOR, modifier_type="lang", lang="en")
+    assert float(lang_en["fulfilled"]) == 0.5 and float(lang_en["helpfulness"]) == 2.0
+
+
+def test_figure5_kappa(built):
+    root, *_ = built
+    rows = read_csv(root / "out" / "fig5.csv")
+    # judge helpfulness en [2,1,2,0]; human [1,1,2,0] + a second annotator's 2 on item 0
+    pairs = [(2, 1), (1, 1), (2, 2), (0, 0), (2, 2)]
+    en = pick(rows, criterion="helpfulness", langs="en")
+    assert en["n"] == "5" and float(en["kappa"]) == pytest.approx(weighted_kappa(pairs))
+    assert float(en["pct_judge2_human1"]) == pytest.approx(20.0)
+    non = pick(rows, criterion="helpfulness", langs="non_en")
+    assert non["n"] == "4"  # fr items; ru item 3 failed in the judge: no pair
+    assert float(non["pct_judge1_human2"]) == pytest.approx(50.0)
+
+
+class _Parser(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.flagged = [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a.get("src") or "")
+        if tag == "td" and a.get("title"):
+            self.flagged.append(a["title"])
+
+
+def test_html_self_contained_and_flags(built):
+    _, rep, index = built
+    page = index.read_text(encoding="utf-8")
+    assert 'src="http' not in page and 'href="http' not in page and "<link" not in page
+    p = _Parser()
+    p.feed(page)
+    assert len(p.imgs) == 5 and all(s.startswith("data:image/png;base64,") and len(s) > 1000 for s in p.imgs)
+    assert "n_failed=1: failed judge items left out" in p.flagged
+    assert "†" in page and "not scored yet" in page and "trainer-workdir/ has no run.json" in page
+    assert report.DEMO_BANNER not in page
+    md = (index.parent / "report.md").read_text(encoding="utf-8")
+    assert "![Figure 2" in md and "| judge | Tiny / Dolly-En / LoRA | helpfulness | 1.25 [" in md
+
+
+def test_demo_banner_and_no_human(tmp_path):
+    runs, _ = make_runs(tmp_path, judge_kind="demo", human=False)
+    rep = report.build_report(runs, None, "fasttext", 50)
+    page = report.write_report(rep, tmp_path / "out").read_text(encoding="utf-8")
+    assert report.DEMO_BANNER in page and "--rule=fasttext" in page
+    assert "python -m evalsuite.human export --runs=" in page
+    assert not (tmp_path / "out" / "fig5.png").exists()
+    rows = read_csv(tmp_path / "out" / "fig2.csv")
+    assert {r["source"] for r in rows} == {"judge"}
+
+
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ({"lr": "fast"}, "'lr'"),
+        ({"label": None}, "'label'"),
+        ({"anchor": "yes"}, "'anchor'"),
+        (None, "'group'"),
+    ],
+)
+def test_malformed_run_json(tmp_path, patch, field):
+    runs, _ = make_runs(tmp_path, human=False)
+    path = runs / OTHER / "run.json"
+    info = json.loads(path.read_text())
+    if patch is None:
+        del info["group"]
+    else:
+        info.update(patch)
+    path.write_text(json.dumps(info))
+    with pytest.raises(report.ReportError, match=field) as e:
+        report.build_report(runs, None, "judge", 10)
+    assert str(path) in str(e.value)
+
+
+def test_cli(tmp_path):
+    runs, ratings = make_runs(tmp_path)
+    out = tmp_path / "rep"
+    cmd = [
+        sys.executable,
+        "-m",
+        "evalsuite.report",
+        f"--runs={runs}",
+        f"--out={out}",
+        f"--human={ratings}",
+        "--n_boot=50",
+    ]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"report: {out / 'index.html'}" in res.stdout and "help_en" in res.stdout
+    (runs / ANCHOR / "run.json").write_text("{not json")
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (
+        res.returncode == 2 and str(runs / ANCHOR / "run.json") in res.stderr and "invalid JSON" in res.stderr
+    )
