@@ -224,6 +224,10 @@ def select_runs(runs: Sequence[Run], select: str = "chosen", log: Any = None) ->
         if len(members) == 1:
             chosen += members
             continue
+        if any(m.lr is None for m in members) or len({m.lr for m in members}) < len(members):
+            _log(log, f"group {group!r}: runs do not differ by LR alone; taking all {len(members)} runs")
+            chosen += members
+            continue
         if not all(m.scores.exists() for m in members):
             _log(log, f"group {group!r}: not every run has scores.parquet; taking all {len(members)} runs")
             chosen += members
@@ -676,15 +680,16 @@ USAGE = "usage: python -m evalsuite.human export --runs=DIR --out=DIR | import -
 
 
 def main(argv: list[str]) -> None:
-    from absl import app, flags
+    from absl import flags
 
     FLAGS = flags.FLAGS
     if len(argv) != 2 or argv[1] not in ("export", "import"):
-        raise app.UsageError(f"{USAGE} (got {argv[1:]})")
+        print(f"{USAGE}\n(got {argv[1:]}; --helpfull lists the flags)", file=sys.stderr)
+        sys.exit(2)
     try:
         if argv[1] == "export":
             if not FLAGS.runs or not FLAGS.out:
-                raise app.UsageError("export needs --runs and --out")
+                raise ValueError("export needs --runs and --out")
             key = export_packet(
                 FLAGS.runs,
                 FLAGS.out,
@@ -706,7 +711,7 @@ def main(argv: list[str]) -> None:
             print(f"key (keep away from annotators): {out / 'key.json'}")
         else:
             if not FLAGS.key or not FLAGS.ratings or not FLAGS.out:
-                raise app.UsageError("import needs --key, --ratings and --out")
+                raise ValueError("import needs --key, --ratings and --out")
             key = load_key(FLAGS.key)
             table = import_ratings(FLAGS.key, FLAGS.ratings)
             atomic_write_parquet(table, FLAGS.out)

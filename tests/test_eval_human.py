@@ -258,24 +258,32 @@ def test_import_errors_on_scores_and_files(packet, tmp_path):
         human.import_ratings(tmp_path / "nokey.json", [a])
 
 
-def test_cli_errors_exit_2(packet, tmp_path):
-    _, out, key = packet
-    bad = _ratings_file(tmp_path / "bad.json", key, annotator="")
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "evalsuite.human",
-            "import",
-            f"--key={out / 'key.json'}",
-            f"--ratings={bad}",
-            f"--out={tmp_path / 'r.parquet'}",
-        ],
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "evalsuite.human", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_cli_export_and_errors_exit_2(packet, tmp_path):
+    runs, out, key = packet
+    res = _cli(
+        "export", f"--runs={runs}", f"--out={tmp_path / 'p'}", "--langs=fr,ru", "--n_items=25", "--seed=3"
+    )
+    assert res.returncode == 0, res.stderr
+    assert "fr: 163 responses" in res.stdout and "ru: 163 responses" in res.stdout  # 25 x 3 + 88
+    assert sorted(f.name for f in (tmp_path / "p").iterdir()) == [
+        "annotate_fr.html",
+        "annotate_ru.html",
+        "key.json",
+    ]
+    assert _cli("export", f"--runs={runs}").returncode == 2
+    assert _cli("frob").returncode == 2
+    bad = _ratings_file(tmp_path / "bad.json", key, annotator="")
+    res = _cli("import", f"--key={out / 'key.json'}", f"--ratings={bad}", f"--out={tmp_path / 'r.parquet'}")
     assert res.returncode == 2 and "bad.json: field 'annotator' missing or empty" in res.stderr
     assert not (tmp_path / "r.parquet").exists()
 
@@ -445,21 +453,12 @@ def test_annotation_page_in_chromium(packet, browser, tmp_path):
         atomic_write_parquet(pa.Table.from_pylist(rows), runs / run / "scores.parquet")
 
     ratings_out = tmp_path / "ratings.parquet"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "evalsuite.human",
-            "import",
-            f"--key={out / 'key.json'}",
-            f"--ratings={files[0]}",
-            f"--out={ratings_out}",
-            f"--runs={runs}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    res = _cli(
+        "import",
+        f"--key={out / 'key.json'}",
+        f"--ratings={files[0]}",
+        f"--out={ratings_out}",
+        f"--runs={runs}",
     )
     assert res.returncode == 0, res.stderr
     table = pq.read_table(ratings_out)
