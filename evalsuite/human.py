@@ -281,8 +281,8 @@ def stratified_items(
     """`n_items` evaluation lines balanced over tasks, deterministic given `seed`.
 
     Rounds over the tasks in a seeded random order, taking one not-yet-taken line per task per round, so every
-    task present among `candidates` is covered once `n_items` >= the number of such tasks, and no task gets
-    two more lines than another. Returns the lines sorted.
+    task present among `candidates` is covered once `n_items` >= the number of such tasks, and the counts per
+    task differ by at most one (as long as tasks have lines left). Returns the lines sorted.
     """
     task_names = [t.name for t in load_tasks(tasks_root)]
     by_task: dict[str, list[int]] = {name: [] for name in task_names}
@@ -302,12 +302,12 @@ def stratified_items(
 
 
 def _instruction(messages: Any) -> str:
-    if not messages:
-        return ""
-    if len(messages) == 1:
-        return messages[-1]["content"]
-    # Multi-turn: show the whole conversation, the last message being the instruction.
-    return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
+    """The instruction as the annotator sees it: system messages (model-specific setup) are left out so they
+    cannot unblind the model; a multi-turn chat is shown whole, the last message being the instruction."""
+    turns = [m for m in messages or [] if m.get("role") != "system"]
+    if len(turns) <= 1:
+        return turns[0]["content"] if turns else ""
+    return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in turns)
 
 
 def _digest(obj: Any) -> str:
