@@ -46,30 +46,51 @@ class Line:
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
 
 
-def heatmaps_png(panels: Sequence[Panel], ncols: int, suptitle: str = "") -> bytes:
-    """Heatmap panels on a grid of `ncols` columns, values written in the cells."""
+def heatmaps_png(panels: Sequence[Panel], ncols: int, suptitle: str = "", colorbar: bool = True) -> bytes:
+    """Heatmap panels on a grid of `ncols` columns, values written in the cells; one shared colour bar."""
     nrows = -(-len(panels) // ncols)
-    cell_w = max(max(len(p.col_labels) for p in panels) * 0.75, 2.4)
-    cell_h = max(max(len(p.row_labels) for p in panels) * 0.45 + 1.6, 2.4)
+    ncol_cells = max(len(p.col_labels) for p in panels)
+    cell_w = max(ncol_cells * (0.5 if ncol_cells > 8 else 0.75), 2.4)
+    cell_h = max(max(len(p.row_labels) for p in panels) * 0.5 + 2.0, 2.6)
     label_w = max(max((len(s) for p in panels for s in p.row_labels), default=4) * 0.075, 0.6)
-    fig = Figure(figsize=(ncols * (cell_w + label_w), nrows * cell_h), layout="constrained")
+    fig = Figure(figsize=(ncols * cell_w + label_w + 0.8, nrows * cell_h), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax, p in zip(axes.flat, panels):
+    for k, (ax, p) in enumerate(zip(axes.flat, panels)):
         vals = np.asarray(p.values, dtype=float)
         im = ax.imshow(np.ma.masked_invalid(vals), cmap=p.cmap, vmin=p.vmin, vmax=p.vmax, aspect="auto")
         for i in range(vals.shape[0]):
             for j in range(vals.shape[1]):
-                ax.text(j, i, p.texts[i][j], ha="center", va="center", fontsize=8)
-        ax.set_xticks(range(len(p.col_labels)), p.col_labels, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(p.row_labels)), p.row_labels, fontsize=8)
+                v = vals[i, j]
+                rgb = im.cmap(im.norm(v))[:3] if not np.isnan(v) else (1.0, 1.0, 1.0)
+                dark = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] < 0.45
+                ax.text(
+                    j,
+                    i,
+                    p.texts[i][j],
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if dark else "black",
+                )
+        long_labels = max(len(s) for s in p.col_labels) > 3
+        ax.set_xticks(
+            range(len(p.col_labels)),
+            p.col_labels,
+            rotation=45 if long_labels else 0,
+            ha="right" if long_labels else "center",
+            fontsize=8,
+        )
+        show_rows = k % ncols == 0 or panels[k - k % ncols].row_labels != p.row_labels
+        ax.set_yticks(range(len(p.row_labels)), p.row_labels if show_rows else [], fontsize=8)
         ax.set_title(p.title, fontsize=10)
         ax.set_xlabel(p.xlabel, fontsize=8)
-        ax.set_ylabel(p.ylabel, fontsize=8)
-        fig.colorbar(im, ax=ax, shrink=0.8)
+        ax.set_ylabel(p.ylabel if show_rows else "", fontsize=8)
+    if colorbar:
+        fig.colorbar(im, ax=axes, shrink=0.9, aspect=25)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_axis_off()
     if suptitle:

@@ -413,7 +413,7 @@ def _runs_section(
                 "chosen": r.name in chosen,
             }
         )
-    return Section("runs", "Runs", notes, None, [Table("runs", "Runs", header, disp, raw)])
+    return Section("runs", "Runs", notes, None, [Table("runs", "run.json of every run", header, disp, raw)])
 
 
 def _lr(lr: float | None) -> str:
@@ -604,7 +604,7 @@ def _fig3_tasks(sources: dict, anchor: Run | None, labels: dict, rule: str, n_bo
     if anchor is None:
         s.text = ["No scored runs yet."]
         return s
-    disp, raw, plot = [], [], None
+    disp, raw, plot, plot_src = [], [], None, ""
     for src, srows in sources.items():
         arows = [r for r in srows if r["run"] == anchor.name and r.get("task")]
         if not arows or not any(r.get("judge_status") in ("ok", "failed") for r in arows):
@@ -658,7 +658,10 @@ def _fig3_tasks(sources: dict, anchor: Run | None, labels: dict, rule: str, n_bo
                         ci_cell(t["mean"], t["lo"], t["hi"], t["n"], t["n_failed"]) if t else Cell("–")
                     )
             disp.append([src, task, *cells])
-        if plot is None:  # human if available, else judge (sources lists human first)
+        full = all(env[t]["en"] is not None for t in tasks) and any(
+            env[t]["non_en"] is not None for t in tasks
+        )
+        if plot is None and (full or src == "judge"):  # human if it covers en and non-en, else judge
             series = {
                 "en": (
                     [env[t]["en"] for t in tasks],
@@ -672,12 +675,14 @@ def _fig3_tasks(sources: dict, anchor: Run | None, labels: dict, rule: str, n_bo
                 ),
             }
             title = f"{src}-evaluated helpfulness of {labels.get(anchor.name, anchor.label)} (95% CI)"
-            plot = figures.tasks_png(tasks, series, title)
+            plot, plot_src = figures.tasks_png(tasks, series, title), src
     if plot is None:
         s.text = [f"No judged or rated rows with a task for the anchor run {anchor.name}."]
         return s
     s.figure = ("fig3_tasks.png", plot)
-    s.text = [f"Anchor run: {anchor.name} ({labels.get(anchor.name, anchor.label)})."]
+    s.text = [
+        f"Anchor run: {anchor.name} ({labels.get(anchor.name, anchor.label)}); plotted: {plot_src} ratings."
+    ]
     header = ["source", "task", "en", "non-en (mean fr/pt/ru)", "fr", "pt", "ru"]
     s.tables = [Table("fig3_tasks", "Figure 3 right values (95% CI, n)", header, disp, raw, FAILED_NOTE)]
     return s
@@ -741,7 +746,8 @@ def _table1(mods: list[Row], models: list[str], labels: dict, rule: str, n_boot:
                 for what in ("fulfilled", "helpfulness"):
                     if t[what] is not None:
                         avg.setdefault((what, lang), []).append(t[what])
-            disp.append([labels[run], mt, *fcells, *hcells])
+            if any(c.text != "–" for c in fcells + hcells):
+                disp.append([labels[run], mt, *fcells, *hcells])
         if avg:
             mean = {k: float(np.mean(v)) for k, v in avg.items()}
             disp.append(
@@ -818,7 +824,9 @@ def _fig5(human_raw: list[Row], rows: list[Row], runs_dir: Path) -> Section:
         )
     s.figure = (
         "fig5.png",
-        figures.heatmaps_png(panels, 4, "% of pairs rated X by the judge (rows) and Y by a human (columns)"),
+        figures.heatmaps_png(
+            panels, 4, "% of pairs rated X by the judge (rows) and Y by a human (columns)", colorbar=False
+        ),
     )
     s.text = [
         "Pairs are (judge, human) scores of one response joined on (run, id); several annotators of one "
@@ -849,7 +857,7 @@ def _summary(sections: list[Section], header: list[tuple[str, str]], banner: str
         wide: dict[tuple, Row] = {}
         for r in hl:
             w = wide.setdefault((r["source"], r["model"]), {"source": r["source"], "model": r["model"]})
-            w[f"{r['criterion'][:4]}_{r['langs']}"] = r["mean"]
+            w[f"{r['criterion'][:4]}_{r['langs']}"] = _f(r["mean"])
         cols = ["source", "model", "help_en", "help_non_en", "lang_en", "lang_non_en"]
         lines += ["", "Figure 2 (means, 0-2):", agg.format_table(list(wide.values()), cols)]
     if "runs" in tables:
@@ -858,11 +866,16 @@ def _summary(sections: list[Section], header: list[tuple[str, str]], banner: str
     return "\n".join(lines)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic_write(data: bytes, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a report is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

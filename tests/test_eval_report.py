@@ -359,7 +359,7 @@ def test_malformed_run_json(tmp_path, patch, field):
     assert str(path) in str(e.value)
 
 
-def test_cli(tmp_path):
+def test_cli(tmp_path, capsys):
     runs, ratings = make_runs(tmp_path)
     out = tmp_path / "rep"
     cmd = [
@@ -374,8 +374,9 @@ def test_cli(tmp_path):
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert f"report: {out / 'index.html'}" in res.stdout and "help_en" in res.stdout
-    (runs / ANCHOR / "run.json").write_text("{not json")
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert (
-        res.returncode == 2 and str(runs / ANCHOR / "run.json") in res.stderr and "invalid JSON" in res.stderr
-    )
+    (runs / ANCHOR / "run.json").write_text("{not json")  # the same main(), in-process (no second start-up)
+    report.FLAGS([cmd[2], *cmd[3:]])
+    with pytest.raises(SystemExit) as e:
+        report.main(["evalsuite.report"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and str(runs / ANCHOR / "run.json") in err and "invalid JSON" in err
