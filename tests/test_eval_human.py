@@ -4,6 +4,7 @@ headless Chromium (rate with clicks and keys, reload, export, import, agreement 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -392,6 +393,8 @@ def test_annotation_page_in_chromium(packet, browser, tmp_path):
     given[third["uid"]] = {"helpfulness": 0, "fluency": 1}
     assert _displayed(driver)["selected"] == given[third["uid"]]
     assert driver.find_element(By.ID, "progress").text == f"rated 2 / {n_fr} (+1 partly)"
+    if os.environ.get("XLIT_HUMAN_SCREENSHOT"):  # manual check of the layout: look at the picture
+        driver.save_screenshot(os.environ["XLIT_HUMAN_SCREENSHOT"])
     # untrusted text is shown as text, whitespace kept, never as HTML
     hostile_pos = next(
         e["position"]
