@@ -778,9 +778,9 @@ def _fig5(human_raw: list[Row], rows: list[Row], runs_dir: Path) -> Section:
     if not human_raw:
         s.text = [
             "No human ratings given (--human). To produce them: "
-            f"python -m evalsuite.human export --runs={runs_dir} --out=human_packet/ ; rate the page; then "
-            "python -m evalsuite.human import --ratings=FILES --out=ratings.parquet and rerun the report with "
-            "--human=ratings.parquet."
+            f"python -m evalsuite.human export --runs={runs_dir} --out=human/ ; have the human/annotate_<lang>.html "
+            "pages rated; python -m evalsuite.human import --key=human/key.json --ratings=FILES "
+            "--out=human/ratings.parquet ; then rerun this report with --human=human/ratings.parquet."
         ]
         return s
     table = agreement_table(human_raw, rows)
