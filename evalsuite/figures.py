@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 
 @dataclass
@@ -90,7 +91,8 @@ def heatmaps_png(panels: Sequence[Panel], ncols: int, suptitle: str = "", colorb
         ax.set_xlabel(p.xlabel, fontsize=8)
         ax.set_ylabel(p.ylabel if show_rows else "", fontsize=8)
     if colorbar:
-        fig.colorbar(im, ax=axes, shrink=0.9, aspect=25)
+        height = nrows * cell_h
+        fig.colorbar(im, ax=axes, shrink=min(0.9, 3.5 / height), aspect=20, label="score (0-2)")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_axis_off()
     if suptitle:
@@ -119,9 +121,14 @@ def surface_png(metrics: dict[str, list[Line]], suptitle: str = "") -> bytes:
         ax.set_xlabel("learning rate")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8)
+    groups = {ln.name.split(" — ")[0]: ln.color_index for ls in metrics.values() for ln in ls}
+    handles = [Line2D([], [], color=colors[i % len(colors)], marker="o", label=g) for g, i in groups.items()]
+    handles += [
+        Line2D([], [], color="black", label="en"),
+        Line2D([], [], color="black", linestyle="--", label="mean fr/pt/ru"),
+        Line2D([], [], color="white", marker="*", markersize=12, markeredgecolor="black", label="chosen LR"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8)
     fig.suptitle(suptitle or "Surface metrics vs LR (★ = chosen LR; solid = en, dashed = mean fr/pt/ru)")
     return _png(fig)
 
@@ -156,5 +163,5 @@ def tasks_png(
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2)
     return _png(fig)

@@ -465,8 +465,6 @@ def _fig2_fig4(
                             "n_wrong_lang": nw,
                         }
                     )
-                cells = [ci_cell(r["mean"], r["lo"], r["hi"], r["n"], r["n_failed"]) for r in c2[-2:]]
-                d2.append([src, labels[run], c, *cells])
         cols = [f"{SHORT[c]} {lang}" for c in CRITERIA for lang in ("en", "non-en")]
         p2.append(figures.Panel(f"{src} evaluation", vals, texts, [labels[m] for m in models], cols))
         for lang in LANGS:
@@ -508,6 +506,13 @@ def _fig2_fig4(
                             }
                         )
                 d4.append([src, labels[run], c, *cells])
+    by = {(r["source"], r["run"], r["criterion"], r["langs"]): r for r in c2}
+    for run in models:  # sources side by side, as in the figure
+        for c in CRITERIA:
+            rs = [by[(src, run, c, key)] for src in sources for key in ("en", "non_en")]
+            d2.append(
+                [labels[run], c, *[ci_cell(r["mean"], r["lo"], r["hi"], r["n"], r["n_failed"]) for r in rs]]
+            )
     ncols = len(sources)
     s2.figure = ("fig2.png", figures.heatmaps_png(p2, ncols, "Scores 0–2 († = failed judge items left out)"))
     s2.text = [
@@ -522,7 +527,11 @@ def _fig2_fig4(
         Table(
             "fig2",
             "Figure 2 values (95% CI, n)",
-            ["source", "model", "criterion", "en", "non-en (mean fr/pt/ru)"],
+            [
+                "model",
+                "criterion",
+                *[f"{src} {k}" for src in sources for k in ("en", "non-en (mean fr/pt/ru)")],
+            ],
             d2,
             c2,
             FAILED_NOTE,
@@ -538,6 +547,7 @@ def _fig2_fig4(
             d4,
             c4,
             FAILED_NOTE,
+            collapsed=len(d4) > 24,
         )
     ]
     return [s2, s4]
@@ -552,6 +562,15 @@ def _fig3_surface(surface: list[Row], runs: list[Run], chosen: dict[str, Run]) -
     chosen_lr = {g: r.lr for g, r in chosen.items()}
     groups = list(dict.fromkeys(r.group for r in runs if r.group in chosen))
     disp, raw = [], []
+    gorder = {g: i for i, g in enumerate(dict.fromkeys(r.group for r in runs))}
+    surface = sorted(
+        surface,
+        key=lambda r: (
+            gorder.get(r["group"], 0),
+            r["lr"] or 0.0,
+            LANGS.index(r["lang"]) if r["lang"] in LANGS else 9,
+        ),
+    )
     for row in surface:
         mark = row["lr"] is not None and chosen_lr.get(row["group"]) == row["lr"]
         raw.append(
@@ -595,7 +614,9 @@ def _fig3_surface(surface: list[Row], runs: list[Run], chosen: dict[str, Run]) -
     if no_lr:
         s.text.append(f"Without an LR (not plotted): {', '.join(no_lr)}.")
     header = ["group", "lr", "lang", "n", "language correct", "spelling ok", "relevance", "code-switching"]
-    s.tables = [Table("fig3_surface", "Figure 3 left values (95% CI)", header, disp, raw)]
+    s.tables = [
+        Table("fig3_surface", "Figure 3 left values (95% CI)", header, disp, raw, collapsed=len(disp) > 24)
+    ]
     return s
 
 
@@ -684,7 +705,11 @@ def _fig3_tasks(sources: dict, anchor: Run | None, labels: dict, rule: str, n_bo
         f"Anchor run: {anchor.name} ({labels.get(anchor.name, anchor.label)}); plotted: {plot_src} ratings."
     ]
     header = ["source", "task", "en", "non-en (mean fr/pt/ru)", "fr", "pt", "ru"]
-    s.tables = [Table("fig3_tasks", "Figure 3 right values (95% CI, n)", header, disp, raw, FAILED_NOTE)]
+    s.tables = [
+        Table(
+            "fig3_tasks", "Figure 3 right values (95% CI, n)", header, disp, raw, FAILED_NOTE, len(disp) > 30
+        )
+    ]
     return s
 
 
@@ -862,7 +887,9 @@ def _summary(sections: list[Section], header: list[tuple[str, str]], banner: str
         lines += ["", "Figure 2 (means, 0-2):", agg.format_table(list(wide.values()), cols)]
     if "runs" in tables:
         chosen = [r for r in tables["runs"].csv_rows if r["chosen"]]
-        lines += ["", "chosen LR: " + ", ".join(f"{r['group']}: {_lr(r['lr'])}" for r in chosen)]
+        lines += ["", "chosen LR per group:"] + [
+            f"  {r['group']}: {_lr(r['lr'])} ({r['run']})" for r in chosen
+        ]
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ class Table:
     rows: list[list[Any]]
     csv_rows: list[dict[str, Any]]
     note: str = ""
+    collapsed: bool = False  # HTML: inside a closed <details> (long tables)
 
 
 @dataclass
@@ -119,11 +120,13 @@ def _html_table(t: Table) -> str:
                 cells.append(f"<td>{e(_text(c))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     note = f'<p class="note">{e(t.note)}</p>' if t.note else ""
-    return (
-        f'<h3 id="{e(t.name)}">{e(t.title)}</h3>\n<table><thead><tr>{head}</tr></thead><tbody>\n'
-        + "\n".join(body)
-        + f"\n</tbody></table>{note}"
-    )
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + f"\n</tbody></table>{note}"
+    if t.collapsed:
+        return (
+            f'<details id="{e(t.name)}"><summary><b>{e(t.title)}</b> — {len(t.rows)} rows, click to show'
+            f"</summary>\n{table}</details>"
+        )
+    return f'<h3 id="{e(t.name)}">{e(t.title)}</h3>\n{table}'
 
 
 def html_page(title: str, banner: str, header: Sequence[tuple[str, str]], sections: Sequence[Section]) -> str:

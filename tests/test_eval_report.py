@@ -322,7 +322,10 @@ def test_html_self_contained_and_flags(built):
     assert "†" in page and "not scored yet" in page and "trainer-workdir/ has no run.json" in page
     assert report.DEMO_BANNER not in page
     md = (index.parent / "report.md").read_text(encoding="utf-8")
-    assert "![Figure 2" in md and "| judge | Tiny / Dolly-En / LoRA | helpfulness | 1.25 [" in md
+    assert "![Figure 2" in md
+    line = next(x for x in md.splitlines() if x.startswith("| Tiny / Dolly-En / LoRA | helpfulness | "))
+    # human en | human non-en (no pt ratings: no mean of means) | judge en | judge non-en
+    assert "| 1.20 [" in line and "| – n=5 | 1.25 [" in line and line.endswith(" n=10 † |")
 
 
 def test_demo_banner_and_no_human(tmp_path):
