@@ -117,7 +117,7 @@ def surface_png(metrics: dict[str, list[Line]], suptitle: str = "") -> bytes:
                 y = ys[xs.index(ln.chosen)]
                 ax.plot([ln.chosen], [y], marker="*", markersize=16, color=color, markeredgecolor="black")
         ax.set_xscale("log")
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylim(top=1.02)  # bottom: automatic, so that differences near 1 stay visible
         ax.set_xlabel("learning rate")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)

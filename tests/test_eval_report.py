@@ -383,3 +383,25 @@ def test_cli(tmp_path, capsys):
         report.main(["evalsuite.report"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and str(runs / ANCHOR / "run.json") in err and "invalid JSON" in err
+
+
+def test_without_judge_and_without_scores(tmp_path):
+    runs, _ = make_runs(tmp_path, judge_kind="none", human=False)
+    for name in (ANCHOR, LOW, OTHER):  # surface metrics only, as with --judge=none
+        t = pq.read_table(runs / name / "scores.parquet").to_pylist()
+        for r in t:
+            r.update(
+                {f"judge_{c}": None for c in JUDGE_CRITERIA},
+                judge_status="skipped",
+                judge_helpfulness_mod=None,
+            )
+        pq.write_table(pa.Table.from_pylist(t, schema=SCHEMA), runs / name / "scores.parquet")
+    rep = report.build_report(runs, None, "judge", 20)
+    page = report.write_report(rep, tmp_path / "out").read_text(encoding="utf-8")
+    assert "No judge scores in the shown runs" in page and (tmp_path / "out" / "fig3_surface.png").exists()
+    assert not (tmp_path / "out" / "fig2.png").exists()
+    for name in (ANCHOR, LOW, OTHER):
+        (runs / name / "scores.parquet").unlink()
+    rep = report.build_report(runs, None, "judge", 20)
+    page = report.write_report(rep, tmp_path / "out2").read_text(encoding="utf-8")
+    assert page.count("not scored yet") == 4 + 1 and "No scored runs yet" in page
