@@ -115,7 +115,15 @@ def surface_png(metrics: dict[str, list[Line]], suptitle: str = "") -> bytes:
             ax.plot(xs, ys, "--" if ln.dashed else "-", marker="o", color=color, label=ln.name)
             if ln.chosen is not None and ln.chosen in xs:
                 y = ys[xs.index(ln.chosen)]
-                ax.plot([ln.chosen], [y], marker="*", markersize=16, color=color, markeredgecolor="black")
+                ax.plot(
+                    [ln.chosen],
+                    [y],
+                    marker="*",
+                    markersize=16,
+                    color=color,
+                    markeredgecolor="black",
+                    zorder=5,
+                )
         ax.set_xscale("log")
         ax.set_ylim(top=1.02)  # bottom: automatic, so that differences near 1 stay visible
         ax.set_xlabel("learning rate")
