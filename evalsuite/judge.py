@@ -37,9 +37,29 @@ _SCORE_FIELDS = ("score", "stars", "rating", "value", "grade", "star")
 _NAME_FIELDS = ("criterion", "criteria", "name", "aspect", "category")
 
 
-def judge_params(max_tokens: int | None = 200) -> dict[str, Any]:
-    """Request parameters for the judge (paper: JSON mode, temperature 0)."""
-    params: dict[str, Any] = {"temperature": 0, "response_format": {"type": "json_object"}}
+# The criteria as Table 2 names them, in the prompt's order (the keys of the demo judge's JSON schema).
+PROMPT_KEYS = ("Language", "Fluency", "Helpfulness", "Accuracy", "Logical coherence", "Harmlessness")
+
+
+def judge_schema_format() -> dict[str, Any]:
+    """OpenAI `response_format` with a JSON schema: exactly the six Table 2 keys, integers 1..3.
+
+    Only for small local demo judges (infer.server decodes under this schema); real judges get JSON mode.
+    """
+    props = {k: {"type": "integer", "minimum": 1, "maximum": 3} for k in PROMPT_KEYS}
+    schema = {
+        "type": "object",
+        "properties": props,
+        "required": list(PROMPT_KEYS),
+        "additionalProperties": False,
+    }
+    return {"type": "json_schema", "json_schema": {"name": "judge_scores", "strict": True, "schema": schema}}
+
+
+def judge_params(max_tokens: int | None = 200, schema: bool = False) -> dict[str, Any]:
+    """Request parameters for the judge (paper: JSON mode, temperature 0; `schema`: the demo judge's)."""
+    fmt = judge_schema_format() if schema else {"type": "json_object"}
+    params: dict[str, Any] = {"temperature": 0, "response_format": fmt}
     if max_tokens:
         params["max_tokens"] = max_tokens
     return params
@@ -168,11 +188,12 @@ def task_text(messages: Sequence[dict[str, str]]) -> str:
 
 
 def judge_request(
-    task: str, response: str, variant: str = "paper", max_tokens: int | None = 200
+    task: str, response: str, variant: str = "paper", max_tokens: int | None = 200, schema: bool = False
 ) -> ChatRequest:
-    """The ChatRequest for one response (JSON mode, temperature 0)."""
+    """The ChatRequest for one response (JSON mode, temperature 0; `schema`: see judge_schema_format)."""
     prompt = judge_prompt(task, response, variant)
-    return ChatRequest([{"role": "user", "content": prompt}], judge_params(max_tokens), parse_judge_reply, 80)
+    params = judge_params(max_tokens, schema)
+    return ChatRequest([{"role": "user", "content": prompt}], params, parse_judge_reply, 80)
 
 
 def judge_columns(outcome: ChatOutcome | None) -> dict[str, Any]:

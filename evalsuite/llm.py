@@ -218,52 +218,24 @@ def _retryable() -> tuple[type[BaseException], ...]:
     )
 
 
-class ChatRunner:
-    """Runs ChatRequests against one model with cache, retries, bounded concurrency and a cost cap."""
+class Estimator:
+    """Price, cache lookup and the call/cost estimate of one model -- no client, no API key needed.
+
+    ChatRunner extends it; `evalsuite.grid --dry_run` uses it alone to estimate without a key or network.
+    """
 
     def __init__(
         self,
         spec: ModelSpec,
         *,
         cache: ChatCache | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        timeout_s: float = 60.0,
-        max_retries: int = 6,
-        parse_retries: int = 2,
-        backoff_s: float = 1.0,
-        backoff_max_s: float = 30.0,
-        concurrency: int = 8,
-        max_cost_usd: float | None = None,
-        budget: Budget | None = None,
         price_per_mtok: tuple[float, float] | None = None,
         retry_failed: bool = False,
     ):
         self.spec = spec
         self.cache = cache
-        self.max_retries = max_retries
-        self.parse_retries = parse_retries
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
-        self.concurrency = max(1, concurrency)
-        self.budget = budget or Budget(max_cost_usd)
         self.price = price_per_mtok or PRICES_PER_MTOK.get(spec.model, (0.0, 0.0))
         self.retry_failed = retry_failed
-        self.stats = RunStats()
-        self._lock = threading.Lock()
-        key = os.environ.get(api_key_env)
-        if not key:
-            if spec.base_url is None:
-                raise LLMConfigError(f"set the API key in the environment variable {api_key_env}")
-            key = "EMPTY"  # local OpenAI-compatible servers usually ignore the key
-        self._secret = key
-        import openai
-
-        self._openai = openai
-        self._retryable = _retryable()
-        self._client = openai.OpenAI(api_key=key, base_url=spec.base_url, timeout=timeout_s, max_retries=0)
-
-    def __repr__(self) -> str:
-        return f"ChatRunner({self.spec}, concurrency={self.concurrency})"
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price[0] + completion_tokens * self.price[1]) / 1e6
@@ -290,6 +262,51 @@ class ChatRunner:
             "completion_tokens": ct,
             "cost_usd": self.cost(pt, ct),
         }
+
+
+class ChatRunner(Estimator):
+    """Runs ChatRequests against one model with cache, retries, bounded concurrency and a cost cap."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        cache: ChatCache | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 60.0,
+        max_retries: int = 6,
+        parse_retries: int = 2,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        concurrency: int = 8,
+        max_cost_usd: float | None = None,
+        budget: Budget | None = None,
+        price_per_mtok: tuple[float, float] | None = None,
+        retry_failed: bool = False,
+    ):
+        super().__init__(spec, cache=cache, price_per_mtok=price_per_mtok, retry_failed=retry_failed)
+        self.max_retries = max_retries
+        self.parse_retries = parse_retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.concurrency = max(1, concurrency)
+        self.budget = budget or Budget(max_cost_usd)
+        self.stats = RunStats()
+        self._lock = threading.Lock()
+        key = os.environ.get(api_key_env)
+        if not key:
+            if spec.base_url is None:
+                raise LLMConfigError(f"set the API key in the environment variable {api_key_env}")
+            key = "EMPTY"  # local OpenAI-compatible servers usually ignore the key
+        self._secret = key
+        import openai
+
+        self._openai = openai
+        self._retryable = _retryable()
+        self._client = openai.OpenAI(api_key=key, base_url=spec.base_url, timeout=timeout_s, max_retries=0)
+
+    def __repr__(self) -> str:
+        return f"ChatRunner({self.spec}, concurrency={self.concurrency})"
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret != "EMPTY" else text

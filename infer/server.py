@@ -5,7 +5,9 @@
 Concurrent requests are batched dynamically: a worker thread takes the first waiting request, gathers
 whatever else arrives within `--batch_wait_ms` (up to `--max_batch`), and decodes them as one batch, each
 row with its own parameters. `stream=true` answers with server-sent events; `response_format=
-{"type": "json_object"}` constrains decoding so the reply always parses as a JSON object. Defaults differ
+{"type": "json_object"}` constrains decoding so the reply always parses as a JSON object, and
+`{"type": "json_schema", ...}` with a flat object of required integer properties (minimum/maximum) decodes
+exactly `{"K1": v1, ...}` with each value in range (what a small local judge needs to give usable scores). Defaults differ
 from OpenAI's in one place: temperature defaults to 0 (greedy), which is what a local judge wants.
 """
 
@@ -24,7 +26,8 @@ from typing import Any
 from absl import app, flags, logging
 
 from infer.decode import DecodeParams
-from infer.engine import Engine, Result
+from infer.engine import Constraint, Engine, Result
+from infer.json_constraint import IntObjectConstraint, IntObjectDFA, JsonVocab, parse_int_object_schema
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "embedded", "HF directory, training workdir, .gguf, or 'embedded'.")
@@ -55,7 +58,7 @@ class ApiError(Exception):
 class Job:
     ids: list[int]
     params: DecodeParams
-    json_object: bool
+    fmt: str | tuple | None  # None, "json_object", or json_schema fields (key, min, max)
     stream: bool
     events: queue.Queue = dataclasses.field(
         default_factory=queue.Queue
@@ -69,6 +72,8 @@ class Batcher:
         self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
         self.queue: queue.Queue[Job] = queue.Queue()
         self.batches: list[int] = []  # sizes of the batches run (observability, tests)
+        self._vocab: JsonVocab | None = None
+        self._dfas: dict[tuple, IntObjectDFA] = {}
         threading.Thread(target=self._loop, daemon=True, name="batcher").start()
 
     def submit(self, job: Job) -> Job:
@@ -87,6 +92,20 @@ class Batcher:
             self.batches.append(len(jobs))
             self._run(jobs)
 
+    def constraint(self, fmt: str | tuple | None) -> Constraint | None:
+        if fmt is None:
+            return None
+        if fmt == "json_object":
+            return self.engine.json_constraint()
+        if self._vocab is None:
+            e = self.engine
+            self._vocab = JsonVocab(e.tokenizer, e.cfg.vocab_size, e.eos_ids)
+        if fmt not in self._dfas:
+            if len(self._dfas) > 64:
+                self._dfas.clear()
+            self._dfas[fmt] = IntObjectDFA(fmt, self._vocab)  # type: ignore[arg-type]
+        return IntObjectConstraint(self._dfas[fmt])
+
     def _run(self, jobs: list[Job]) -> None:
         def on_delta(i: int, text: str, finished: bool) -> None:
             if jobs[i].stream and text:
@@ -96,7 +115,7 @@ class Batcher:
             results = self.engine.generate_ids(
                 [j.ids for j in jobs],
                 [j.params for j in jobs],
-                constraints=[self.engine.json_constraint() if j.json_object else None for j in jobs],
+                constraints=[self.constraint(j.fmt) for j in jobs],
                 on_delta=on_delta if any(j.stream for j in jobs) else None,
             )
         except Exception as e:  # report to every waiting client, keep serving
@@ -132,8 +151,9 @@ def _content(value: Any, where: str) -> str:
     raise ApiError(400, f"{where} must be a string or a list of text parts", param=where)
 
 
-def parse_params(body: dict[str, Any], default_max: int) -> tuple[DecodeParams, bool]:
-    """Decoding parameters and the json_object flag of a request (400 on anything malformed)."""
+def parse_params(body: dict[str, Any], default_max: int) -> tuple[DecodeParams, str | tuple | None]:
+    """Decoding parameters and the output format of a request: None, "json_object", or json_schema
+    fields (key, minimum, maximum) — 400 on anything malformed or unsupported."""
     n = _get(body, "n", (int,), 1)
     if n != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
@@ -152,20 +172,28 @@ def parse_params(body: dict[str, Any], default_max: int) -> tuple[DecodeParams, 
     elif not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop) and len(stop) <= 4):
         raise ApiError(400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop")
     fmt = _get(body, "response_format", (dict,), {"type": "text"})
-    if fmt.get("type") not in ("text", "json_object"):
+    if fmt.get("type") not in ("text", "json_object", "json_schema"):
         raise ApiError(
             400, f"response_format type {fmt.get('type')!r} is not supported", param="response_format"
         )
-    json_object = fmt.get("type") == "json_object"
-    if json_object and max_tokens < 2:
+    out_fmt: str | tuple | None = "json_object" if fmt.get("type") == "json_object" else None
+    if out_fmt and max_tokens < 2:
         raise ApiError(400, "json_object needs max_tokens >= 2", param="max_tokens")
+    if fmt.get("type") == "json_schema":
+        try:
+            out_fmt = parse_int_object_schema(fmt)
+        except ValueError as e:
+            raise ApiError(400, f"response_format: {e}", param="response_format") from None
+        shortest = len(json.dumps({k: lo for k, lo, _ in out_fmt}))
+        if max_tokens < shortest:
+            raise ApiError(400, f"json_schema needs max_tokens >= {shortest}", param="max_tokens")
     if not 0 <= temperature <= 2:
         raise ApiError(400, "'temperature' must be between 0 and 2", param="temperature")
     try:
         params = DecodeParams(max_tokens, penalty, temperature, top_p, seed, tuple(stop))
     except ValueError as e:
         raise ApiError(400, str(e).replace("DecodeParams: ", "")) from None
-    return params, json_object
+    return params, out_fmt
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -281,7 +309,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _completion(self, body: dict[str, Any], chat: bool) -> None:
         self._check_model(body)
-        params, json_object = parse_params(body, self.default_max)
+        params, fmt = parse_params(body, self.default_max)
         ids = self._prompt_ids(body, chat)
         limit = self.engine.cfg.max_position_embeddings
         if len(ids) + params.max_new_tokens > limit:
@@ -293,7 +321,7 @@ class Handler(BaseHTTPRequestHandler):
                 code="context_length_exceeded",
             )
         stream = bool(_get(body, "stream", (bool,), False))
-        job = self.batcher.submit(Job(ids, params, json_object, stream))
+        job = self.batcher.submit(Job(ids, params, fmt, stream))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if stream:

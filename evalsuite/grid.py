@@ -1,0 +1,119 @@
+r"""The grid runner: train → generate → score for every config × learning rate (docs/results.md).
+
+  python -m evalsuite.grid --configs=configs/A.py[:args],configs/B.py --lrs=1e-6,1e-5,1e-4 --workdir=runs/ \
+      [--judge=none|demo|openai:MODEL[@BASE_URL]] [--relevance=same|none|demo|openai:...] \
+      [--eval=paper,modifiers] [--langs=en,fr,pt,ru] [--subset=tasks=8,modifiers=4] [--max_new_tokens=512] \
+      [--include_base] [--set=train.steps=4] [--max_cost_usd=5] [--dry_run]
+
+Every stage writes `<run>/stages/<stage>.json` after its output is committed; a stage whose marker holds
+the same key (config hash + the stage's inputs) is skipped, so rerunning the same command after a crash
+resumes where it stopped (the trainer from its last checkpoint, generation from the rows already written,
+scoring from the judge cache). `--dry_run` prints every stage's status and the LLM call/cost estimate
+without loading weights or calling anything. `--judge=demo` starts the embedded SmolLM2 under
+`python -m infer.server` as a demo judge (labelled as such in runs/judge.json); `openai:...` reads the key
+from $OPENAI_API_KEY. Exit status: 0 all stages done, 1 a stage failed, 2 bad flags.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from evalsuite import grid_plan as gp
+from evalsuite.data import LANGS
+from evalsuite.grid_run import Grid, GridOptions
+from evalsuite.llm import DEFAULT_CACHE_DIR
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("configs", None, "Config files, each path[:args] (e.g. configs/smollm2.py:ft).")
+flags.DEFINE_list("lrs", None, "Learning rates; the config's lr/min_lr ratio is kept.")
+flags.DEFINE_string("workdir", "runs", "Runs directory (docs/results.md).")
+flags.DEFINE_string("judge", "none", "none | demo[:MODEL_DIR] | openai | openai:MODEL[@BASE_URL].")
+flags.DEFINE_string("relevance", "same", "same (as --judge) | none | demo | openai:MODEL[@BASE_URL].")
+flags.DEFINE_string("modifier_judge", "same", "Model for style/two-hop modifiers: same | none | spec.")
+flags.DEFINE_list("eval", ["paper", "modifiers"], "Evaluation sets: paper and/or modifiers.")
+flags.DEFINE_list("langs", list(LANGS), "Evaluation languages.")
+flags.DEFINE_string(
+    "subset", "", "all, or tasks=N[,per_task=K][,modifiers=M] (task-balanced, same items per language)."
+)
+flags.DEFINE_integer("max_new_tokens", 512, "Generation budget per response.")
+flags.DEFINE_float("repetition_penalty", 1.1, "Generation repetition penalty (paper: 1.1).")
+flags.DEFINE_integer("batch_size", 16, "Generation batch size.")
+flags.DEFINE_bool("include_base", False, "Also evaluate each config's untuned base model (run <stem>-base).")
+flags.DEFINE_multi_string("set", [], "Config override KEY=VALUE applied to every config (repeatable).")
+flags.DEFINE_string(
+    "anchor",
+    "",
+    "Config (as in --configs) marked anchor in run.json; default: the paper's anchor, else the first.",
+)
+flags.DEFINE_enum("judge_prompt", "paper", ["paper", "released"], "Judge prompt variant.")
+flags.DEFINE_string("cache_dir", DEFAULT_CACHE_DIR, "LLM reply cache (evalsuite.score --cache_dir).")
+flags.DEFINE_float("max_cost_usd", None, "Cost cap per scoring run (evalsuite.score --max_cost_usd).")
+flags.DEFINE_integer("concurrency", 8, "Concurrent LLM requests per model.")
+flags.DEFINE_bool("dry_run", False, "Print stages, statuses and the LLM cost estimate; run nothing.")
+
+
+def options_from_flags() -> GridOptions:
+    if not FLAGS.configs:
+        raise gp.GridError("--configs is required (e.g. --configs=configs/smollm2.py)")
+    if not FLAGS.lrs:
+        raise gp.GridError("--lrs is required (e.g. --lrs=1e-5,1e-4)")
+    if FLAGS.max_new_tokens <= 0:
+        raise gp.GridError(f"--max_new_tokens={FLAGS.max_new_tokens} must be positive")
+    return GridOptions(
+        configs=FLAGS.configs,
+        lrs=gp.parse_lrs(FLAGS.lrs),
+        workdir=FLAGS.workdir,
+        judge=FLAGS.judge,
+        relevance=FLAGS.relevance,
+        modifier_judge=FLAGS.modifier_judge,
+        eval_sets=FLAGS.eval,
+        langs=FLAGS.langs,
+        subset=FLAGS.subset,
+        max_new_tokens=FLAGS.max_new_tokens,
+        repetition_penalty=FLAGS.repetition_penalty,
+        batch_size=FLAGS.batch_size,
+        include_base=FLAGS.include_base,
+        overrides=FLAGS.set,
+        anchor=FLAGS.anchor,
+        judge_prompt=FLAGS.judge_prompt,
+        cache_dir=FLAGS.cache_dir,
+        max_cost_usd=FLAGS.max_cost_usd,
+        concurrency=FLAGS.concurrency,
+        dry_run=FLAGS.dry_run,
+    )
+
+
+def print_results(results: list) -> None:
+    """Wall time per run and stage, and in total."""
+    print(f"\n{'run':<48}{'stage':<10}{'status':<9}{'seconds':>8}")
+    for r in results:
+        print(f"{r.run:<48}{r.stage:<10}{r.status:<9}{r.seconds:>8.1f}")
+    print(f"{'total':<67}{sum(r.seconds for r in results):>8.1f}")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        grid = Grid(options_from_flags())
+    except gp.GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if FLAGS.dry_run:
+        print(grid.dry_run_text())
+        return
+    results = grid.run()
+    print_results(results)
+    failed = [f"{r.run}/{r.stage}" for r in results if r.status == "failed"]
+    if failed:
+        print(
+            f"error: failed stages: {', '.join(failed)} (rerun the same command to resume)", file=sys.stderr
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,389 @@
+"""Planning a grid (docs/results.md): configs × LRs → runs, run.json, config hashes, stage keys, markers.
+
+Nothing here loads weights or imports the trainer; `evalsuite.grid_run` executes the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import importlib.util
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from beam_pipelines.files import atomic_write_text
+from evalsuite.data import LANGS, MODIFIER_TYPES, EvalRecord, load_eval, load_modifiers, load_tasks
+
+STAGES = ("train", "generate", "score")
+ANCHOR_STEMS = ("llama2_13b_dolly_en_ft", "anchor")
+# display names of known base models (model.init_from → name); anything else: the directory name
+BASE_NAMES = {
+    "embedded": "SmolLM2-135M",
+    "llama-2-13b": "LLaMA-2-13B",
+    "llama-2-7b": "LLaMA-2-7B",
+    "towerbase-7b": "Tower-7B",
+}
+DATA_NAMES = {"dolly_en": "Dolly-En", "dolly_dt": "Dolly-DT", "lima_en": "LIMA-En"}
+# modifier types taken first by `modifiers=M` (programmatic checks first: they need no LLM)
+MODIFIER_ORDER = (
+    "num_items",
+    "short",
+    "markdown_template",
+    "lang",
+    "cap_template",
+    "long",
+    "arrow_template",
+    "html_template",
+    "simple_style",
+    "scientific_style",
+    "complex_inst",
+)
+
+
+assert sorted(MODIFIER_ORDER) == sorted(MODIFIER_TYPES)
+
+
+class GridError(ValueError):
+    """Bad grid input (config file, LR, subset, override); the message names the flag or file."""
+
+
+# ------------------------------------------------------------------------------------------- configs
+
+
+def split_config_spec(spec: str) -> tuple[str, str]:
+    """'configs/a.py:runlocal' -> ('configs/a.py', 'runlocal')."""
+    path, _, args = spec.partition(":")
+    return path, args
+
+
+def _parse_value(old: Any, text: str, where: str) -> Any:
+    try:
+        if isinstance(old, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if isinstance(old, int):
+            return int(text)
+        if isinstance(old, float):
+            return float(text)
+        if isinstance(old, (tuple, list)):
+            return tuple(x for x in text.split("+") if x)  # "a+b" → ("a", "b")
+        return text
+    except ValueError:
+        raise GridError(f"{where}: cannot read {text!r} as {type(old).__name__}") from None
+
+
+def apply_overrides(cfg: ConfigDict, overrides: Sequence[str]) -> None:
+    """`key.path=value` (from --set); the value takes the type of the config's current value."""
+    for ov in overrides:
+        key, eq, text = ov.partition("=")
+        where = f"--set={ov}"
+        if not eq or not key:
+            raise GridError(f"{where}: expected KEY=VALUE, e.g. train.steps=4")
+        parts = key.split(".")
+        node = cfg
+        for p in parts[:-1]:
+            if p not in node or not isinstance(node[p], ConfigDict):
+                raise GridError(f"{where}: the config has no section {p!r}")
+            node = node[p]
+        leaf = parts[-1]
+        if leaf not in node:
+            raise GridError(f"{where}: the config has no key {key!r}")
+        node[leaf] = _parse_value(node[leaf], text, where)
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
+    """`path[:args]` → the config get_config(args) returns, with --set overrides applied."""
+    path, args = split_config_spec(spec)
+    p = Path(path)
+    if not p.is_file() or p.suffix != ".py":
+        raise GridError(f"--configs: config file {path!r} does not exist (expected configs/NAME.py)")
+    mod_spec = importlib.util.spec_from_file_location(f"_grid_config_{p.stem}", p)
+    module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
+    try:
+        mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        if not hasattr(module, "get_config"):
+            raise GridError(f"--configs: {path} has no get_config()")
+        cfg = module.get_config(args or None)
+    except GridError:
+        raise
+    except Exception as e:
+        raise GridError(f"--configs: {spec}: {type(e).__name__}: {e}") from None
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+def config_json(cfg: ConfigDict) -> str:
+    return cfg.to_json_best_effort(sort_keys=True)
+
+
+def sha256(obj: Any) -> str:
+    text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def parse_lrs(values: Sequence[str]) -> list[float]:
+    lrs = []
+    for v in values:
+        try:
+            lr = float(v)
+        except ValueError:
+            raise GridError(f"--lrs: cannot read {v!r} as a learning rate (e.g. 1e-5)") from None
+        if not math.isfinite(lr) or lr <= 0:
+            raise GridError(f"--lrs: learning rate {v!r} must be a positive number")
+        lrs.append(lr)
+    if len(set(lrs)) != len(lrs):
+        raise GridError(f"--lrs: repeated learning rate in {list(values)}")
+    return lrs
+
+
+def with_lr(cfg: ConfigDict, lr: float) -> ConfigDict:
+    """A copy with optimizer.lr = lr and min_lr scaled to keep the config's lr/min_lr ratio."""
+    out = ConfigDict(cfg.to_dict())
+    ratio = cfg.optimizer.min_lr / cfg.optimizer.lr
+    out.optimizer.lr = lr
+    out.optimizer.min_lr = float(f"{lr * ratio:.12g}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+@dataclasses.dataclass
+class RunSpec:
+    name: str
+    config: str  # path[:args] as given
+    cfg: ConfigDict  # resolved (LR applied)
+    config_hash: str
+    method: str  # ft | lora | none
+    lr: float | None
+    overrides: tuple[str, ...]
+    meta: dict[str, Any]  # run.json
+
+    @property
+    def trains(self) -> bool:
+        return self.method != "none"
+
+
+def data_name(cfg: ConfigDict) -> str:
+    if cfg.data.format == "lima":
+        return "lima_en"
+    return "dolly_dt" if len(cfg.data.paths) > 1 else "dolly_en"
+
+
+def base_model_name(cfg: ConfigDict) -> str:
+    src = cfg.model.init_from
+    if not src:
+        return f"random-{cfg.model.preset}"
+    key = src if src == "embedded" else Path(os.path.expanduser(src)).name
+    return BASE_NAMES.get(key, key)
+
+
+def run_name(stem: str, args: str, lr: float | None) -> str:
+    parts = [stem] + [a for a in args.split(",") if a]
+    return "-".join(parts) + ("-base" if lr is None else f"-lr{lr!r}")
+
+
+def make_run(spec: str, lr: float | None, overrides: Sequence[str], anchor: bool) -> RunSpec:
+    """One run of the grid: a config at one LR, or (lr None) the config's untuned base model."""
+    cfg = load_config(spec, overrides)
+    path, args = split_config_spec(spec)
+    stem = Path(path).stem
+    base = base_model_name(cfg)
+    if lr is None:
+        method, chash = "none", sha256({"base_of": json.loads(config_json(cfg))})
+        group = label = f"{base} (untuned)"
+    else:
+        cfg = with_lr(cfg, lr)
+        method, chash = ("lora" if cfg.lora.enabled else "ft"), sha256(config_json(cfg))
+        group = f"{base} / {DATA_NAMES.get(data_name(cfg), data_name(cfg))} / {method.upper() if method == 'ft' else 'LoRA'}"
+        label = f"{group} / lr {lr:g}"
+    name = run_name(stem, args, lr)
+    meta = {
+        "run": name,
+        "config": spec,
+        "config_hash": chash,
+        "label": label,
+        "group": group,
+        "base_model": base,
+        "data": data_name(cfg),
+        "method": method,
+        "lr": lr,
+        "anchor": bool(anchor and lr is not None),
+        "overrides": list(overrides),
+    }
+    return RunSpec(name, spec, cfg, chash, method, lr, tuple(overrides), meta)
+
+
+def plan_runs(
+    configs: Sequence[str],
+    lrs: Sequence[float],
+    overrides: Sequence[str],
+    include_base: bool,
+    anchor: str = "",
+) -> list[RunSpec]:
+    """Every config × LR (+ one base run per config with include_base), in order."""
+    if not configs:
+        raise GridError("--configs: give at least one config file")
+    stems = [Path(split_config_spec(c)[0]).stem for c in configs]
+    if anchor:
+        anchor_spec = anchor
+    else:
+        anchor_spec = next((c for c, s in zip(configs, stems) if s in ANCHOR_STEMS), configs[0])
+    runs = []
+    for spec in configs:
+        if include_base:
+            runs.append(make_run(spec, None, overrides, False))
+        for lr in lrs:
+            runs.append(make_run(spec, lr, overrides, spec == anchor_spec))
+    seen: dict[str, str] = {}
+    for r in runs:
+        if r.name in seen:
+            raise GridError(f"--configs: {r.config} and {seen[r.name]} both give run name {r.name!r}")
+        seen[r.name] = r.config
+    return runs
+
+
+# ------------------------------------------------------------------------------------------- prompts
+
+
+def parse_subset(text: str) -> dict[str, int]:
+    """'' or 'all' → {}; 'tasks=8,per_task=1,modifiers=4' → counts (see select_records)."""
+    if text.strip() in ("", "all"):
+        return {}
+    out = {}
+    for part in text.split(","):
+        key, eq, val = part.strip().partition("=")
+        if key not in ("tasks", "per_task", "modifiers") or not eq:
+            raise GridError(f"--subset: {part!r}: expected tasks=N, per_task=K, modifiers=M or all")
+        try:
+            out[key] = int(val)
+        except ValueError:
+            raise GridError(f"--subset: {part!r}: {val!r} is not an integer") from None
+        if out[key] < 0:
+            raise GridError(f"--subset: {part!r} must not be negative")
+    return out
+
+
+def select_records(
+    eval_sets: Sequence[str], langs: Sequence[str], subset: dict[str, int]
+) -> list[EvalRecord]:
+    """The instructions to generate for: whole sets, or a task-balanced subset aligned across languages.
+
+    tasks=N: N of the 25 tasks, evenly spread; per_task=K: the first K items of each (default 1);
+    modifiers=M: M modifier items per language with distinct types (MODIFIER_ORDER). Same items in every
+    language.
+    """
+    bad = [s for s in eval_sets if s not in ("paper", "modifiers")]
+    if bad or not eval_sets:
+        raise GridError(f"--eval: {bad or eval_sets}: expected paper and/or modifiers")
+    bad = [x for x in langs if x not in LANGS]
+    if bad or not langs:
+        raise GridError(f"--langs: {bad or langs}: expected some of {','.join(LANGS)}")
+    items: list[int] | None = None
+    mod_items: list[int] | None = None
+    if subset:
+        tasks = load_tasks()
+        n = min(subset.get("tasks", len(tasks)), len(tasks))
+        k = subset.get("per_task", 1)
+        chosen = [tasks[i * len(tasks) // n] for i in range(n)] if n else []
+        items = [i for t in chosen for i in range(t.first, min(t.last, t.first + k - 1) + 1)]
+        mods = load_modifiers("en")
+        mod_items = []
+        for mtype in MODIFIER_ORDER[: subset.get("modifiers", 0)]:
+            mod_items += [next(r.item for r in mods if r.modifier_type == mtype)]
+    out: list[EvalRecord] = []
+    for lang in langs:
+        if "paper" in eval_sets:
+            recs = load_eval(lang)
+            out += recs if items is None else [recs[i] for i in items]
+        if "modifiers" in eval_sets:
+            recs = load_modifiers(lang)
+            out += recs if mod_items is None else [recs[i] for i in mod_items]
+    if not out:
+        raise GridError("--subset/--eval/--langs select no instruction")
+    return out
+
+
+def prompts_hash(records: Sequence[EvalRecord]) -> str:
+    return sha256([[r.id, r.messages] for r in records])
+
+
+# ------------------------------------------------------------------------------------------- markers
+
+
+def stage_key(stage: str, config_hash: str, inputs: dict[str, Any]) -> str:
+    """Hash of config_hash + the stage's inputs and parameters (docs/results.md)."""
+    return sha256({"stage": stage, "config_hash": config_hash, "inputs": inputs})
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+class RunDir:
+    """Paths and markers of one run directory."""
+
+    def __init__(self, workdir: str | os.PathLike, name: str):
+        self.path = Path(workdir) / name
+        self.stages = self.path / "stages"
+        self.train = self.path / "train"
+        self.prompts = self.path / "prompts.parquet"
+        self.generations = self.path / "generations.parquet"
+        self.scores = self.path / "scores.parquet"
+
+    def marker(self, stage: str) -> dict[str, Any] | None:
+        p = self.stages / f"{stage}.json"
+        try:
+            return json.loads(p.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def running(self, stage: str) -> str | None:
+        """Key of a stage started and not finished (a crash), or None."""
+        p = self.stages / f"{stage}.running.json"
+        try:
+            return json.loads(p.read_text())["key"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return None
+
+    def output_exists(self, stage: str) -> bool:
+        if stage == "train":
+            return (self.train / "done.json").exists() and (self.train / "export" / "config.json").exists()
+        return (self.generations if stage == "generate" else self.scores).exists()
+
+    def status(self, stage: str, key: str) -> str:
+        """done | to run | stale (a marker for other inputs, or its output is gone)."""
+        m = self.marker(stage)
+        if m is None:
+            return "to run"
+        if m.get("key") == key and self.output_exists(stage):
+            return "done"
+        return "stale"
+
+    def start(self, stage: str, key: str) -> None:
+        self.stages.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            json.dumps({"stage": stage, "key": key, "started_at": now()}),
+            self.stages / f"{stage}.running.json",
+        )
+
+    def finish(self, stage: str, key: str, seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
+        marker = {"stage": stage, "key": key, "seconds": round(seconds, 2), "finished_at": now(), **extra}
+        atomic_write_text(json.dumps(marker, indent=1, default=str), self.stages / f"{stage}.json")
+        (self.stages / f"{stage}.running.json").unlink(missing_ok=True)
+        return marker
+
+    def write_run_json(self, meta: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        p = self.path / "run.json"
+        text = json.dumps(meta, indent=1)
+        if not p.exists() or p.read_text() != text:
+            atomic_write_text(text, p)

@@ -1,0 +1,199 @@
+"""evalsuite.grid end to end on the tiny random config (2 LRs, 4 prompts, fake OpenAI judge): layout of
+docs/results.md, a SIGKILL mid-run resumed, a second invocation that reruns nothing, stale detection,
+the dry run over the seven paper configs, and bad flags."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from fake_openai_server import FakeOpenAIServer
+
+from beam_pipelines.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ("smollm2-runlocal-lr0.0001", "smollm2-runlocal-lr0.001")
+PAPER_CONFIGS = (
+    "llama2_13b_dolly_en_ft",
+    "llama2_7b_dolly_en_ft",
+    "llama2_13b_lima_en_ft",
+    "llama2_13b_dolly_en_lora",
+    "llama2_13b_dolly_dt_ft",
+    "tower7b_dolly_en_ft",
+    "tower7b_dolly_dt_ft",
+)
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    return {**e, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def grid_args(workdir: Path, cache: Path, judge: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "evalsuite.grid", "--configs=configs/smollm2.py:runlocal", "--lrs=1e-4,1e-3",
+        f"--workdir={workdir}", "--eval=paper", "--langs=en,fr", "--subset=tasks=2", "--max_new_tokens=8",
+        f"--judge={judge}", f"--cache_dir={cache}", *extra,
+    ]  # fmt: skip
+
+
+def run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def markers(workdir: Path) -> dict[str, str]:
+    return {str(p.relative_to(workdir)): p.read_text() for p in sorted(workdir.glob("*/stages/*.json"))}
+
+
+@pytest.fixture(scope="module")
+def judge():
+    with FakeOpenAIServer(seed=0, fault_rate=0.0) as srv:
+        yield f"openai:fake-judge@{srv.base_url}"
+
+
+@pytest.fixture(scope="module")
+def grid_dir(tmp_path_factory, judge):
+    """A grid killed (SIGKILL, whole process group) after the first run's training, then rerun to the end."""
+    tmp = tmp_path_factory.mktemp("grid")
+    workdir, cache = tmp / "runs", tmp / "cache"
+    log = open(tmp / "killed.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        grid_args(workdir, cache, judge), cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    first = workdir / RUNS[0] / "stages" / "train.json"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first.exists(), (tmp / "killed.log").read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    before = first.read_text()
+    assert not (workdir / RUNS[1] / "stages" / "score.json").exists()
+    done = run(grid_args(workdir, cache, judge))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"[{RUNS[0]}] train: done (skipped)" in done.stdout
+    assert first.read_text() == before  # the finished stage was not rerun
+    return workdir, cache
+
+
+def test_layout(grid_dir):
+    workdir, _ = grid_dir
+    assert json.loads((workdir / "judge.json").read_text())["kind"] == "real"
+    for name, lr, min_lr in ((RUNS[0], 1e-4, 1e-5), (RUNS[1], 1e-3, 1e-4)):
+        rd = workdir / name
+        meta = json.loads((rd / "run.json").read_text())
+        resolved = json.loads((rd / "train" / "config.json").read_text())
+        assert (resolved["optimizer"]["lr"], resolved["optimizer"]["min_lr"]) == (lr, min_lr)
+        canonical = json.dumps(resolved, sort_keys=True)
+        assert meta == {
+            "run": name,
+            "config": "configs/smollm2.py:runlocal",
+            "config_hash": hashlib.sha256(canonical.encode()).hexdigest(),
+            "label": f"random-tiny / Dolly-En / LoRA / lr {lr:g}",
+            "group": "random-tiny / Dolly-En / LoRA",
+            "base_model": "random-tiny",
+            "data": "dolly_en",
+            "method": "lora",
+            "lr": lr,
+            "anchor": True,
+            "overrides": [],
+        }
+        assert (rd / "train" / "done.json").exists() and (rd / "train" / "export" / "config.json").exists()
+        gens = pq.read_table(rd / "generations.parquet")
+        assert gens.num_rows == 4
+        for field in [*GENERATION_SCHEMA, *INSTRUCTION_SCHEMA]:
+            if field.name != "messages":
+                assert gens.schema.field(field.name).type == field.type, field.name
+        assert sorted(gens.column("id").to_pylist()) == [
+            "paper-en-000", "paper-en-055", "paper-fr-000", "paper-fr-055"
+        ]  # fmt: skip
+        assert set(gens.column("model").to_pylist()) == {name}
+        scores = pq.read_table(rd / "scores.parquet").to_pylist()
+        assert [s["judge_status"] for s in scores] == ["ok"] * 4
+        assert [s["relevance_status"] for s in scores] == ["ok"] * 4
+        for stage in ("train", "generate", "score"):
+            m = json.loads((rd / "stages" / f"{stage}.json").read_text())
+            assert m["stage"] == stage and len(m["key"]) == 64 and m["seconds"] >= 0 and m["finished_at"]
+        assert not list((rd / "stages").glob("*.running.json"))
+        assert not (rd / "generations.parquet.parts").exists()
+
+
+def test_second_invocation_reruns_nothing(grid_dir, judge):
+    workdir, cache = grid_dir
+    before = markers(workdir)
+    mtimes = {p: p.stat().st_mtime_ns for p in workdir.glob("*/*.parquet")}
+    again = run(grid_args(workdir, cache, judge))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("done (skipped)") == 6
+    assert "running" not in again.stdout
+    assert markers(workdir) == before
+    assert {p: p.stat().st_mtime_ns for p in workdir.glob("*/*.parquet")} == mtimes
+
+
+def test_dry_run_marks_changed_inputs_stale(grid_dir, judge):
+    workdir, cache = grid_dir
+    out = run(grid_args(workdir, cache, judge, "--max_new_tokens=9", "--dry_run"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in RUNS:
+        assert f"{name:<48}{'done':<10}{'stale':<10}{'stale':<10}" in out.stdout
+    same = run(grid_args(workdir, cache, judge, "--dry_run"))
+    assert "stages: 6 done" in same.stdout
+    assert "judge" in same.stdout and "0 calls" in same.stdout  # every reply is cached
+
+
+def test_dry_run_paper_configs_offline(tmp_path):
+    configs = ",".join(f"configs/{c}.py" for c in PAPER_CONFIGS)
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "evalsuite.grid",
+            f"--configs={configs}",
+            "--lrs=1e-6,1e-5,1e-4",
+            f"--workdir={tmp_path / 'runs'}",
+            "--judge=openai:gpt-3.5-turbo-0125",
+            f"--cache_dir={tmp_path / 'c'}",
+            "--dry_run",
+        ]  # fmt: skip
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    rows = [
+        ln for ln in lines if ln.split() and ln.split()[0].endswith(("-lr1e-06", "-lr1e-05", "-lr0.0001"))
+    ]
+    assert len(rows) == 21
+    assert all(ln.split()[1:] == ["to", "run"] * 3 for ln in rows)
+    assert {ln.split()[0].rsplit("-lr", 1)[0] for ln in rows} == set(PAPER_CONFIGS)
+    assert "stages: 63 to run" in out.stdout
+    judge = next(ln for ln in lines if ln.strip().startswith("judge ") and "calls" in ln)
+    assert judge.split()[1] == str(21 * 1456)
+    assert "total estimated cost: ~$31.89" in out.stdout
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "c").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--configs=configs/nope.py", "--configs: config file 'configs/nope.py' does not exist"),
+        ("--lrs=1e-4,fast", "--lrs: cannot read 'fast' as a learning rate"),
+        ("--subset=tasks=x", "--subset: 'tasks=x': 'x' is not an integer"),
+        ("--set=train.stepz=3", "--set=train.stepz=3: the config has no key 'train.stepz'"),
+    ],
+)
+def test_bad_flags_exit_2(tmp_path, flag, message):
+    args = [sys.executable, "-m", "evalsuite.grid", "--configs=configs/smollm2.py", "--lrs=1e-4", "--dry_run"]
+    key = flag.split("=")[0]
+    args = [a for a in args if not a.startswith(key + "=")] + [flag, f"--workdir={tmp_path}"]
+    out = run(args)
+    assert out.returncode == 2
+    assert f"error: {message}" in out.stderr
