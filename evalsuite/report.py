@@ -113,13 +113,15 @@ def _field(info: dict, path: Path, name: str, types: tuple[type, ...], required:
     return v
 
 
-def load_runs(runs_dir: Path) -> tuple[list[Run], list[str]]:
-    """Every runs_dir/<run>/run.json, sorted by folder; notes list folders without run.json."""
+def load_runs(runs_dir: Path, skip: Path | None = None) -> tuple[list[Run], list[str]]:
+    """Every runs_dir/<run>/run.json, sorted by folder; notes list folders without run.json (but `skip`)."""
     if not runs_dir.is_dir():
         raise ReportError(f"{runs_dir}: not a directory")
     runs, notes = [], []
     for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         path = d / "run.json"
+        if skip is not None and d.resolve() == skip.resolve():
+            continue  # the report's own folder (e.g. runs/demo/report)
         if not path.exists():
             notes.append(f"{d.name}/ has no run.json: ignored")
             continue
@@ -287,11 +289,15 @@ class Report:
 
 
 def build_report(
-    runs_dir: Path, human_path: Path | None = None, rule: str = "judge", n_boot: int = 1000
+    runs_dir: Path,
+    human_path: Path | None = None,
+    rule: str = "judge",
+    n_boot: int = 1000,
+    out_dir: Path | None = None,
 ) -> Report:
     """Reads the runs directory (and ratings) and lays out every figure and table of the report."""
     judge = load_judge(runs_dir)
-    runs, notes = load_runs(runs_dir)
+    runs, notes = load_runs(runs_dir, skip=out_dir)
     by_name = {r.name: r for r in runs}
     rows = [row for r in runs if r.scored for row in load_rows(r)]
     paper = [r for r in rows if is_paper(r)]

@@ -364,7 +364,7 @@ def test_malformed_run_json(tmp_path, patch, field):
 
 def test_cli(tmp_path, capsys):
     runs, ratings = make_runs(tmp_path)
-    out = tmp_path / "rep"
+    out = runs / "report"  # inside the runs directory, as `make demo` does: not listed as a stray folder
     cmd = [
         sys.executable,
         "-m",
@@ -377,6 +377,8 @@ def test_cli(tmp_path, capsys):
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert f"report: {out / 'index.html'}" in res.stdout and "help_en" in res.stdout
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "trainer-workdir/ has no run.json" in page and "report/ has no run.json" not in page
     (runs / ANCHOR / "run.json").write_text("{not json")  # the same main(), in-process (no second start-up)
     report.FLAGS([cmd[2], *cmd[3:]])
     with pytest.raises(SystemExit) as e:
