@@ -13,6 +13,8 @@ temperature, top-p, token budget, seed) are arrays, so one compiled program serv
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
 from typing import Any, NamedTuple
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from models.config import LlamaConfig
 from models.modules import _layer, init_cache, rms_norm
@@ -246,40 +249,58 @@ decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("pad_id",), 
 
 
 class Decoder:
-    """A model's weights (layers unstacked) plus the jitted prefill/decode programs for it."""
+    """A model's weights (layers unstacked) plus the jitted prefill/decode programs for it.
 
-    def __init__(self, model: nnx.Module, eos_ids: list[int], pad_id: int):
+    With a `mesh` (weights already placed on it, e.g. `load_model(place=models.sharding.mesh_placer(mesh))`),
+    the programs run under `jax.set_mesh(mesh)`: weights keep their logical-axis shardings (tensor / fsdp),
+    the batch and the KV cache are sharded by the same rules table as training, so a model that does not fit
+    one device decodes over several.
+    """
+
+    def __init__(self, model: nnx.Module, eos_ids: list[int], pad_id: int, mesh: Mesh | None = None):
         self.cfg = model.cfg
         lora_scale = model.lora_cfg.scale if model.lora_cfg is not None else 0.0
         self.graphdef = (model.cfg, lora_scale)  # static part of the jitted programs
         self.params = unstack_params(model)
         self.eos_ids = jnp.asarray(sorted(set(eos_ids)) or [-1], jnp.int32)
         self.pad_id = int(pad_id)
+        self.mesh = mesh
+
+    def with_eos(self, eos_ids: list[int]) -> Decoder:
+        """The same weights and programs with other EOS ids."""
+        other = copy.copy(self)
+        other.eos_ids = jnp.asarray(sorted(set(eos_ids)) or [-1], jnp.int32)
+        return other
+
+    def _mesh_scope(self) -> contextlib.AbstractContextManager:
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
     def prefill(self, tokens: np.ndarray, mask: np.ndarray, cache_len: int, out_len: int) -> DecodeState:
-        return prefill_jit(
-            self.graphdef,
-            self.params,
-            jnp.asarray(tokens, jnp.int32),
-            jnp.asarray(mask, jnp.int32),
-            cache_len=cache_len,
-            out_len=out_len,
-        )
+        with self._mesh_scope():
+            return prefill_jit(
+                self.graphdef,
+                self.params,
+                jnp.asarray(tokens, jnp.int32),
+                jnp.asarray(mask, jnp.int32),
+                cache_len=cache_len,
+                out_len=out_len,
+            )
 
     def decode(
         self, state: DecodeState, row: RowParams, steps: int, allowed: np.ndarray | None = None
     ) -> DecodeState:
         allowed_arr = None if allowed is None else jnp.asarray(allowed, bool)
-        return decode_jit(
-            self.graphdef,
-            self.params,
-            state,
-            row,
-            self.eos_ids,
-            jnp.asarray(steps, jnp.int32),
-            allowed_arr,
-            pad_id=self.pad_id,
-        )
+        with self._mesh_scope():
+            return decode_jit(
+                self.graphdef,
+                self.params,
+                state,
+                row,
+                self.eos_ids,
+                jnp.asarray(steps, jnp.int32),
+                allowed_arr,
+                pad_id=self.pad_id,
+            )
 
 
 def bucket(n: int, minimum: int = 1, maximum: int | None = None) -> int:

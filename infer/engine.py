@@ -8,6 +8,7 @@ its own `DecodeParams`; results come back in input order and do not depend on th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -17,10 +18,12 @@ from typing import Any, Protocol
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from infer.decode import FINISH_LENGTH, FINISH_STOP, DecodeParams, Decoder, RowParams, bucket, left_pad
 from models.checkpoint import load_model
 from models.embedded import resolve_model
+from models.sharding import mesh_placer
 from models.tokenizer import ChatTemplateError, ChatTokenizer
 
 Messages = list[dict[str, str]]
@@ -94,19 +97,41 @@ class _Row:
 
 
 class Engine:
-    """Loads a model once; `generate` answers prompts in batches."""
+    """Loads a model once; `generate` answers prompts in batches.
+
+    The engine keeps only the decoder's per-layer weights (not the model's stacked copy), so a loaded model
+    costs its size once. With a `mesh`, weights, batch and KV cache are sharded over it (see `Decoder`).
+    """
 
     def __init__(
-        self, model: Any, tokenizer: ChatTokenizer, eos_ids: list[int], name: str, max_batch: int = 16
+        self,
+        model: Any,
+        tokenizer: ChatTokenizer,
+        eos_ids: list[int],
+        name: str,
+        max_batch: int = 16,
+        mesh: Mesh | None = None,
     ):
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch = max_batch
         self.eos_ids = eos_ids
         self.cfg = model.cfg
-        self.model = model
-        self.decoder = Decoder(model, eos_ids, tokenizer.pad_token_id)
+        self.mesh = mesh
+        self.decoder = Decoder(model, eos_ids, tokenizer.pad_token_id, mesh=mesh)
         self._json_vocab = None
+
+    def derive(
+        self, *, name: str | None = None, max_batch: int | None = None, eos_ids: list[int] | None = None
+    ) -> Engine:
+        """Another engine on the same weights and compiled programs (other name / batch size / EOS ids)."""
+        other = copy.copy(self)
+        other.name = name if name is not None else self.name
+        other.max_batch = max_batch if max_batch is not None else self.max_batch
+        if eos_ids is not None:
+            other.eos_ids = eos_ids
+            other.decoder = self.decoder.with_eos(eos_ids)
+        return other
 
     @classmethod
     def from_path(
@@ -117,14 +142,17 @@ class Engine:
         template: str = "model",
         max_batch: int = 16,
         name: str | None = None,
+        mesh: Mesh | None = None,
     ) -> Engine:
-        """Loads an HF directory / training workdir / .gguf / "embedded" with its tokenizer."""
+        """Loads an HF directory / training workdir / .gguf / "embedded" with its tokenizer; with a `mesh`,
+        each weight is streamed straight onto it with its logical-axis sharding."""
         enable_compile_cache()
         path = resolve_model_dir(model_dir)
         tok_dir = path.parent if path.is_file() else path
         tokenizer = ChatTokenizer(tok_dir, template=template)
-        model = load_model(path, dtype=dtype, param_dtype=dtype)
-        return cls(model, tokenizer, eos_ids_of(tok_dir, tokenizer), name or path.name, max_batch)
+        place = mesh_placer(mesh) if mesh is not None else None
+        model = load_model(path, dtype=dtype, param_dtype=dtype, place=place)
+        return cls(model, tokenizer, eos_ids_of(tok_dir, tokenizer), name or path.name, max_batch, mesh)
 
     # ------------------------------------------------------------------------------------------ prompts
 

@@ -41,12 +41,16 @@ flags.DEFINE_string("dtype", "float32", "Compute/storage dtype (float32 or bfloa
 flags.DEFINE_string("model_name", None, "Value of the `model` column (default: the model directory name).")
 flags.DEFINE_bool("skip_bad", False, "Skip unreadable input lines, listing them in <output>.bad.txt.")
 flags.DEFINE_integer("limit", 0, "Answer only the first N rows (0 = all).")
+flags.DEFINE_integer("mesh_data", 1, "Devices on the mesh's data axis (batch); -1 = all remaining devices.")
+flags.DEFINE_integer("mesh_fsdp", 1, "Devices on the fsdp axis (weights' embed dim, batch); -1 = remaining.")
+flags.DEFINE_integer("mesh_tensor", 1, "Devices on the tensor axis (heads, MLP, vocab); -1 = remaining.")
 
 
 def run(argv_unused: list[str]) -> int:
     from tqdm import tqdm
 
     from infer.engine import Engine
+    from models.sharding import make_mesh
 
     output = Path(FLAGS.output)
     try:
@@ -59,6 +63,8 @@ def run(argv_unused: list[str]) -> int:
             seed=FLAGS.seed,
             stop=tuple(FLAGS.stop),
         )
+        sizes = (FLAGS.mesh_data, FLAGS.mesh_fsdp, FLAGS.mesh_tensor)
+        mesh = None if sizes == (1, 1, 1) else make_mesh(*sizes)
     except (RecordError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -74,7 +80,7 @@ def run(argv_unused: list[str]) -> int:
     logging.info("%d rows, %d already answered, %d to go", len(rows), len(rows) - len(todo), len(todo))
     if todo:
         engine = Engine.from_path(
-            FLAGS.model, dtype=FLAGS.dtype, template=FLAGS.template, max_batch=FLAGS.batch_size
+            FLAGS.model, dtype=FLAGS.dtype, template=FLAGS.template, max_batch=FLAGS.batch_size, mesh=mesh
         )
         model_name = FLAGS.model_name or engine.name
         decoding = json.loads(params.to_json())

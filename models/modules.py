@@ -90,9 +90,10 @@ def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype: Any = None) ->
     """An empty KV cache: k/v [L,B,S,K,H], per-slot segment ids [B,S] (0 = empty) and the write index."""
     dtype = dtype or cfg.compute_dtype
     shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    names = ("layers", "batch", "length", "act_kv_heads", None)  # sharded like k/v activations under a mesh
     return {
-        "k": jnp.zeros(shape, dtype),
-        "v": jnp.zeros(shape, dtype),
+        "k": constrain(jnp.zeros(shape, dtype), names),
+        "v": constrain(jnp.zeros(shape, dtype), names),
         "segment_ids": jnp.zeros((batch, max_len), jnp.int32),
         "index": jnp.zeros((), jnp.int32),
     }

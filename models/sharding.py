@@ -91,6 +91,19 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules=None) -> nnx.State:
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def mesh_placer(mesh: Mesh, rules=None):
+    """A `models.checkpoint.load_model(place=...)` callback: each weight goes straight onto `mesh` with the
+    NamedSharding of its logical axes (only each device's shard is copied from the host array)."""
+
+    def place(path: tuple[str, ...], var: nnx.Variable, arr: np.ndarray) -> jax.Array:
+        arr = np.asarray(arr, dtype=var.get_value().dtype)
+        names = getattr(var, "logical_axes", None) or (None,) * arr.ndim
+        sharding = NamedSharding(mesh, logical_to_spec(names, arr.shape, mesh, rules))
+        return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
+
+    return place
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """with_sharding_constraint by logical names when a mesh is set (jax.set_mesh); identity otherwise."""
     mesh = jax.sharding.get_abstract_mesh()

@@ -48,7 +48,7 @@ def test_greedy_parity_with_transformers(engine, hf, prompt_ids, penalty):
 def test_results_do_not_depend_on_batch_composition(tiny_hf_dir, engine, prompt_ids):
     params = DecodeParams(max_new_tokens=N, repetition_penalty=1.2)
     full = engine.generate_ids(prompt_ids, params)
-    small = Engine(engine.model, engine.tokenizer, engine.eos_ids, "tiny", max_batch=3)
+    small = engine.derive(name="tiny", max_batch=3)
     reordered = small.generate_ids(prompt_ids[::-1], params)[::-1]
     alone = [engine.generate_ids([p], params)[0] for p in prompt_ids[:2]]
     assert [r.ids for r in reordered] == [r.ids for r in full]
@@ -60,7 +60,7 @@ def test_eos_rows_finish_at_different_steps(engine, hf, prompt_ids):
     base = engine.generate_ids(prompt_ids[:4], params)
     # make the 3rd token of row 0 and the 8th token of row 1 "EOS": those rows must stop there, others go on
     eos = [base[0].ids[2], base[1].ids[7]]
-    eng = Engine(engine.model, engine.tokenizer, eos, "tiny-eos", max_batch=16)
+    eng = engine.derive(name="tiny-eos", max_batch=16, eos_ids=eos)
     got = eng.generate_ids(prompt_ids[:4], params)
     for b, g, ids in zip(base, got, prompt_ids[:4], strict=True):
         cut = next((k for k, t in enumerate(b.ids) if t in eos), None)
