@@ -365,6 +365,7 @@ def test_malformed_run_json(tmp_path, patch, field):
 def test_cli(tmp_path, capsys):
     runs, ratings = make_runs(tmp_path)
     out = runs / "report"  # inside the runs directory, as `make demo` does: not listed as a stray folder
+    out.mkdir()
     cmd = [
         sys.executable,
         "-m",

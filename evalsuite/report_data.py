@@ -1,0 +1,209 @@
+"""Reading a runs directory for evalsuite.report: judge.json, run.json, scores, human ratings, LR choice.
+
+Every error names the file and the field (ReportError). See docs/results.md (the runs-directory contract and
+the Report section).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from beam_pipelines.files import read_table
+from beam_pipelines.schemas import JUDGE_CRITERIA
+from evalsuite import aggregate as agg
+
+Row = dict[str, Any]
+
+
+class ReportError(ValueError):
+    """Bad input for the report; the message names the file and field."""
+
+
+@dataclass
+class Run:
+    name: str
+    label: str
+    group: str
+    lr: float | None
+    anchor: bool
+    method: str | None
+    data: str | None
+    path: Path
+    scored: bool
+
+
+def load_judge(runs_dir: Path) -> dict[str, str]:
+    """runs/judge.json ({"spec", "kind": real|demo|none, "note"}); a missing file gives kind "unknown"."""
+    path = runs_dir / "judge.json"
+    if not path.exists():
+        return {"spec": "unknown", "kind": "unknown", "note": f"{path} is missing"}
+    try:
+        judge = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(judge, dict):
+        raise ReportError(f"{path}: expected a JSON object")
+    if judge.get("kind") not in ("real", "demo", "none"):
+        raise ReportError(f"{path}: field 'kind' is {judge.get('kind')!r}, expected 'real', 'demo' or 'none'")
+    if not isinstance(judge.get("spec"), str):
+        raise ReportError(f"{path}: field 'spec' must be a string")
+    return {"spec": judge["spec"], "kind": judge["kind"], "note": str(judge.get("note") or "")}
+
+
+def _field(info: dict, path: Path, name: str, types: tuple[type, ...], required: bool = True) -> Any:
+    """info[name] checked against `types` (bool is not a number here); None allowed when not required."""
+    v = info.get(name)
+    if v is None:
+        if required:
+            raise ReportError(
+                f"{path}: missing field {name!r}" if name not in info else f"{path}: field {name!r} is null"
+            )
+        return None
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+        want = " or ".join(t.__name__ for t in types)
+        raise ReportError(f"{path}: field {name!r} is {v!r}, expected {want}")
+    return v
+
+
+def load_runs(runs_dir: Path, skip: Path | None = None) -> tuple[list[Run], list[str]]:
+    """Every runs_dir/<run>/run.json, sorted by folder; notes list folders without run.json (but `skip`)."""
+    if not runs_dir.is_dir():
+        raise ReportError(f"{runs_dir}: not a directory")
+    runs, notes = [], []
+    for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        path = d / "run.json"
+        if skip is not None and d.resolve() == skip.resolve():
+            continue  # the report's own folder (e.g. runs/demo/report)
+        if not path.exists():
+            notes.append(f"{d.name}/ has no run.json: ignored")
+            continue
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ReportError(f"{path}: invalid JSON ({e})") from None
+        if not isinstance(info, dict):
+            raise ReportError(f"{path}: expected a JSON object")
+        name = _field(info, path, "run", (str,))
+        lr = _field(info, path, "lr", (int, float), required=False)
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            raise ReportError(f"{path}: field 'lr' is {lr!r}, expected a positive number or null")
+        anchor = _field(info, path, "anchor", (bool,), required=False)
+        if name != d.name:
+            notes.append(f"{path}: field 'run' is {name!r}, the folder is {d.name!r}; using {name!r}")
+        runs.append(
+            Run(
+                name=name,
+                label=_field(info, path, "label", (str,)),
+                group=_field(info, path, "group", (str,)),
+                lr=None if lr is None else float(lr),
+                anchor=bool(anchor),
+                method=_field(info, path, "method", (str,), required=False),
+                data=_field(info, path, "data", (str,), required=False),
+                path=d,
+                scored=(d / "scores.parquet").exists(),
+            )
+        )
+    if not runs:
+        raise ReportError(f"{runs_dir}: no <run>/run.json found")
+    seen: dict[str, Path] = {}
+    for r in runs:
+        if r.name in seen:
+            raise ReportError(f"{r.path / 'run.json'}: field 'run' {r.name!r} is also used by {seen[r.name]}")
+        seen[r.name] = r.path / "run.json"
+    return runs, notes
+
+
+def load_rows(run: Run) -> list[Row]:
+    """scores.parquet of a run, each row tagged with the run's name, group and LR.
+
+    (Not evalsuite.summary.load_scores: importing summary would define its absl flags here too.)
+    """
+    path = run.path / "scores.parquet"
+    table = read_table(path)
+    for col in ("id", "lang", "judge_status", "lang_correct"):
+        if col not in table.column_names:
+            raise ReportError(f"{path}: missing column {col!r}; is this an evalsuite.score output?")
+    rows = table.to_pylist()
+    for r in rows:
+        r.update(run=run.name, group=run.group, lr=run.lr)
+    return rows
+
+
+def is_paper(r: Row) -> bool:
+    """A row of the paper's evaluation set (as evalsuite.summary decides)."""
+    return r.get("eval_set") == "paper" if "eval_set" in r else not r.get("modifier_type")
+
+
+def load_human(
+    path: Path, runs: dict[str, Run], score_rows: list[Row]
+) -> tuple[list[Row], list[Row], list[str]]:
+    """Ratings rows, the same as score-like rows (judge_<c> = human <c>) joined to scores on (run, id), notes."""
+    table = read_table(path)
+    for c in ("run", "id", "lang", *JUDGE_CRITERIA):
+        if c not in table.column_names:
+            raise ReportError(f"{path}: missing column {c!r} (human ratings, docs/results.md)")
+    raw = table.to_pylist()
+    for i, h in enumerate(raw):
+        for c in JUDGE_CRITERIA:
+            if h[c] is not None and h[c] not in (0, 1, 2):
+                raise ReportError(f"{path}: row {i}: column {c!r} is {h[c]!r}, expected 0, 1, 2 or null")
+    index = {(r["run"], r.get("id")): r for r in score_rows}
+    like, unknown, unmatched = [], 0, 0
+    for h in raw:
+        if h["run"] not in runs:
+            unknown += 1
+            continue
+        s = index.get((h["run"], h["id"]))
+        unmatched += s is None
+        base = s if s is not None else {"lang": h["lang"], "task": h.get("task")}
+        like.append(
+            {
+                **{
+                    k: base[k]
+                    for k in ("eval_set", "task", "modifier_type", "lang_correct", "lang")
+                    if k in base
+                },
+                "run": h["run"],
+                "id": h["id"],
+                "group": runs[h["run"]].group,
+                "judge_status": "ok",
+                **{f"judge_{c}": h[c] for c in JUDGE_CRITERIA},
+            }
+        )
+    notes = [f"{len(raw)} human ratings from {path}"]
+    if unknown:
+        notes.append(f"{unknown} ratings name a run that is not in the runs directory: ignored")
+    if unmatched:
+        notes.append(f"{unmatched} ratings have no scores row with the same (run, id): kept without fastText")
+    return raw, like, notes
+
+
+def choose_runs(runs: list[Run], surface: list[Row]) -> tuple[dict[str, Run], list[str]]:
+    """Per group (scored runs only), the run at the LR aggregate.select_lr picks from the surface table."""
+    chosen, notes = {}, []
+    by_group: dict[str, list[Run]] = {}
+    for r in runs:
+        if r.scored:
+            by_group.setdefault(r.group, []).append(r)
+    for group, members in by_group.items():
+        with_lr = [r for r in members if r.lr is not None]
+        lrs = Counter(r.lr for r in with_lr)
+        dup = [lr for lr, k in lrs.items() if k > 1]
+        if dup:
+            names = [str(r.path / "run.json") for r in with_lr if r.lr == dup[0]]
+            raise ReportError(f"{' and '.join(names)}: same field 'group' {group!r} and field 'lr' {dup[0]}")
+        if len(members) == 1 or len(with_lr) < 2:
+            chosen[group] = members[0]
+            continue
+        try:
+            lr = agg.select_lr([s for s in surface if s["group"] == group and s["lr"] is not None])
+            chosen[group] = next(r for r in with_lr if r.lr == lr)
+        except ValueError as e:
+            chosen[group] = with_lr[0]
+            notes.append(f"group {group!r}: no LR selection ({e}); showing lr={with_lr[0].lr}")
+    return chosen, notes
