@@ -9,7 +9,6 @@ categories and sentence splitting, not quality.
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
 
 import apache_beam as beam
@@ -20,45 +19,8 @@ from fake_openai_server import FakeOpenAIServer
 
 from beam_pipelines import translate
 from beam_pipelines.io import Output, metric_totals, read_outputs
+from beam_pipelines.tiny_nllb import make_tiny_nllb
 from beam_pipelines.translators import ChatTranslatorHandler, Seq2SeqHandler, split_segments
-
-CODES = ["eng_Latn", "fra_Latn", "por_Latn", "rus_Cyrl"]
-
-
-def make_tiny_nllb(dst: Path) -> Path:
-    import torch
-    from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
-
-    chars = (
-        "▁"
-        + string.ascii_letters
-        + string.digits
-        + string.punctuation
-        + "абвгдеёжзийклмнопрстуфхцчшщъыьэюяéèàçãõ"
-    )
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    tok = NllbTokenizer(vocab=vocab, merges=[], additional_special_tokens=CODES, src_lang="eng_Latn")
-    tok.save_pretrained(dst)
-    torch.manual_seed(0)
-    cfg = M2M100Config(
-        vocab_size=len(tok),
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=256,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        decoder_start_token_id=2,
-    )
-    M2M100ForConditionalGeneration(cfg).eval().save_pretrained(dst)
-    return dst
 
 
 @pytest.fixture(scope="module")
