@@ -61,6 +61,20 @@ def ci_cell(
     return Cell(text)
 
 
+def non_en_langs(rows: list[Row]) -> tuple[str, ...]:
+    """The fr/pt/ru present in `rows` (normally all three): the non-English mean is over these."""
+    present = {r.get("lang") for r in rows}
+    return tuple(lang for lang in agg.NON_EN if lang in present) or agg.NON_EN
+
+
+def _partial_note(src: str, langs: tuple[str, ...]) -> list[str]:
+    if langs == agg.NON_EN:
+        return []
+    return [
+        f"{src}: non-English is the mean over {'/'.join(langs)} only (no {src} rows in the other languages)."
+    ]
+
+
 def _mean_text(mean: float | None, n_failed: int) -> str:
     return _f(mean) + ("†" if n_failed else "")
 
@@ -142,13 +156,15 @@ def fig2_fig4(
     if not judged or not models:
         msg = "No judge scores in the shown runs (judge not run, or kind 'none'): Figures 2 and 4 are empty."
         return [Section(s2.anchor, s2.title, [msg]), Section(s4.anchor, s4.title, [msg])]
-    p2, p4, d2, d4, c2, c4 = [], [], [], [], [], []
+    p2, p4, d2, d4, c2, c4, notes = [], [], [], [], [], [], []
     for src, srows in sources.items():
+        ne = non_en_langs(srows)
+        notes += _partial_note(src, ne)
         per_lang = {
             (t["run"], t["lang"], t["criterion"]): t
             for t in agg.criteria_table(srows, ("run", "lang"), rule, n_boot)
         }
-        env = {(t["run"], t["criterion"]): t for t in agg.en_vs_nonen(srows, ("run",), rule, n_boot)}
+        env = {(t["run"], t["criterion"]): t for t in agg.en_vs_nonen(srows, ("run",), rule, n_boot, ne)}
 
         def counts(run: str, c: str, langs: tuple, per_lang: dict = per_lang) -> tuple[int, int, int]:
             ts = [per_lang.get((run, lang, c), {}) for lang in langs]
@@ -159,7 +175,7 @@ def fig2_fig4(
         for i, run in enumerate(models):
             for j, c in enumerate(CRITERIA):
                 t = env.get((run, c), {})
-                for k, (key, langs) in enumerate((("en", ("en",)), ("non_en", agg.NON_EN))):
+                for k, (key, langs) in enumerate((("en", ("en",)), ("non_en", ne))):
                     n, nf, nw = counts(run, c, langs)
                     m = t.get(key)
                     vals[i, 2 * j + k] = np.nan if m is None else m
@@ -236,7 +252,7 @@ def fig2_fig4(
             if "human" in sources
             else " Judge only: no human ratings given."
         )
-    ]
+    ] + notes
     s2.tables = [
         Table(
             "fig2",
@@ -339,25 +355,25 @@ def fig3_tasks(sources: dict, anchor: Run | None, labels: dict, rule: str, n_boo
     if anchor is None:
         s.text = ["No scored runs yet."]
         return s
-    disp, raw, plot, plot_src = [], [], None, ""
+    disp, raw, plot, plot_src, notes = [], [], None, "", []
     for src, srows in sources.items():
         arows = [r for r in srows if r["run"] == anchor.name and r.get("task")]
         if not arows or not any(r.get("judge_status") in ("ok", "failed") for r in arows):
             continue
+        ne = non_en_langs(arows)
+        notes += _partial_note(src, ne)
         per = {
             (t["task"], t["lang"]): t for t in agg.task_table(arows, "helpfulness", ("run",), rule, n_boot)
         }
         env = {
             t["task"]: t
-            for t in agg.en_vs_nonen(arows, ("task",), rule, n_boot)
+            for t in agg.en_vs_nonen(arows, ("task",), rule, n_boot, ne)
             if t["criterion"] == "helpfulness"
         }
         tasks = sorted(env)
         for task in tasks:
             e = env[task]
-            nf = {
-                k: sum(per.get((task, lang), {}).get(k, 0) for lang in agg.NON_EN) for k in ("n", "n_failed")
-            }
+            nf = {k: sum(per.get((task, lang), {}).get(k, 0) for lang in ne) for k in ("n", "n_failed")}
             en = per.get((task, "en"), {})
             raw.append(
                 {
@@ -417,7 +433,7 @@ def fig3_tasks(sources: dict, anchor: Run | None, labels: dict, rule: str, n_boo
     s.figure = ("fig3_tasks.png", plot)
     s.text = [
         f"Anchor run: {anchor.name} ({labels.get(anchor.name, anchor.label)}); plotted: {plot_src} ratings."
-    ]
+    ] + notes
     header = ["source", "task", "en", "non-en (mean fr/pt/ru)", "fr", "pt", "ru"]
     s.tables = [
         Table(

@@ -230,6 +230,8 @@ def test_figure2_values(built):
     assert not [r for r in rows if r["run"] == LOW]  # only the chosen LR of each group is a model
     human = pick(rows, source="human", run=ANCHOR, criterion="helpfulness", langs="en")
     assert float(human["mean"]) == pytest.approx((1 + 1 + 2 + 0 + 2) / 5) and human["n"] == "5"
+    human = pick(rows, source="human", run=ANCHOR, criterion="helpfulness", langs="non_en")
+    assert float(human["mean"]) == pytest.approx((2.0 + 1.0) / 2)  # no pt ratings: fr and ru only
 
 
 def test_figure4_and_tasks(built):
@@ -324,8 +326,9 @@ def test_html_self_contained_and_flags(built):
     md = (index.parent / "report.md").read_text(encoding="utf-8")
     assert "![Figure 2" in md
     line = next(x for x in md.splitlines() if x.startswith("| Tiny / Dolly-En / LoRA | helpfulness | "))
-    # human en | human non-en (no pt ratings: no mean of means) | judge en | judge non-en
-    assert "| 1.20 [" in line and "| – n=5 | 1.25 [" in line and line.endswith(" n=10 † |")
+    # human en | human non-en (no pt ratings: mean of fr 2.0 and ru 1.0) | judge en | judge non-en
+    assert "| 1.20 [" in line and "| 1.50 [" in line and "n=5 | 1.25 [" in line and line.endswith(" n=10 † |")
+    assert "human: non-English is the mean over fr/ru only" in page
 
 
 def test_demo_banner_and_no_human(tmp_path):
