@@ -620,4 +620,5 @@ def summary_text(sections: list[Section], header: list[tuple[str, str]], banner:
         lines += ["", "chosen LR per group:"] + [
             f"  {r['group']}: {_lr(r['lr'])} ({r['run']})" for r in chosen
         ]
+        lines += [] if chosen else ["  (no scored run yet)"]
     return "\n".join(lines)
