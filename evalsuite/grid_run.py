@@ -230,7 +230,6 @@ class Grid:
         if cfg_path.exists() and json.loads(cfg_path.read_text()) != want:
             logging.warning("%s: train/ holds another config; starting it again", run.name)
             shutil.rmtree(rd.train)
-        path, args = gp.split_config_spec(run.config)
         cmd = [sys.executable, "-m", "train.main", f"--config={run.config}", f"--workdir={rd.train}"]
         keys = ["optimizer.lr", "optimizer.min_lr"] + [o.partition("=")[0] for o in run.overrides]
         cmd += [f"--config.{k}={_fmt_override(_get(run.cfg, k))}" for k in dict.fromkeys(keys)]
@@ -277,10 +276,12 @@ class Grid:
         url = None
         if "demo" in self.judges.names.values():
             if self.server is None:
-                self.server = JudgeServer(
-                    self.judges.demo_model or "embedded", self.workdir / "judge_server.log"
-                )
-                self.server.start()
+                server = JudgeServer(self.judges.demo_model or "embedded", self.workdir / "judge_server.log")
+                try:
+                    server.start()
+                except RuntimeError as e:
+                    raise StageError(str(e)) from None
+                self.server = server
             url = self.server.base_url
         flags = self.judges.flags(url)
         o = self.opts
@@ -371,7 +372,9 @@ class Grid:
         cache = ChatCache(self.opts.cache_dir) if cache_file.exists() else None
         filler = "x" * int(self.opts.max_new_tokens * 3.5)  # estimate_tokens() of it = max_new_tokens
         planned = [{**r.to_row(), "response": filler} for r in self.records]
-        total: dict[str, dict[str, float]] = {}
+        zero = {"calls": 0.0, "prompt_tokens": 0.0, "completion_tokens": 0.0, "cost_usd": 0.0}
+        roles = (("judge", "judge"), ("relevance", "relevance"), ("modifier", "modifier_judge"))
+        total = {name: dict(zero) for name, role in roles if specs[role] is not None}
         for run in self.runs:
             st = self.statuses(run)
             if st["score"] == "done":
@@ -391,9 +394,8 @@ class Grid:
                 cache=cache,
             )
             for name, e in est.items():
-                acc = total.setdefault(name, dict.fromkeys(e, 0.0))
                 for k, v in e.items():
-                    acc[k] += v
+                    total[name][k] += v
         if cache is not None:
             cache.close()
         return total

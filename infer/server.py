@@ -90,7 +90,9 @@ class Batcher:
                 except queue.Empty:
                     break
             self.batches.append(len(jobs))
+            t0 = time.perf_counter()
             self._run(jobs)
+            logging.info("batch of %d requests in %.1fs", len(jobs), time.perf_counter() - t0)
 
     def constraint(self, fmt: str | tuple | None) -> Constraint | None:
         if fmt is None:
@@ -409,6 +411,10 @@ def _usage(r: Result) -> dict[str, int]:
     }
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # listen backlog: the default 5 resets bursts of concurrent clients
+
+
 def make_server(
     engine: Engine,
     host: str,
@@ -432,7 +438,7 @@ def make_server(
             "default_max": default_max,
         },
     )
-    server = ThreadingHTTPServer((host, port), handler)
+    server = _Server((host, port), handler)
     server.daemon_threads = True
     server.batcher = batcher  # type: ignore[attr-defined]
     return server

@@ -186,8 +186,6 @@ def test_dry_run_paper_configs_offline(tmp_path):
     [
         ("--configs=configs/nope.py", "--configs: config file 'configs/nope.py' does not exist"),
         ("--lrs=1e-4,fast", "--lrs: cannot read 'fast' as a learning rate"),
-        ("--subset=tasks=x", "--subset: 'tasks=x': 'x' is not an integer"),
-        ("--set=train.stepz=3", "--set=train.stepz=3: the config has no key 'train.stepz'"),
     ],
 )
 def test_bad_flags_exit_2(tmp_path, flag, message):
@@ -197,3 +195,42 @@ def test_bad_flags_exit_2(tmp_path, flag, message):
     out = run(args)
     assert out.returncode == 2
     assert f"error: {message}" in out.stderr
+
+
+def test_bad_values_name_the_flag():
+    from evalsuite import grid_plan as gp
+
+    cases = [
+        (lambda: gp.parse_subset("tasks=x"), "--subset: 'tasks=x': 'x' is not an integer"),
+        (lambda: gp.parse_subset("items=3"), "--subset: 'items=3': expected tasks=N"),
+        (
+            lambda: gp.load_config("configs/smollm2.py", ["train.stepz=3"]),
+            "--set=train.stepz=3: the config has no key",
+        ),
+        (
+            lambda: gp.load_config("configs/smollm2.py", ["train.steps=many"]),
+            "--set=train.steps=many: cannot read 'many' as int",
+        ),
+        (
+            lambda: gp.load_config("configs/smollm2.py:bogus"),
+            "--configs: configs/smollm2.py:bogus: ValueError: unknown config",
+        ),
+        (lambda: gp.parse_lrs(["-1"]), "--lrs: learning rate '-1' must be a positive number"),
+        (lambda: gp.select_records(["paper"], ["de"], {}), "--langs: ['de']: expected some of en,fr,pt,ru"),
+    ]
+    for call, message in cases:
+        with pytest.raises(gp.GridError) as e:
+            call()
+        assert str(e.value).startswith(message), str(e.value)
+
+
+def test_subset_is_task_balanced_and_aligned():
+    from evalsuite import grid_plan as gp
+
+    recs = gp.select_records(["paper", "modifiers"], ["en", "ru"], gp.parse_subset("tasks=6,modifiers=2"))
+    assert len(recs) == 2 * (6 + 2)
+    paper = [r for r in recs if r.eval_set == "paper"]
+    assert len({r.task for r in paper}) == 6
+    assert [r.item for r in paper if r.lang == "en"] == [r.item for r in paper if r.lang == "ru"]
+    mods = [r for r in recs if r.eval_set == "modifiers" and r.lang == "en"]
+    assert [r.modifier_type for r in mods] == ["num_items", "short"]

@@ -108,6 +108,51 @@ def test_json_object_always_parses(client):
         assert isinstance(json.loads(text), dict), text
 
 
+def test_json_schema_integer_object_is_exact(client):
+    from evalsuite.judge import PROMPT_KEYS, judge_schema_format, parse_judge_reply
+
+    fmt = judge_schema_format()
+    fmt["json_schema"]["schema"]["properties"]["Accuracy"] = {"type": "integer", "minimum": 7, "maximum": 12}
+
+    def one(i: int) -> str:
+        return chat(
+            client,
+            f"Rate answer {i}.",
+            max_tokens=150,
+            temperature=0.9 * (i % 2),
+            seed=i,
+            response_format=fmt,
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(one, range(12)))
+    for text in outs:
+        obj = json.loads(text)
+        assert list(obj) == list(PROMPT_KEYS), text
+        assert all(1 <= v <= 3 for k, v in obj.items() if k != "Accuracy") and 7 <= obj["Accuracy"] <= 12
+        assert text == json.dumps(obj)
+    judge_text = chat(client, "Rate it.", max_tokens=200, response_format=judge_schema_format())
+    assert set(parse_judge_reply(judge_text).values()) <= {0, 1, 2}
+    bad = [
+        {"type": "object", "properties": {"a": {"type": "string"}}},
+        {"type": "object", "properties": {"a": {"type": "integer", "minimum": 1}}},
+        {
+            "type": "object",
+            "properties": {"a": {"type": "integer", "minimum": 1, "maximum": 3}},
+            "required": [],
+        },
+    ]
+    for schema in bad:
+        with pytest.raises(openai.BadRequestError, match="json_schema"):
+            chat(
+                client,
+                "x",
+                response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+            )
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        chat(client, "x", max_tokens=20, response_format=judge_schema_format())
+
+
 def test_concurrent_clients_get_their_own_answers(client):
     # different prompts and budgets per client, so a mixed-up answer would show
     jobs = [
