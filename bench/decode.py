@@ -62,6 +62,32 @@ def hf_generate(
     return rows
 
 
+def flops_per_token(cfg, context: float) -> float:
+    """Matmul FLOPs of one decode step per row: 2 x (layer weights + LM head) + attention over `context`."""
+    d, f, h = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    per_layer = d * h * (cfg.num_heads * 2 + cfg.num_kv_heads * 2) + 3 * d * f
+    attention = 4 * cfg.num_heads * h * context
+    return float(cfg.num_layers * (2 * per_layer + attention) + 2 * d * cfg.vocab_size)
+
+
+def matmul_peak_gflops(cfg, batch: int, repeats: int = 200) -> float:
+    """GFLOP/s of XLA:CPU on this machine for the model's MLP matmul at this batch (fp32, jitted): the
+    practical ceiling of a decode step made of such matmuls."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((batch, cfg.hidden_size), jnp.float32)
+    w = jnp.ones((cfg.hidden_size, cfg.intermediate_size), jnp.float32) * 1e-3
+    f = jax.jit(lambda x, w: jax.lax.fori_loop(0, repeats, lambda i, y: x + (y @ w)[:, : x.shape[1]], x))
+    f(x, w).block_until_ready()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        f(x, w).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * batch * cfg.hidden_size * cfg.intermediate_size * repeats / statistics.median(times) / 1e9
+
+
 def run(argv_unused: list[str]) -> int:
     import torch
     from transformers import AutoModelForCausalLM
@@ -109,6 +135,11 @@ def run(argv_unused: list[str]) -> int:
         mismatch = [i for i, (a, r) in enumerate(zip(ours_ids, ref, strict=True)) if a != r]
         assert not mismatch, f"batch {b}: generated ids differ from transformers on rows {mismatch}"
         tokens = sum(len(r) for r in ours_ids)
+        context = statistics.mean(len(p) for p in batch) + FLAGS.max_new_tokens / 2
+        fpt = flops_per_token(engine.cfg, context)
+        peak = matmul_peak_gflops(engine.cfg, b)
+        xlit_dec = (tokens - b) / max(ours_s - ours_pre_s, 1e-9)
+        hf_dec = (tokens - b) / max(hf_s - hf_pre_s, 1e-9)
         rows.append(
             {
                 "batch": b,
@@ -125,8 +156,12 @@ def run(argv_unused: list[str]) -> int:
                 "speedup": hf_s / ours_s,
                 "xlit_prefill_s": ours_pre_s,
                 "hf_prefill_s": hf_pre_s,
-                "xlit_decode_tok_s": (tokens - b) / max(ours_s - ours_pre_s, 1e-9),
-                "hf_decode_tok_s": (tokens - b) / max(hf_s - hf_pre_s, 1e-9),
+                "xlit_decode_tok_s": xlit_dec,
+                "hf_decode_tok_s": hf_dec,
+                "gflop_per_token": fpt / 1e9,
+                "xlit_decode_gflops": xlit_dec * fpt / 1e9,
+                "hf_decode_gflops": hf_dec * fpt / 1e9,
+                "matmul_peak_gflops": peak,
                 "decode_speedup": (hf_s - hf_pre_s) / max(ours_s - ours_pre_s, 1e-9),
                 "identical_tokens": True,
             }
@@ -137,13 +172,15 @@ def run(argv_unused: list[str]) -> int:
     )
     print(
         f"{'batch':>5} {'tokens':>6} {'xlit tok/s':>11} {'HF tok/s':>9} {'ratio':>6} "
-        f"{'decode-only xlit/HF tok/s':>26} {'ratio':>6} {'xlit 1st call s':>16}"
+        f"{'decode-only xlit/HF tok/s':>26} {'ratio':>6} {'xlit 1st call s':>16} "
+        f"{'decode GFLOP/s xlit/HF':>23} {'matmul peak':>12}"
     )
     for r in rows:
         dec = f"{r['xlit_decode_tok_s']:.1f}/{r['hf_decode_tok_s']:.1f}"
         print(
             f"{r['batch']:>5} {r['new_tokens']:>6} {r['xlit_tok_s']:>11.1f} {r['hf_tok_s']:>9.1f} "
-            f"{r['speedup']:>5.2f}x {dec:>26} {r['decode_speedup']:>5.2f}x {r['xlit_first_call_s']:>16.1f}"
+            f"{r['speedup']:>5.2f}x {dec:>26} {r['decode_speedup']:>5.2f}x {r['xlit_first_call_s']:>16.1f} "
+            f"{r['xlit_decode_gflops']:>11.1f}/{r['hf_decode_gflops']:<11.1f} {r['matmul_peak_gflops']:>12.1f}"
         )
     report = {
         "model": str(model_dir),

@@ -39,8 +39,8 @@ assert [r.ids for r in got] == [r.ids for r in ref], ([r.ids for r in got], [r.i
 assert all(r.response_tokens == 12 or r.finish_reason == "stop" for r in got)
 tokens, mask = left_pad([one.encode(p) for p in prompts[:4]], 128, 8, one.tokenizer.pad_token_id)
 state = sharded.decoder.prefill(tokens, mask, 144, 16)
-k = state.cache["k"]  # [L, B, S, K, H]: batch over data x fsdp, kv heads over tensor
-assert k.addressable_shards[0].data.shape == (2, 2, 144, 1, 16), k.addressable_shards[0].data.shape
+k = state.cache["k"]  # [L, B, K, S, H]: batch over data x fsdp, kv heads over tensor
+assert k.addressable_shards[0].data.shape == (2, 2, 1, 144, 16), k.addressable_shards[0].data.shape
 print("OK", [len(r.ids) for r in got])
 """
 
