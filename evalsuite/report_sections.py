@@ -236,6 +236,14 @@ def fig2_fig4(
                             }
                         )
                 d4.append([src, labels[run], c, *cells])
+    for src in sources:
+        other = [r for r in c2 if r["source"] == src and r["criterion"] != "language"]
+        if rule == "judge" and not any(r["n"] for r in other) and any(r["n_wrong_lang"] for r in other):
+            notes.append(
+                f"{src}: every rated response counts as being in the wrong language (Language score 0), so the "
+                "other criteria have no value under --rule=judge; --rule=fasttext decides the language by "
+                "fastText instead."
+            )
     by = {(r["source"], r["run"], r["criterion"], r["langs"]): r for r in c2}
     for run in models:  # sources side by side, as in the figure
         for c in CRITERIA:

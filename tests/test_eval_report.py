@@ -411,3 +411,16 @@ def test_without_judge_and_without_scores(tmp_path):
     rep = report.build_report(runs, None, "judge", 20)
     page = report.write_report(rep, tmp_path / "out2").read_text(encoding="utf-8")
     assert page.count("not scored yet") == 4 + 1 and "No scored runs yet" in page
+
+
+def test_note_when_the_judge_rejects_every_language(tmp_path):
+    runs, _ = make_runs(tmp_path, judge_kind="demo", human=False)
+    for name in (ANCHOR, LOW, OTHER):  # a demo judge that always gives Language 1 star
+        t = pq.read_table(runs / name / "scores.parquet").to_pylist()
+        for r in t:
+            r["judge_language"] = 0 if r["judge_status"] == "ok" else None
+        pq.write_table(pa.Table.from_pylist(t, schema=SCHEMA), runs / name / "scores.parquet")
+    text = " ".join(p for s in report.build_report(runs, None, "judge", 20).sections for p in s.text)
+    assert "judge: every rated response counts as being in the wrong language" in text
+    text = " ".join(p for s in report.build_report(runs, None, "fasttext", 20).sections for p in s.text)
+    assert "wrong language" not in text
