@@ -42,6 +42,7 @@ class Line:
     chosen: float | None
     color_index: int
     dashed: bool = False
+    hline: float | None = None  # a run without an LR (untuned base): a horizontal line at this value
 
 
 def _png(fig: Figure) -> bytes:
@@ -103,13 +104,21 @@ def heatmaps_png(panels: Sequence[Panel], ncols: int, suptitle: str = "", colorb
 def surface_png(metrics: dict[str, list[Line]], suptitle: str = "") -> bytes:
     """Figure 3 left: one panel per surface metric, x = LR (log scale), the chosen LR marked by a star."""
     fig = Figure(figsize=(5 * len(metrics), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    axes = fig.subplots(1, len(metrics), squeeze=False, sharex=True)[0]
     colors = [f"C{i}" for i in range(10)]
+    plotted: dict[str, int] = {}  # group -> colour index, for the legend
     for ax, (title, lines) in zip(axes, metrics.items()):
         for ln in lines:
+            if ln.hline is not None:
+                color = colors[ln.color_index % len(colors)]
+                ax.axhline(
+                    ln.hline, color=color, linestyle="--" if ln.dashed else "-", linewidth=1, alpha=0.7
+                )
+                plotted[ln.name.split(" — ")[0]] = ln.color_index
             pts = [(x, y) for x, y in zip(ln.xs, ln.ys) if y is not None]
             if not pts:
                 continue
+            plotted[ln.name.split(" — ")[0]] = ln.color_index
             xs, ys = zip(*pts)
             color = colors[ln.color_index % len(colors)]
             ax.plot(xs, ys, "--" if ln.dashed else "-", marker="o", color=color, label=ln.name)
@@ -124,13 +133,14 @@ def surface_png(metrics: dict[str, list[Line]], suptitle: str = "") -> bytes:
                     markeredgecolor="black",
                     zorder=5,
                 )
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="gray")
         ax.set_xscale("log")
         ax.set_ylim(top=1.02)  # bottom: automatic, so that differences near 1 stay visible
         ax.set_xlabel("learning rate")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    groups = {ln.name.split(" — ")[0]: ln.color_index for ls in metrics.values() for ln in ls}
-    handles = [Line2D([], [], color=colors[i % len(colors)], marker="o", label=g) for g, i in groups.items()]
+    handles = [Line2D([], [], color=colors[i % len(colors)], marker="o", label=g) for g, i in plotted.items()]
     handles += [
         Line2D([], [], color="black", label="en"),
         Line2D([], [], color="black", linestyle="--", label="mean fr/pt/ru"),

@@ -333,7 +333,9 @@ def fig3_surface(surface: list[Row], runs: list[Run], chosen: dict[str, Run]) ->
     lines: dict[str, list[figures.Line]] = {SURFACE_TITLES[m]: [] for m in agg.SURFACE_METRICS}
     for gi, g in enumerate(groups):
         grows = [r for r in surface if r["group"] == g and r["lr"] is not None]
-        lrs = sorted({r["lr"] for r in grows})
+        base = not grows  # e.g. the untuned base model (lr null): a horizontal line
+        grows = grows or [r for r in surface if r["group"] == g]
+        lrs = sorted({r["lr"] for r in grows}, key=lambda x: x or 0.0)
         for m in agg.SURFACE_METRICS:
             for dashed, langs in ((False, ("en",)), (True, agg.NON_EN)):
                 ys = []
@@ -341,7 +343,9 @@ def fig3_surface(surface: list[Row], runs: list[Run], chosen: dict[str, Run]) ->
                     v = [r[m] for r in grows if r["lr"] == lr and r["lang"] in langs and r[m] is not None]
                     ys.append(float(np.mean(v)) if v else None)
                 name = f"{g} — {'en' if not dashed else 'fr/pt/ru'}"
-                lines[SURFACE_TITLES[m]].append(figures.Line(name, lrs, ys, chosen_lr.get(g), gi, dashed))
+                line = figures.Line(name, [] if base else lrs, ys, chosen_lr.get(g), gi, dashed)
+                line.hline = ys[0] if base and ys else None
+                lines[SURFACE_TITLES[m]].append(line)
     if any(ln.xs for ls in lines.values() for ln in ls):
         s.figure = ("fig3_surface.png", figures.surface_png(lines))
     no_lr = sorted({r["group"] for r in surface if r["lr"] is None})
@@ -350,7 +354,7 @@ def fig3_surface(surface: list[Row], runs: list[Run], chosen: dict[str, Run]) ->
         "aggregate.select_lr (maximise the worst (metric, language) value)."
     ]
     if no_lr:
-        s.text.append(f"Without an LR (not plotted): {', '.join(no_lr)}.")
+        s.text.append(f"Without an LR (thin horizontal lines): {', '.join(no_lr)}.")
     header = ["group", "lr", "lang", "n", "language correct", "spelling ok", "relevance", "code-switching"]
     s.tables = [
         Table("fig3_surface", "Figure 3 left values (95% CI)", header, disp, raw, collapsed=len(disp) > 24)
