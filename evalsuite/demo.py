@@ -1,6 +1,6 @@
 """The main job on the embedded default (what `make demo` runs): a small grid, scored and reported.
 
-    python -m evalsuite.demo [--workdir=runs/demo] [--tasks=3 --modifiers=1 --max_new_tokens=64 --steps=6]
+    python -m evalsuite.demo [--workdir=runs/demo] [--tasks=3 --modifiers=1 --max_new_tokens=48 --steps=6]
                              [--nobase] [--judge=auto|demo|none|openai:MODEL] [--max_cost_usd=0.5]
 
 What it runs (evalsuite.grid, layout of docs/results.md, stage by stage):
@@ -23,7 +23,7 @@ Expected time on this machine (2 shared CPU cores): ~6-9 minutes on a quiet mach
 with the model converted and the XLA cache warm (train ~1.5 min, each generation ~1 min, judge server
 start ~0.5 min, each scoring ~1-2 min), up to ~2x more under load; each stage's time is printed.
 Decode speed measured here: ~15 tok/s at batch 1, ~43 tok/s at batch 16 (quiet machine), which is why the
-subset is 16 prompts (one batch) × 64 tokens. Expected result: the tuned and base SmolLM2 answer in English far more
+subset is 16 prompts (one batch) × 48 tokens. Expected result: the tuned and base SmolLM2 answer in English far more
 often than in the prompt's language for fr/pt/ru (low lang_correct), which is the effect the paper studies;
 the demo judge's scores are not meaningful.
 """
@@ -49,7 +49,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Runs directory of the demo grid.")
 flags.DEFINE_integer("tasks", 3, "Tasks in the subset (one item each, same items in every language).")
 flags.DEFINE_integer("modifiers", 1, "Modifier items per language (distinct types).")
-flags.DEFINE_integer("max_new_tokens", 64, "Generation budget per response.")
+flags.DEFINE_integer("max_new_tokens", 48, "Generation budget per response.")
 flags.DEFINE_integer("steps", 6, "Training steps (configs/smollm2.py has 12).")
 flags.DEFINE_float("lr", 1e-4, "Learning rate of the LoRA run.")
 flags.DEFINE_bool("base", True, "Also evaluate the untuned base SmolLM2 (--nobase saves ~2 minutes).")

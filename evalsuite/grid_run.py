@@ -294,7 +294,7 @@ class Grid:
         if self.judges.kind == "demo":
             cmd.append("--judge_schema")
         if url is not None:  # a CPU server answers a batch in minutes; a timed-out request would be re-sent
-            cmd += ["--timeout_s=1800", "--max_retries=2"]
+            cmd += ["--timeout_s=1800", "--max_retries=2", "--parse_retries=0"]  # greedy: same reply again
         if o.max_cost_usd is not None:
             cmd.append(f"--max_cost_usd={o.max_cost_usd}")
         text = self._run_cmd(cmd, rd.stages / "score.log", f"{run.name}/score")

@@ -56,6 +56,17 @@ def judge_schema_format() -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": "judge_scores", "strict": True, "schema": schema}}
 
 
+def binary_schema_format() -> dict[str, Any]:
+    """The demo judge's schema for the 0/1 prompts (relevance, modifiers): {"verdict": 0 | 1}."""
+    schema = {
+        "type": "object",
+        "properties": {"verdict": {"type": "integer", "minimum": 0, "maximum": 1}},
+        "required": ["verdict"],
+        "additionalProperties": False,
+    }
+    return {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": schema}}
+
+
 def judge_params(max_tokens: int | None = 200, schema: bool = False) -> dict[str, Any]:
     """Request parameters for the judge (paper: JSON mode, temperature 0; `schema`: the demo judge's)."""
     fmt = judge_schema_format() if schema else {"type": "json_object"}

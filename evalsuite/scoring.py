@@ -15,7 +15,7 @@ import pyarrow as pa
 from absl import logging
 
 from beam_pipelines.schemas import SCORE_SCHEMA, SchemaError, validate
-from evalsuite.judge import judge_columns, judge_request, task_text
+from evalsuite.judge import binary_schema_format, judge_columns, judge_request, task_text
 from evalsuite.llm import ChatCache, ChatOutcome, ChatRequest, ChatRunner, Estimator, ModelSpec
 from evalsuite.modifiers import LLM_TYPES, helpfulness_with_modifier, modifier_request
 from evalsuite.records import score_columns
@@ -64,7 +64,11 @@ def plan_llm(
     judge_variant: str = "paper",
     judge_schema: bool = False,
 ) -> LLMPlan:
-    """All LLM requests for `rows`, grouped per metric (runners, or Estimators for an estimate only)."""
+    """All LLM requests for `rows`, grouped per metric (runners, or Estimators for an estimate only).
+
+    judge_schema: for a small local demo judge, every request asks for a JSON schema (judge_schema_format,
+    binary_schema_format) that infer.server decodes exactly; real judges keep the paper's JSON mode / text.
+    """
     jobs = []
     if judge is not None:
         reqs = [
@@ -87,6 +91,11 @@ def plan_llm(
             for i in idx
         ]
         jobs.append(LLMJob("modifier", modifier_judge, idx, reqs))
+    if judge_schema:  # the demo judge: the 0/1 prompts also decode under a schema ({"verdict": 0|1})
+        for job in jobs:
+            if job.name != "judge":
+                for r in job.requests:
+                    r.params = {**r.params, "response_format": binary_schema_format()}
     return LLMPlan(jobs)
 
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from infer.decode import DecodeParams
-from infer.engine import Constraint, Engine, Result
+from infer.decode import DecodeParams, bucket
+from infer.engine import MIN_PROMPT_BUCKET, Constraint, Engine, Result
 from infer.json_constraint import IntObjectConstraint, IntObjectDFA, JsonVocab, parse_int_object_schema
 
 FLAGS = flags.FLAGS
@@ -113,16 +113,28 @@ class Batcher:
             if jobs[i].stream and text:
                 jobs[i].events.put(("delta", text))
 
-        try:
-            results = self.engine.generate_ids(
-                [j.ids for j in jobs],
-                [j.params for j in jobs],
-                constraints=[self.constraint(j.fmt) for j in jobs],
-                on_delta=on_delta if any(j.stream for j in jobs) else None,
-            )
-        except Exception as e:  # report to every waiting client, keep serving
-            logging.exception("batch failed")
-            results = [e] * len(jobs)
+        # one engine batch per prompt-length bucket: a long prompt does not pad every other row to its length
+        groups: dict[int, list[int]] = {}
+        for i, j in enumerate(jobs):
+            groups.setdefault(bucket(len(j.ids), MIN_PROMPT_BUCKET), []).append(i)
+        results: list[Result | Exception] = [RuntimeError("not run")] * len(jobs)
+        for idx in groups.values():
+
+            def delta(k: int, text: str, finished: bool, idx: list[int] = idx) -> None:
+                on_delta(idx[k], text, finished)
+
+            try:
+                out = self.engine.generate_ids(
+                    [jobs[i].ids for i in idx],
+                    [jobs[i].params for i in idx],
+                    constraints=[self.constraint(jobs[i].fmt) for i in idx],
+                    on_delta=delta if any(jobs[i].stream for i in idx) else None,
+                )
+            except Exception as e:  # report to every waiting client, keep serving
+                logging.exception("batch failed")
+                out = [e] * len(idx)
+            for i, r in zip(idx, out, strict=True):
+                results[i] = r
         for j, r in zip(jobs, results, strict=True):
             j.events.put(("done", r))
 
