@@ -37,7 +37,7 @@ HUMAN_SCHEMA = pa.schema(
     + [(c, pa.int8()) for c in JUDGE_CRITERIA]
 )
 TASKS = ("brainstorm", "brainstorm", "calc", "calc")  # items 0-3
-ANCHOR, LOW, OTHER = "tiny-lr0.001", "tiny-lr0.0001", "other-lr0.0001"
+ANCHOR, LOW, OTHER, BASE = "tiny-lr0.001", "tiny-lr0.0001", "other-lr0.0001", "tiny-base"
 TINY, OTHER_G = "Tiny / Dolly-En / LoRA", "Other / Dolly-En / FT"
 N_BOOT = 200
 
@@ -154,7 +154,8 @@ def make_runs(root: Path, judge_kind: str = "real", human: bool = True) -> tuple
         json.dumps({"spec": f"{judge_kind}:test", "kind": judge_kind, "note": "t"})
     )
     specs = [(ANCHOR, TINY, 1e-3, True), (LOW, TINY, 1e-4, True), (OTHER, OTHER_G, 1e-4, False)]
-    for name, group, lr, anchor in specs + [("pending-lr0.01", OTHER_G, 1e-2, False)]:
+    specs += [(BASE, "Tiny (untuned)", None, False), ("pending-lr0.01", OTHER_G, 1e-2, False)]
+    for name, group, lr, anchor in specs:
         d = runs / name
         d.mkdir()
         info = {
@@ -171,7 +172,7 @@ def make_runs(root: Path, judge_kind: str = "real", human: bool = True) -> tuple
         }
         (d / "run.json").write_text(json.dumps(info))
         if name != "pending-lr0.01":
-            rows = paper_rows(name) + modifier_rows(name)
+            rows = paper_rows(name) + (modifier_rows(name) if name != BASE else [])
             pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), d / "scores.parquet")
     (runs / "trainer-workdir").mkdir()  # a folder without run.json is ignored
     ratings = None
@@ -228,6 +229,7 @@ def test_figure2_values(built):
     other = pick(rows, source="judge", run=OTHER, criterion="helpfulness", langs="en")
     assert float(other["mean"]) == 2.0
     assert not [r for r in rows if r["run"] == LOW]  # only the chosen LR of each group is a model
+    assert float(pick(rows, source="judge", run=BASE, criterion="helpfulness", langs="en")["mean"]) == 2.0
     human = pick(rows, source="human", run=ANCHOR, criterion="helpfulness", langs="en")
     assert float(human["mean"]) == pytest.approx((1 + 1 + 2 + 0 + 2) / 5) and human["n"] == "5"
     human = pick(rows, source="human", run=ANCHOR, criterion="helpfulness", langs="non_en")
@@ -269,8 +271,12 @@ def test_chosen_lr_is_select_lr(built):
     assert chosen == {(TINY, 1e-3), (OTHER_G, 1e-4)}
     low_fr = pick(srows, group=TINY, lr="0.0001", lang="fr")
     assert float(low_fr["relevance"]) == 0.5 and low_fr["run"] == LOW and low_fr["n"] == "4"
+    base = [r for r in srows if r["run"] == BASE]  # no LR: listed, never chosen (a line, not a point)
+    assert len(base) == 4 and {r["lr"] for r in base} == {""} and {r["chosen"] for r in base} == {"False"}
     runs = {r["run"]: r for r in read_csv(root / "out" / "runs.csv")}
-    assert runs[ANCHOR]["chosen"] == "True" and runs[LOW]["chosen"] == "False"
+    assert (
+        runs[ANCHOR]["chosen"] == "True" and runs[LOW]["chosen"] == "False" and runs[BASE]["chosen"] == "True"
+    )
     assert runs["pending-lr0.01"]["status"] == "not scored yet"
 
 
@@ -393,7 +399,7 @@ def test_cli(tmp_path, capsys):
 
 def test_without_judge_and_without_scores(tmp_path):
     runs, _ = make_runs(tmp_path, judge_kind="none", human=False)
-    for name in (ANCHOR, LOW, OTHER):  # surface metrics only, as with --judge=none
+    for name in (ANCHOR, LOW, OTHER, BASE):  # surface metrics only, as with --judge=none
         t = pq.read_table(runs / name / "scores.parquet").to_pylist()
         for r in t:
             r.update(
@@ -406,16 +412,16 @@ def test_without_judge_and_without_scores(tmp_path):
     page = report.write_report(rep, tmp_path / "out").read_text(encoding="utf-8")
     assert "No judge scores in the shown runs" in page and (tmp_path / "out" / "fig3_surface.png").exists()
     assert not (tmp_path / "out" / "fig2.png").exists()
-    for name in (ANCHOR, LOW, OTHER):
+    for name in (ANCHOR, LOW, OTHER, BASE):
         (runs / name / "scores.parquet").unlink()
     rep = report.build_report(runs, None, "judge", 20)
     page = report.write_report(rep, tmp_path / "out2").read_text(encoding="utf-8")
-    assert page.count("not scored yet") == 4 + 1 and "No scored runs yet" in page
+    assert page.count("not scored yet") == 5 + 1 and "No scored runs yet" in page
 
 
 def test_note_when_the_judge_rejects_every_language(tmp_path):
     runs, _ = make_runs(tmp_path, judge_kind="demo", human=False)
-    for name in (ANCHOR, LOW, OTHER):  # a demo judge that always gives Language 1 star
+    for name in (ANCHOR, LOW, OTHER, BASE):  # a demo judge that always gives Language 1 star
         t = pq.read_table(runs / name / "scores.parquet").to_pylist()
         for r in t:
             r["judge_language"] = 0 if r["judge_status"] == "ok" else None
