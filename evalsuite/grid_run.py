@@ -30,6 +30,7 @@ from evalsuite.judge_server import JudgeServer, demo_model_name
 from evalsuite.llm import DEFAULT_CACHE_DIR, ChatCache, LLMConfigError, ModelSpec, parse_model_spec
 from evalsuite.scoring import estimate_llm
 
+SCORE_FORMAT = 2  # part of the score key: bump when the requests evalsuite.score makes change
 DEMO_NOTE = (
     "demo judge (not a real judge): a small local model ({model}) served by infer.server and decoded under "
     "a JSON schema; its scores only show that the pipeline runs end to end, they say nothing about quality"
@@ -196,6 +197,7 @@ class Grid:
             "models": self.judges.identity(),
             "judge_prompt": o.judge_prompt,
             "judge_schema": self.judges.kind == "demo",
+            "format": SCORE_FORMAT,
         }
         return {
             "train": train,
