@@ -214,6 +214,12 @@ def select_runs(runs: Sequence[Run], select: str = "chosen", log: Any = None) ->
     metrics of the evaluation set), or every run with `select="all"` or when a group's scores are missing."""
     if select not in ("chosen", "all"):
         raise ValueError(f"unknown --select {select!r}; expected chosen or all")
+    pending = [r for r in runs if not r.generations.exists()]
+    for r in pending:
+        _log(log, f"run {r.name}: no generations.parquet yet; left out of the packet")
+    runs = [r for r in runs if r.generations.exists()]
+    if not runs:
+        raise RecordError("no run has generations.parquet yet: nothing to export")
     if select == "all":
         return list(runs)
     by_group: dict[str, list[Run]] = defaultdict(list)

@@ -174,6 +174,11 @@ def test_select_chosen_lr_and_anchor(tmp_path):
     assert len(p.key["runs"]) == 3 and p.key["anchor"] == "a-lr1e-05"
     with pytest.raises(ValueError, match="no such run"):
         human.build_packet(runs, n_items=25, langs=["en"], anchor="nope")
+    # a run still waiting for its generations (e.g. a grid in progress) is left out, not fatal
+    (runs / "c-lr0.001").mkdir()
+    (runs / "c-lr0.001" / "run.json").write_text(json.dumps({"group": "A", "lr": 1e-3, "anchor": False}))
+    p = human.build_packet(runs, n_items=25, langs=["en"], select="chosen")
+    assert sorted(p.key["runs"]) == ["a-lr0.0001", "b-lr0.0001"]
 
 
 def _ratings_file(path: Path, key: dict, annotator: str = "ann", lang: str = "fr", **override) -> Path:
