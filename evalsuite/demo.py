@@ -84,13 +84,17 @@ def options() -> GridOptions:
     )
 
 
-def run_report(workdir: Path) -> tuple[str, float]:
-    """evalsuite.report into <workdir>/report if the module exists; (message, seconds)."""
+def run_report(workdir: Path, rule: str = "judge") -> tuple[str, float]:
+    """evalsuite.report into <workdir>/report if the module exists; (message, seconds).
+
+    With the demo judge the correct-language decision of the exclusion rule is fastText's (`rule`
+    "fasttext"): SmolLM2 as a judge rates nearly every answer as being in the wrong language, which under
+    the paper's rule would leave every other criterion empty."""
     if importlib.util.find_spec("evalsuite.report") is None:
         return "evalsuite/report.py is not there yet: report skipped (the runs are complete)", 0.0
     out = workdir / "report"
     t0 = time.time()
-    cmd = [sys.executable, "-m", "evalsuite.report", f"--runs={workdir}", f"--out={out}"]
+    cmd = [sys.executable, "-m", "evalsuite.report", f"--runs={workdir}", f"--out={out}", f"--rule={rule}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     dt = time.time() - t0
     if proc.returncode != 0:
@@ -108,12 +112,12 @@ def load_rows(grid: Grid) -> list[dict[str, Any]]:
     return rows
 
 
-def summary_table(rows: list[dict[str, Any]]) -> str:
+def summary_table(rows: list[dict[str, Any]], rule: str = "judge") -> str:
     """Per run × language: n, surface metrics, judge helpfulness and the judge's parse-success rate."""
     paper = [r for r in rows if r.get("eval_set") == "paper"]
     helpful = {
         (r["model"], r["lang"]): r
-        for r in agg.criteria_table(paper, ("model", "lang"), n_boot=200)
+        for r in agg.criteria_table(paper, ("model", "lang"), rule=rule, n_boot=200)
         if r["criterion"] == "helpfulness"
     }
     head = f"{'run':<20}{'lang':<6}{'n':>3}{'lang_ok':>9}{'spell_ok':>10}{'relevant':>10}{'helpful':>9}{'judged':>8}"
@@ -156,14 +160,18 @@ def main(argv: list[str]) -> None:
         f"xlit demo: {len(grid.runs)} runs, {len(grid.records)} prompts each, judge {grid.judges.spec} -> {grid.workdir}/"
     )
     results = grid.run()
-    report_msg, report_s = run_report(grid.workdir)
+    rule = "fasttext" if grid.judges.kind == "demo" else "judge"
+    report_msg, report_s = run_report(grid.workdir, rule)
     results.append(StageResult("(all)", "report", "ran" if report_s else "skipped", report_s))
     rows = load_rows(grid)
     print(f"\n== Summary (paper evaluation subset; judge: {grid.judges.spec}, {grid.judges.kind}) ==")
-    print(summary_table(rows))
+    print(summary_table(rows, rule))
     print(f"judge: {judge_rates(rows)}")
     if grid.judges.kind == "demo":
-        print("note: demo judge (not a real judge) — SmolLM2 judging itself; only the pipeline is shown")
+        print(
+            "note: demo judge (not a real judge) — SmolLM2 judging itself; only the pipeline is shown; "
+            "correct language decided by fastText (--rule=fasttext)"
+        )
     print(f"\n== Wall time ==\n{'run':<22}{'stage':<10}{'status':<9}{'seconds':>8}")
     for r in results:
         print(f"{r.run:<22}{r.stage:<10}{r.status:<9}{r.seconds:>8.1f}")
