@@ -49,18 +49,24 @@ from evalsuite import grid_plan as gp
 from evalsuite.grid_run import Grid, GridOptions, StageResult
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "runs/demo", "Runs directory of the demo grid.")
-flags.DEFINE_integer("tasks", 3, "Tasks in the subset (one item each, same items in every language).")
-flags.DEFINE_integer("modifiers", 1, "Modifier items per language (distinct types).")
-flags.DEFINE_integer("max_new_tokens", 48, "Generation budget per response.")
-flags.DEFINE_integer("steps", 6, "Training steps (configs/smollm2.py has 12).")
-flags.DEFINE_float("lr", 1e-4, "Learning rate of the LoRA run.")
-flags.DEFINE_bool("base", True, "Also evaluate the untuned base SmolLM2 (--nobase saves ~2 minutes).")
-flags.DEFINE_string(
-    "judge", "auto", "auto (openai if $OPENAI_API_KEY is set, else demo) | demo | none | openai:MODEL"
-)
-flags.DEFINE_float("max_cost_usd", 0.5, "Cost cap per scoring run with an OpenAI judge.")
-flags.DEFINE_string("cache_dir", "~/.cache/xlit/judge", "LLM reply cache.")
+
+
+def define_flags() -> None:
+    """The demo's flags, defined only when it runs as a program: importing this module (tests, other
+    tools) must not clash with flags of the same name elsewhere (train.main also has --workdir)."""
+    flags.DEFINE_string("workdir", "runs/demo", "Runs directory of the demo grid.")
+    flags.DEFINE_integer("tasks", 3, "Tasks in the subset (one item each, same items in every language).")
+    flags.DEFINE_integer("modifiers", 1, "Modifier items per language (distinct types).")
+    flags.DEFINE_integer("max_new_tokens", 48, "Generation budget per response.")
+    flags.DEFINE_integer("steps", 6, "Training steps (configs/smollm2.py has 12).")
+    flags.DEFINE_float("lr", 1e-4, "Learning rate of the LoRA run.")
+    flags.DEFINE_bool("base", True, "Also evaluate the untuned base SmolLM2 (--nobase saves ~2 minutes).")
+    flags.DEFINE_string(
+        "judge", "auto", "auto (openai if $OPENAI_API_KEY is set, else demo) | demo | none | openai:MODEL"
+    )
+    flags.DEFINE_float("max_cost_usd", 0.5, "Cost cap per scoring run with an OpenAI judge.")
+    flags.DEFINE_string("cache_dir", "~/.cache/xlit/judge", "LLM reply cache.")
+
 
 OPENAI_DEFAULT = "openai:gpt-3.5-turbo-0125"
 
@@ -182,4 +188,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
