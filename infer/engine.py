@@ -131,6 +131,7 @@ class Engine:
         if eos_ids is not None:
             other.eos_ids = eos_ids
             other.decoder = self.decoder.with_eos(eos_ids)
+            other._json_vocab = None  # built with the EOS ids
         return other
 
     @classmethod
