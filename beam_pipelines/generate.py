@@ -177,17 +177,9 @@ def run(argv: Sequence[str]) -> dict:
 
     args, beam_args = parse_args(argv)
     out = Output(args.output)
-    if out.complete() and not args.overwrite:
-        print(f"{args.output}: complete output exists ({out.marker}); --overwrite to recompute")
+    if out.skip(args.overwrite):
         return {"skipped": True}
-    params = DecodeParams(
-        max_new_tokens=args.max_new_tokens,
-        repetition_penalty=args.repetition_penalty,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop=tuple(args.stop),
-    )
+    params = DecodeParams.from_options(args)
     handler = EngineHandler(
         args.model, params, dtype=args.dtype, template=args.template, batch_size=args.batch_size
     )

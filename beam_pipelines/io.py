@@ -70,6 +70,13 @@ class Output:
     def complete(self) -> bool:
         return FileSystems.exists(self.marker)
 
+    def skip(self, overwrite: bool) -> bool:
+        """True (and says so) when a complete output exists and `overwrite` is not set."""
+        if self.complete() and not overwrite:
+            print(f"{self.prefix}: complete output exists ({self.marker}); --overwrite to recompute")
+            return True
+        return False
+
     def staged_prefix(self, name: str = "") -> str:
         return posixpath.join(self.staging, posixpath.basename(self.prefix) + name)
 

@@ -137,8 +137,7 @@ def config(args: argparse.Namespace) -> LLMConfig:
 def run(argv: Sequence[str]) -> dict:
     args, beam_args = parse_args(argv)
     out = Output(args.output)
-    if out.complete() and not args.overwrite:
-        print(f"{args.output}: complete output exists ({out.marker}); --overwrite to recompute")
+    if out.skip(args.overwrite):
         return {"skipped": True}
     cfg = config(args)
     t0 = time.perf_counter()

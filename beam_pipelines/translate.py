@@ -243,8 +243,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def run(argv: Sequence[str]) -> dict:
     args, beam_args = parse_args(argv)
     out = Output(args.output)
-    if out.complete() and not args.overwrite:
-        print(f"{args.output}: complete output exists ({out.marker}); --overwrite to recompute")
+    if out.skip(args.overwrite):
         return {"skipped": True}
     handler, tokenizer = make_handler(args)
     t0 = time.perf_counter()

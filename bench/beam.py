@@ -66,6 +66,18 @@ def _row(stage: str, mode: str, items: int, wall: float, cli_wall: float | None)
     }
 
 
+def _check_same(cli_out: Path, prefixes: list[Path], cols: tuple[str, ...], cli: str) -> None:
+    """The pipeline outputs hold the CLI's values in `cols` for every id."""
+
+    def by_id(rows: list[dict[str, Any]]) -> dict[str, tuple]:
+        return {r["id"]: tuple(r[c] for c in cols) for r in rows}
+
+    ref = by_id(pq.read_table(cli_out).to_pylist())
+    for prefix in prefixes:
+        if by_id(read_outputs(str(prefix)).to_pylist()) != ref:
+            raise AssertionError(f"{prefix.name} differs from {cli}")
+
+
 def bench_generate(tmp: Path, rows: int, max_new: int, workers: int) -> list[dict[str, Any]]:
     inp = tmp / "prompts.parquet"
     pq.write_table(_eval_prompts(rows), inp)
@@ -77,11 +89,7 @@ def bench_generate(tmp: Path, rows: int, max_new: int, workers: int) -> list[dic
     gen = [py, "-m", "beam_pipelines.generate", "--model=embedded", f"--input={inp}", *dec]
     inproc = _timed([*gen, f"--output={tmp / 'g_beam'}"])
     multi = _timed([*gen, f"--output={tmp / 'g_mp'}", *_mp(workers)])
-    ref = {r["id"]: r["response"] for r in pq.read_table(tmp / "g.parquet").to_pylist()}
-    for prefix in ("g_beam", "g_mp"):
-        got = {r["id"]: r["response"] for r in read_outputs(str(tmp / prefix)).to_pylist()}
-        if got != ref:
-            raise AssertionError(f"beam generate ({prefix}) differs from infer.main")
+    _check_same(tmp / "g.parquet", [tmp / "g_beam", tmp / "g_mp"], ("response",), "infer.main")
     return [
         _row("generate", "infer.main (CLI)", rows, cli, None),
         _row("generate", "beam in-process", rows, inproc, cli),
@@ -100,11 +108,7 @@ def bench_score(tmp: Path, rows: int, workers: int) -> list[dict[str, Any]]:
     inproc = _timed([*sc, f"--output={tmp / 's_beam'}"])
     multi = _timed([*sc, f"--output={tmp / 's_mp'}", *_mp(workers)])
     cols = ("lang_pred", "lang_correct", "spell_ok_rate", "code_switch_rate")
-    ref = {r["id"]: tuple(r[c] for c in cols) for r in pq.read_table(tmp / "s.parquet").to_pylist()}
-    for prefix in ("s_beam", "s_mp"):
-        got = {r["id"]: tuple(r[c] for c in cols) for r in read_outputs(str(tmp / prefix)).to_pylist()}
-        if got != ref:
-            raise AssertionError(f"beam score ({prefix}) differs from evalsuite.score")
+    _check_same(tmp / "s.parquet", [tmp / "s_beam", tmp / "s_mp"], cols, "evalsuite.score")
     return [
         _row("score", "evalsuite.score (CLI)", rows, cli, None),
         _row("score", "beam in-process", rows, inproc, cli),

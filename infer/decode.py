@@ -62,6 +62,19 @@ class DecodeParams:
             if not ok:
                 raise ValueError(f"DecodeParams: {msg} (got {self})")
 
+    @classmethod
+    def from_options(cls, opts: Any) -> DecodeParams:
+        """From an object with the decoding options as attributes (absl FLAGS of infer.main, argparse
+        namespace of beam_pipelines.generate: same names)."""
+        return cls(
+            max_new_tokens=opts.max_new_tokens,
+            repetition_penalty=opts.repetition_penalty,
+            temperature=opts.temperature,
+            top_p=opts.top_p,
+            seed=opts.seed,
+            stop=tuple(opts.stop),
+        )
+
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
         d["stop"] = list(self.stop)

@@ -55,14 +55,7 @@ def run(argv_unused: list[str]) -> int:
     output = Path(FLAGS.output)
     try:
         rows, bad = read_prompts(FLAGS.input, skip_bad=FLAGS.skip_bad)
-        params = DecodeParams(
-            max_new_tokens=FLAGS.max_new_tokens,
-            repetition_penalty=FLAGS.repetition_penalty,
-            temperature=FLAGS.temperature,
-            top_p=FLAGS.top_p,
-            seed=FLAGS.seed,
-            stop=tuple(FLAGS.stop),
-        )
+        params = DecodeParams.from_options(FLAGS)
         sizes = (FLAGS.mesh_data, FLAGS.mesh_fsdp, FLAGS.mesh_tensor)
         mesh = None if sizes == (1, 1, 1) else make_mesh(*sizes)
     except (RecordError, ValueError) as e:
