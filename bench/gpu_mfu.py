@@ -30,6 +30,11 @@ flags.DEFINE_bool("smoke", False, "Tiny shapes, 1 timed step: a CPU dry run of e
 flags.DEFINE_list("models", ["1b", "7b_wide"], "Model shapes: 1b, 7b_wide.")
 flags.DEFINE_list("modes", ["ft", "lora"], "Training modes.")
 flags.DEFINE_list("remat", ["false", "true"], "Activation checkpointing settings to measure.")
+flags.DEFINE_list(
+    "attention",
+    ["cudnn"],
+    "Training attention (LlamaConfig.attention): einsum, xla, cudnn; --smoke runs cudnn as xla.",
+)
 flags.DEFINE_integer("wide_layers", 8, "Layers of the 7B-wide model.")
 flags.DEFINE_integer("rows", 4, "Rows per micro-batch.")
 flags.DEFINE_integer("seq_len", 2048, "Tokens per row.")
@@ -57,7 +62,7 @@ def shapes(name: str):
     raise ValueError(f"unknown model {name!r}")
 
 
-def train_case(name: str, mode: str, remat: bool) -> dict[str, Any]:
+def train_case(name: str, mode: str, remat: bool, attention: str) -> dict[str, Any]:
     import jax
     import numpy as np
 
@@ -75,6 +80,7 @@ def train_case(name: str, mode: str, remat: bool) -> dict[str, Any]:
     cfg.model.preset = key
     cfg.model.dtype = "float32" if FLAGS.smoke else "bfloat16"
     cfg.model.remat = remat
+    cfg.model.attention = "xla" if FLAGS.smoke and attention == "cudnn" else attention
     cfg.lora.enabled = mode == "lora"
     cfg.data.seq_len, cfg.data.batch_tokens = seq, rows * seq
     cfg.train.grad_accum = 1
@@ -113,6 +119,7 @@ def train_case(name: str, mode: str, remat: bool) -> dict[str, Any]:
         "model": name,
         "mode": mode,
         "remat": remat,
+        "attention": attention,
         "params": built.model_cfg.num_params(),
         "tokens": tokens,
         "step_s": step_s,
@@ -182,7 +189,8 @@ def run(argv_unused: list[str]) -> int:
     for name in FLAGS.models:
         for mode in FLAGS.modes:
             for r in FLAGS.remat:
-                cases.append(("train", (name, mode, r.lower() == "true")))
+                for att in FLAGS.attention:
+                    cases.append(("train", (name, mode, r.lower() == "true", att)))
     cases += [("decode", (int(b),)) for b in FLAGS.decode_batches]
     # most wanted first, so a short budget drops LoRA rather than the FT MFU or decode figures
     cases.sort(key=lambda c: 0 if c[0] == "train" and c[1][1] == "ft" else 1 if c[0] == "decode" else 2)

@@ -28,6 +28,7 @@ ENUMS = {
     "model.chat_template": ("model", "llama-2"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
+    "model.attention": ("auto", "einsum", "xla", "cudnn"),
     "data.format": ("dolly", "lima"),
     "data.lang_sampling": ("uniform", "proportional"),
     "data.lang_unit": ("example", "microbatch"),
@@ -51,6 +52,7 @@ def base() -> ml_collections.ConfigDict:
             dtype="bfloat16",  # compute
             param_dtype="float32",  # master weights
             remat=False,  # activation checkpointing per layer
+            attention="auto",  # no-cache attention: auto | einsum | xla | cudnn (models.config.LlamaConfig.attention)
         )
     )
     c.lora = ml_collections.ConfigDict(dict(enabled=False, rank=16, alpha=32.0, targets=DEFAULT_TARGETS))

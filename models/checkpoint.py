@@ -335,6 +335,7 @@ def load_model(
     dtype: str | None = None,
     param_dtype: str | None = None,
     remat: bool | None = None,
+    attention: str | None = None,
     place: Callable[[tuple[str, ...], nnx.Variable, np.ndarray], jax.Array] | None = None,
     seed: int = 0,
 ) -> Llama:
@@ -343,14 +344,17 @@ def load_model(
     Args:
       path: HF directory (config.json + safetensors) or .gguf file.
       lora: adds freshly initialised adapters (B = 0) when given.
-      dtype, param_dtype, remat: override the config's compute/storage dtype and remat switch.
+      dtype, param_dtype, remat, attention: override the config's compute/storage dtype, remat switch and
+        no-cache attention implementation (LlamaConfig.attention).
       place: (path, abstract variable, host array) -> device array; default: jnp.asarray on the default
         device. The trainer passes a function that device_puts with the variable's NamedSharding.
       seed: seed for the LoRA A matrices.
     """
     src, cfg = open_source(path)
     overrides = {
-        k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype, remat=remat).items() if v is not None
+        k: v
+        for k, v in dict(dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention).items()
+        if v is not None
     }
     cfg = cfg.replace(**overrides)
     abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(seed), lora=lora))

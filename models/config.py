@@ -8,11 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 
 class UnsupportedModelError(ValueError):
     """A checkpoint describes a model this implementation does not cover."""
+
+
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,17 +44,35 @@ class LlamaConfig:
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"  # storage dtype of parameters (master weights)
     remat: bool = False  # activation checkpointing per layer
+    # attention without a KV cache (training, scoring, prefill-free forward): "einsum" = our einsums (any
+    # platform); "xla" / "cudnn" = jax.nn.dot_product_attention with that implementation ("cudnn": the fused
+    # flash kernel, NVIDIA GPUs with bf16/fp16 only); "auto" = "cudnn" where that holds (GPU backend,
+    # bf16/fp16 compute, head_dim a multiple of 8 up to 128), else "einsum". Decoding with a KV cache always
+    # uses the einsums.
+    attention: str = "einsum"
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
             raise UnsupportedModelError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
             )
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"LlamaConfig.attention={self.attention!r}: use one of {', '.join(ATTENTION_IMPLS)}"
+            )
         for field in ("dtype", "param_dtype"):
             if getattr(self, field) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(
                     f"LlamaConfig.{field}={getattr(self, field)!r}: use float32, bfloat16 or float16"
                 )
+
+    def attention_impl(self, backend: str | None = None) -> str:
+        """The no-cache attention implementation actually used ("auto" resolved for `backend`)."""
+        if self.attention != "auto":
+            return self.attention
+        backend = backend or jax.default_backend()
+        fused_ok = self.dtype in ("bfloat16", "float16") and self.head_dim % 8 == 0 and self.head_dim <= 128
+        return "cudnn" if backend == "gpu" and fused_ok else "einsum"
 
     @property
     def compute_dtype(self) -> jnp.dtype:

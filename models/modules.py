@@ -140,7 +140,6 @@ def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_se
         return (lw[f"{name}_a"], lw[f"{name}_b"]) if f"{name}_a" in lw else None
 
     b, t, _ = x.shape
-    g = cfg.num_heads // cfg.num_kv_heads
     h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
     q = _proj(h, w["q"], ab("q"), lora_scale, "btd,dnh->btnh")
     k = _proj(h, w["k"], ab("k"), lora_scale, "btd,dkh->btkh")
@@ -167,17 +166,15 @@ def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_se
         new_kv = None
         q_slot = jnp.arange(t)
         kv_axes = "bskh"
-    s = k.shape[kv_axes.index("s")]
-    k_slot = jnp.arange(s)
-    # mask [B,T,S]: same non-zero segment, key not after query
-    mask = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
-    mask = mask & (k_slot[None, None, :] <= q_slot[None, :, None])
-    qg = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
-    logits = jnp.einsum(f"btkgh,{kv_axes}->bkgts", qg, k, preferred_element_type=jnp.float32)
-    logits = logits * (cfg.head_dim**-0.5)
-    logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    attn = jnp.einsum(f"bkgts,{kv_axes}->btkgh", probs, v).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    impl = cfg.attention_impl()
+    if kv is None and impl != "einsum":
+        attn = _fused_attention(cfg, q, k, v, q_seg, k_seg, impl)
+    else:
+        k_slot = jnp.arange(k.shape[kv_axes.index("s")])
+        # mask [B,T,S]: same non-zero segment, key not after query
+        mask = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
+        mask = mask & (k_slot[None, None, :] <= q_slot[None, :, None])
+        attn = _einsum_attention(cfg, q, k, v, mask, kv_axes)
     x = x + _proj(attn, w["o"], ab("o"), lora_scale, "btnh,nhd->btd")
     x = constrain(x, ("batch", "length", "act_embed"))
     h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
@@ -186,6 +183,33 @@ def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_se
     act = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
     x = x + _proj(act, w["down"], ab("down"), lora_scale, "btf,fd->btd")
     return constrain(x, ("batch", "length", "act_embed")), new_kv
+
+
+def _einsum_attention(cfg: LlamaConfig, q, k, v, mask, kv_axes: str):
+    """q [B,T,N,H]; k, v laid out as `kv_axes` ("bskh" or the cache's "bksh"); mask [B,T,S] -> [B,T,N,H]."""
+    dt = cfg.compute_dtype
+    b, t = q.shape[:2]
+    g = cfg.num_heads // cfg.num_kv_heads
+    qg = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
+    logits = jnp.einsum(f"btkgh,{kv_axes}->bkgts", qg, k, preferred_element_type=jnp.float32)
+    logits = logits * (cfg.head_dim**-0.5)
+    logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+    return jnp.einsum(f"bkgts,{kv_axes}->btkgh", probs, v).reshape(b, t, cfg.num_heads, cfg.head_dim)
+
+
+def _fused_attention(cfg: LlamaConfig, q, k, v, q_seg, k_seg, impl: str):
+    """jax.nn.dot_product_attention (no cache): q [B,T,N,H], k, v [B,S,K,H] -> [B,T,N,H].
+
+    The kernel applies the causal mask itself; the mask passed is "same segment" only, so padding
+    (segment 0) attends to earlier padding. That changes nothing for real tokens (they never see segment 0)
+    and leaves no query with every key masked, which the fused kernel would turn into NaN.
+    """
+    same = (q_seg[:, :, None] == k_seg[:, None, :])[:, None]  # [B,1,T,S], broadcast over heads
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=same, is_causal=True, scale=cfg.head_dim**-0.5, implementation=impl
+    )
+    return out.astype(cfg.compute_dtype)
 
 
 def forward(model: Llama, tokens, positions, segment_ids, cache=None, *, last_only: bool = False):

@@ -117,6 +117,44 @@ def test_packed_segments_do_not_attend_across_examples():
     np.testing.assert_allclose(got[0, 5:], alone_b[0], rtol=1e-5, atol=1e-6)
 
 
+def test_fused_attention_path_equals_einsum_path_with_padding_and_packing():
+    """attention="xla" (jax.nn.dot_product_attention, the code path "cudnn" takes on GPUs) gives our einsum
+    attention's logits and gradients on real tokens, on a left-padded row and a row of two packed examples,
+    and no NaN anywhere (padding queries are never left with every key masked)."""
+    cfg = preset("tiny")
+    ein = Llama(cfg, rngs=nnx.Rngs(5))
+    fused = Llama(cfg.replace(attention="xla"), rngs=nnx.Rngs(5))
+    toks, _, _ = padded_batch([10, 10], 10, cfg.vocab_size, seed=2)
+    seg = np.array([[0, 0, 0, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 2, 2, 2, 2, 2, 2]])
+    pos = np.array([[0, 0, 0, 0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 0, 1, 2, 3, 4, 5]])
+    real = seg != 0
+
+    def loss_and_grad(model):
+        graphdef, state = nnx.split(model)
+
+        def loss(state):
+            logits, _ = nnx.merge(graphdef, state)(jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(seg))
+            return jnp.sum(jnp.where(jnp.asarray(real)[..., None], logits, 0.0) ** 2), logits
+
+        (val, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+        return np.asarray(logits), float(val), grads
+
+    l_ein, v_ein, g_ein = loss_and_grad(ein)
+    l_fused, v_fused, g_fused = loss_and_grad(fused)
+    assert np.isfinite(l_fused).all()
+    np.testing.assert_allclose(l_fused[real], l_ein[real], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(v_fused, v_ein, rtol=1e-5)
+    for (path, a), (_, b) in zip(nnx.to_flat_state(g_ein), nnx.to_flat_state(g_fused), strict=True):
+        np.testing.assert_allclose(
+            np.asarray(b.get_value()), np.asarray(a.get_value()), rtol=1e-4, atol=1e-5, err_msg=str(path)
+        )
+
+
+def test_attention_implementation_is_checked():
+    with pytest.raises(ValueError, match="attention='flash'"):
+        preset("tiny").replace(attention="flash")
+
+
 def test_smollm2_real_weights_parity(smollm2_dir):
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     tok.padding_side = "left"
@@ -178,3 +216,12 @@ def test_converted_smollm2_greedy_continuation_matches_transformers(smollm2_dir)
     for row in range(3):  # HF pads finished rows with pad (= EOS) tokens; compare up to the first EOS
         n = next((i + 1 for i, t in enumerate(ref[row]) if t == tok.eos_token_id), new)
         assert got[row, :n].tolist() == ref[row, :n].tolist(), (tok.decode(got[row]), tok.decode(ref[row]))
+
+
+def test_auto_attention_picks_cudnn_only_for_half_precision_on_gpus():
+    cfg = preset("tiny").replace(attention="auto", dtype="bfloat16")
+    assert cfg.attention_impl("gpu") == "cudnn"
+    assert cfg.attention_impl("cpu") == "einsum"
+    assert cfg.replace(dtype="float32").attention_impl("gpu") == "einsum"
+    assert cfg.replace(head_dim=12).attention_impl("gpu") == "einsum"
+    assert preset("tiny").replace(attention="xla").attention_impl("gpu") == "xla"

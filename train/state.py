@@ -44,7 +44,12 @@ def lora_config(cfg) -> LoRAConfig | None:
 
 
 def model_overrides(cfg) -> dict[str, Any]:
-    return dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat)
+    return dict(
+        dtype=cfg.model.dtype,
+        param_dtype=cfg.model.param_dtype,
+        remat=cfg.model.remat,
+        attention=cfg.model.get("attention", "auto"),
+    )
 
 
 def _placer(shard_of: dict[tuple[str, ...], NamedSharding]):
