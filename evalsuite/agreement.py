@@ -10,6 +10,7 @@ Figure 5. Cohen's kappa with linear weights w_ij = |i - j| / 2:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -75,6 +76,30 @@ def weighted_kappa(pairs: Sequence[tuple[int, int]]) -> float | None:
 def exact_agreement(pairs: Sequence[tuple[int, int]]) -> float | None:
     """Share of pairs with the same score."""
     return None if not pairs else sum(j == h for j, h in pairs) / len(pairs)
+
+
+def fasttext_language_score(row: Row) -> int | None:
+    """fastText's reading of a response on the judge's language scale (the released judge prompt's 1-3 stars):
+    0 = not in the expected language, 1 = in it but with sentences in another language (code_switch_rate > 0),
+    2 = in it throughout. None when fastText had nothing to read (empty response)."""
+    ok = row.get("lang_correct")
+    if ok is None or (isinstance(ok, float) and math.isnan(ok)):
+        return None
+    if not ok:
+        return 0
+    rate = row.get("code_switch_rate")
+    return 1 if rate is not None and rate == rate and rate > 0 else 2
+
+
+def fasttext_ratings(score_rows: Iterable[Row]) -> list[Row]:
+    """fastText as a second rater of the judge's language criterion: rows shaped like human ratings
+    ({run, id, lang, language}) for `agreement_table`, one per scored response it could read."""
+    out = []
+    for r in score_rows:
+        score = fasttext_language_score(r)
+        if score is not None:
+            out.append({"run": r.get("run"), "id": r.get("id"), "lang": r.get("lang"), "language": score})
+    return out
 
 
 def agreement_table(

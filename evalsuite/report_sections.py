@@ -15,8 +15,8 @@ import numpy as np
 
 from evalsuite import aggregate as agg
 from evalsuite import figures
-from evalsuite.agreement import agreement_table
-from evalsuite.report_data import Run
+from evalsuite.agreement import agreement_table, fasttext_ratings
+from evalsuite.report_data import Run, is_paper
 from evalsuite.report_html import FAILED_NOTE, Cell, Section, Table
 
 Row = dict[str, Any]
@@ -541,36 +541,35 @@ def table1(mods: list[Row], models: list[str], labels: dict, rule: str, n_boot: 
 
 
 def fig5(human_raw: list[Row], rows: list[Row], runs_dir: Path) -> Section:
-    s = Section("fig5", "Figure 5: agreement between human and judge ratings")
-    if not human_raw:
-        s.text = [
-            "No human ratings given (--human). To produce them: "
-            f"python -m evalsuite.human export --runs={runs_dir} --out=human/ ; have the human/annotate_<lang>.html "
-            "pages rated; python -m evalsuite.human import --key=human/key.json --ratings=FILES "
-            "--out=human/ratings.parquet ; then rerun this report with --human=human/ratings.parquet."
-        ]
-        return s
-    table = agreement_table(human_raw, rows)
+    """Human vs judge agreement per criterion (the paper's Figure 5) when ratings are given, and always the
+    judge's language score vs fastText's reading of the same responses (a real automatic second rater)."""
+    s = Section("fig5", "Figure 5: agreement of the judge with human ratings and, on language, with fastText")
+    paper = [r for r in rows if is_paper(r)]
+    tables = [("human", t) for t in agreement_table(human_raw, rows)] if human_raw else []
+    tables += [
+        ("fastText", t) for t in agreement_table(fasttext_ratings(paper), paper, criteria=("language",))
+    ]
     panels, disp, raw = [], [], []
-    for t in table:
+    for ref, t in tables:
         m = np.array(t["matrix"], dtype=float)
         kappa = "–" if t["kappa"] is None else f"{t['kappa']:.2f}"
         panels.append(
             figures.Panel(
-                f"{t['criterion']} · {t['langs']}\nκ={kappa}, n={t['n']}",
+                f"{t['criterion']} · {t['langs']}{'' if ref == 'human' else ' · fastText'}\nκ={kappa}, n={t['n']}",
                 m if t["n"] else np.full((3, 3), np.nan),
                 [[f"{v:.0f}%" if t["n"] else "" for v in row] for row in m],
                 ["0", "1", "2"],
                 ["0", "1", "2"],
                 vmin=0,
                 vmax=100,
-                cmap="Blues",
-                xlabel="human",
+                cmap="Blues" if ref == "human" else "Greens",
+                xlabel=ref,
                 ylabel="judge",
             )
         )
         disp.append(
             [
+                ref,
                 t["criterion"],
                 t["langs"],
                 t["n"],
@@ -581,6 +580,7 @@ def fig5(human_raw: list[Row], rows: list[Row], runs_dir: Path) -> Section:
         )
         raw.append(
             {
+                "reference": ref,
                 "criterion": t["criterion"],
                 "langs": t["langs"],
                 "n": t["n"],
@@ -589,26 +589,46 @@ def fig5(human_raw: list[Row], rows: list[Row], runs_dir: Path) -> Section:
                 **{f"pct_judge{j}_human{h}": m[j, h] for j in range(3) for h in range(3)},
             }
         )
+    s.text = []
+    if not human_raw:
+        s.text.append(
+            "No human ratings given (--human), so the human panels are absent. To produce them: "
+            f"python -m evalsuite.human export --runs={runs_dir} --out=human/ ; have the human/annotate_<lang>.html "
+            "pages rated; python -m evalsuite.human import --key=human/key.json --ratings=FILES "
+            "--out=human/ratings.parquet ; then rerun this report with --human=human/ratings.parquet."
+        )
+    s.text.append(
+        "Green panels: fastText as the second rater of the language criterion, on every scored response of the "
+        "evaluation set (not a human): 0 = not in the expected language, 1 = in it with sentences in another "
+        "language (code_switch_rate > 0), 2 = in it throughout, the judge prompt's three levels."
+    )
+    if not any(t["n"] for _, t in tables):
+        s.text.append("No (judge, reference) pair yet: no judged response.")
+        return s
     s.figure = (
         "fig5.png",
         figures.heatmaps_png(
-            panels, 4, "% of pairs rated X by the judge (rows) and Y by a human (columns)", colorbar=False
+            panels,
+            min(4, len(panels)),
+            "% of responses rated X by the judge (rows) and Y by the reference (columns)",
+            colorbar=False,
         ),
     )
-    s.text = [
-        "Pairs are (judge, human) scores of one response joined on (run, id); several annotators of one "
+    s.text.append(
+        "Pairs are (judge, reference) scores of one response joined on (run, id); several annotators of one "
         "response give one pair each; failed judge items and unrated criteria are left out. κ = Cohen's "
         "kappa with linear weights |i−j|/2."
-    ]
+    )
     header = [
+        "reference",
         "criterion",
         "langs",
         "n",
         "exact",
         "weighted κ",
-        "judge 0: human 0/1/2 %",
-        "judge 1: human 0/1/2 %",
-        "judge 2: human 0/1/2 %",
+        "judge 0: ref 0/1/2 %",
+        "judge 1: ref 0/1/2 %",
+        "judge 2: ref 0/1/2 %",
     ]
     s.tables = [Table("fig5", "Figure 5 values", header, disp, raw)]
     return s

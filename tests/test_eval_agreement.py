@@ -43,3 +43,19 @@ def test_join_skips_failed_and_unrated():
     table = {(r["criterion"], r["langs"]): r for r in agreement_table(human, scores, criteria=("logic",))}
     assert table[("logic", "en")]["n"] == 2 and table[("logic", "en")]["exact"] == 0.5
     assert table[("logic", "non_en")]["n"] == 0 and table[("logic", "non_en")]["kappa"] is None
+
+
+def test_fasttext_language_score_uses_the_judge_scale():
+    from evalsuite.agreement import fasttext_language_score, fasttext_ratings
+
+    rows = [
+        {"run": "a", "id": "x0", "lang": "fr", "lang_correct": False, "code_switch_rate": None},
+        {"run": "a", "id": "x1", "lang": "fr", "lang_correct": True, "code_switch_rate": 0.25},
+        {"run": "a", "id": "x2", "lang": "fr", "lang_correct": True, "code_switch_rate": 0.0},
+        {"run": "a", "id": "x3", "lang": "fr", "lang_correct": True, "code_switch_rate": float("nan")},
+        {"run": "a", "id": "x4", "lang": "fr", "lang_correct": None},  # empty response: nothing to read
+    ]
+    assert [fasttext_language_score(r) for r in rows] == [0, 1, 2, 2, None]
+    assert fasttext_ratings(rows) == [
+        {"run": "a", "id": f"x{i}", "lang": "fr", "language": s} for i, s in enumerate([0, 1, 2, 2])
+    ]

@@ -298,10 +298,11 @@ def test_figure5_kappa(built):
     rows = read_csv(root / "out" / "fig5.csv")
     # judge helpfulness en [2,1,2,0]; human [1,1,2,0] + a second annotator's 2 on item 0
     pairs = [(2, 1), (1, 1), (2, 2), (0, 0), (2, 2)]
-    en = pick(rows, criterion="helpfulness", langs="en")
+    assert {r["reference"] for r in rows} == {"human", "fastText"}
+    en = pick(rows, reference="human", criterion="helpfulness", langs="en")
     assert en["n"] == "5" and float(en["kappa"]) == pytest.approx(weighted_kappa(pairs))
     assert float(en["pct_judge2_human1"]) == pytest.approx(20.0)
-    non = pick(rows, criterion="helpfulness", langs="non_en")
+    non = pick(rows, reference="human", criterion="helpfulness", langs="non_en")
     assert non["n"] == "4"  # fr items; ru item 3 failed in the judge: no pair
     assert float(non["pct_judge1_human2"]) == pytest.approx(50.0)
 
@@ -343,7 +344,17 @@ def test_demo_banner_and_no_human(tmp_path):
     page = report.write_report(rep, tmp_path / "out").read_text(encoding="utf-8")
     assert report.DEMO_BANNER in page and "--rule=fasttext" in page
     assert "python -m evalsuite.human export --runs=" in page
-    assert not (tmp_path / "out" / "fig5.png").exists()
+    # no human panels; fastText still rates the language criterion of every judged paper response
+    assert (tmp_path / "out" / "fig5.png").exists()
+    fig5 = read_csv(tmp_path / "out" / "fig5.csv")
+    assert {(r["reference"], r["criterion"]) for r in fig5} == {("fastText", "language")}
+    en, non = pick(fig5, langs="en"), pick(fig5, langs="non_en")
+    assert en["n"] == "16" and float(en["pct_judge2_human2"]) == 100.0
+    # anchor: fr item 1 judged 0 and misidentified (0, 0); ru item 2 judged 1, fastText 2; ru item 3 failed
+    assert non["n"] == "47" and float(non["pct_judge0_human0"]) == pytest.approx(100 / 47, abs=0.005)
+    assert float(non["pct_judge1_human2"]) == pytest.approx(100 / 47, abs=0.005)
+    pairs = [(0, 0), (1, 2)] + [(2, 2)] * 45
+    assert float(non["kappa"]) == pytest.approx(weighted_kappa(pairs))
     rows = read_csv(tmp_path / "out" / "fig2.csv")
     assert {r["source"] for r in rows} == {"judge"}
 
