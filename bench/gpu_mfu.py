@@ -15,12 +15,9 @@ cases stop being started once `--budget_s` is spent.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
-import traceback
-from pathlib import Path
 from typing import Any
 
 from absl import app, flags
@@ -48,18 +45,9 @@ flags.DEFINE_string("out", "gpu_mfu.json", "JSON output path.")
 
 
 def shapes(name: str):
-    from models.config import LlamaConfig, preset
+    from bench.gpu_common import model_shapes
 
-    if FLAGS.smoke:
-        return preset("tiny")
-    if name == "1b":
-        return LlamaConfig(
-            vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
-            num_kv_heads=4, head_dim=64, max_position_embeddings=4096,
-        )  # fmt: skip
-    if name == "7b_wide":
-        return preset("llama2_7b", num_layers=FLAGS.wide_layers)
-    raise ValueError(f"unknown model {name!r}")
+    return model_shapes(name, smoke=FLAGS.smoke, wide_layers=FLAGS.wide_layers)
 
 
 def train_case(name: str, mode: str, remat: bool, attention: str) -> dict[str, Any]:
@@ -179,12 +167,10 @@ def decode_case(batch: int) -> dict[str, Any]:
 def run(argv_unused: list[str]) -> int:
     import jax
 
-    t0 = time.perf_counter()
+    from bench.gpu_common import run_cases
+
     dev = jax.devices()[0]
     report: dict[str, Any] = {"device": dev.device_kind, "platform": dev.platform, "smoke": FLAGS.smoke}
-    report.update(train=[], decode=[], errors=[], skipped=[])
-    out = Path(FLAGS.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     cases: list[tuple[str, Any]] = []
     for name in FLAGS.models:
         for mode in FLAGS.modes:
@@ -194,24 +180,14 @@ def run(argv_unused: list[str]) -> int:
     cases += [("decode", (int(b),)) for b in FLAGS.decode_batches]
     # most wanted first, so a short budget drops LoRA rather than the FT MFU or decode figures
     cases.sort(key=lambda c: 0 if c[0] == "train" and c[1][1] == "ft" else 1 if c[0] == "decode" else 2)
-    for kind, args in cases:
-        if time.perf_counter() - t0 > FLAGS.budget_s:
-            report["skipped"].append([kind, *args])
-            continue
-        try:
-            res = train_case(*args) if kind == "train" else decode_case(*args)
-            report[kind].append(res)
-            mfu = res.get("mfu")
-            print(kind, args, {k: res[k] for k in ("tok_s", "decode_tok_s") if k in res},
-                  f"mfu={mfu:.3f}" if mfu else "", flush=True)  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - an OOM in one case must not lose the others
-            report["errors"].append({"case": [kind, *args], "error": f"{type(e).__name__}: {e}"[:2000]})
-            traceback.print_exc()
-        jax.clear_caches()
-        report["elapsed_s"] = time.perf_counter() - t0
-        out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    return 1 if report["errors"] else 0
+    return run_cases(
+        cases,
+        lambda kind, args: train_case(*args) if kind == "train" else decode_case(*args),
+        report,
+        FLAGS.out,
+        FLAGS.budget_s,
+        after_case=jax.clear_caches,
+    )
 
 
 def main() -> None:

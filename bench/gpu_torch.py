@@ -14,12 +14,9 @@ compare one to one. Decode time excludes prefill (a 1-token generate is timed an
 from __future__ import annotations
 
 import gc
-import json
 import statistics
 import sys
 import time
-import traceback
-from pathlib import Path
 from typing import Any
 
 from absl import app, flags
@@ -38,22 +35,11 @@ flags.DEFINE_string("decode_model", "1b", "Model shape for the decode benchmark.
 flags.DEFINE_float("budget_s", 300.0, "Start no new case after this many seconds.")
 flags.DEFINE_string("out", "gpu_torch.json", "JSON output path.")
 
-PEAK_BF16 = {"h100": 989e12, "h200": 989e12, "a100": 312e12}  # dense bf16, as train/metrics.py
-
 
 def _shapes(name: str):
-    from models.config import LlamaConfig, preset
+    from bench.gpu_common import model_shapes
 
-    if FLAGS.smoke:
-        return preset("tiny")
-    if name == "1b":
-        return LlamaConfig(
-            vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
-            num_kv_heads=4, head_dim=64, max_position_embeddings=4096,
-        )  # fmt: skip
-    if name == "7b_wide":
-        return preset("llama2_7b", num_layers=FLAGS.wide_layers)
-    raise ValueError(f"unknown model {name!r}")
+    return model_shapes(name, smoke=FLAGS.smoke, wide_layers=FLAGS.wide_layers)
 
 
 def _hf_model(cfg, dtype):
@@ -91,8 +77,10 @@ def _peak() -> float | None:
 
     if _device() != "cuda":
         return None
+    from train.metrics import PEAK_FLOPS
+
     name = torch.cuda.get_device_name().lower()
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+    return next((PEAK_FLOPS[k] for k in sorted(PEAK_FLOPS, key=len, reverse=True) if k in name), None)
 
 
 def train_case(name: str) -> dict[str, Any]:
@@ -176,45 +164,33 @@ def decode_case(batch: int) -> dict[str, Any]:
 
 def run(argv_unused: list[str]) -> int:
     import torch
-
-    t0 = time.perf_counter()
-    report: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if _device() == "cuda" else "cpu",
-        "torch": torch.__version__, "smoke": FLAGS.smoke, "train": [], "decode": [], "errors": [], "skipped": [],
-    }  # fmt: skip
     import transformers
 
-    report["transformers"] = transformers.__version__
-    out = Path(FLAGS.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from bench.gpu_common import run_cases
+
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if _device() == "cuda" else "cpu",
+        "torch": torch.__version__, "transformers": transformers.__version__, "smoke": FLAGS.smoke,
+    }  # fmt: skip
     # the first model's train step, then decoding, then the other models: a short budget drops the latter
     cases: list[tuple[str, Any]] = [("train", (m,)) for m in FLAGS.models[:1]]
     cases += [("decode", (int(b),)) for b in FLAGS.decode_batches]
     cases += [("train", (m,)) for m in FLAGS.models[1:]]
-    for kind, args in cases:
-        if time.perf_counter() - t0 > FLAGS.budget_s:
-            report["skipped"].append([kind, *args])
-            continue
-        try:
-            res = train_case(*args) if kind == "train" else decode_case(*args)
-            report[kind].append(res)
-            print(
-                kind,
-                args,
-                {k: round(res[k], 2) for k in ("tok_s", "decode_tok_s", "mfu") if res.get(k)},
-                flush=True,
-            )
-        except Exception as e:  # noqa: BLE001 - an OOM in one case must not lose the others
-            report["errors"].append({"case": [kind, *args], "error": f"{type(e).__name__}: {e}"[:2000]})
-            traceback.print_exc()
+
+    def release() -> None:
         gc.collect()  # the case's model and optimizer state go before the next case allocates
         if _device() == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        report["elapsed_s"] = time.perf_counter() - t0
-        out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    return 1 if report["errors"] else 0
+
+    return run_cases(
+        cases,
+        lambda kind, args: train_case(*args) if kind == "train" else decode_case(*args),
+        report,
+        FLAGS.out,
+        FLAGS.budget_s,
+        after_case=release,
+    )
 
 
 def main() -> None:

@@ -82,13 +82,17 @@ def fasttext_language_score(row: Row) -> int | None:
     """fastText's reading of a response on the judge's language scale (the released judge prompt's 1-3 stars):
     0 = not in the expected language, 1 = in it but with sentences in another language (code_switch_rate > 0),
     2 = in it throughout. None when fastText had nothing to read (empty response)."""
-    ok = row.get("lang_correct")
-    if ok is None or (isinstance(ok, float) and math.isnan(ok)):
+    ok, rate = row.get("lang_correct"), row.get("code_switch_rate")
+    if _missing(ok):
         return None
     if not ok:
         return 0
-    rate = row.get("code_switch_rate")
-    return 1 if rate is not None and rate == rate and rate > 0 else 2
+    return 1 if not _missing(rate) and rate > 0 else 2
+
+
+def _missing(v: Any) -> bool:
+    """None, or NaN (a null read back through pandas/CSV)."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def fasttext_ratings(score_rows: Iterable[Row]) -> list[Row]:

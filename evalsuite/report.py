@@ -121,7 +121,7 @@ def build_report(
             rule,
             n_boot,
         ),
-        sec.fig5(human_raw, rows, runs_dir),
+        sec.fig5(human_raw, rows, paper, runs_dir),
     ]
     n_scored = sum(r.scored for r in runs)
     header = [

@@ -37,17 +37,23 @@ class Run:
     scored: bool
 
 
+def _read_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding one object; ReportError naming the file otherwise."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ReportError(f"{path}: expected a JSON object")
+    return obj
+
+
 def load_judge(runs_dir: Path) -> dict[str, str]:
     """runs/judge.json ({"spec", "kind": real|demo|none, "note"}); a missing file gives kind "unknown"."""
     path = runs_dir / "judge.json"
     if not path.exists():
         return {"spec": "unknown", "kind": "unknown", "note": f"{path} is missing"}
-    try:
-        judge = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ReportError(f"{path}: invalid JSON ({e})") from None
-    if not isinstance(judge, dict):
-        raise ReportError(f"{path}: expected a JSON object")
+    judge = _read_object(path)
     if judge.get("kind") not in ("real", "demo", "none"):
         raise ReportError(f"{path}: field 'kind' is {judge.get('kind')!r}, expected 'real', 'demo' or 'none'")
     if not isinstance(judge.get("spec"), str):
@@ -82,12 +88,7 @@ def load_runs(runs_dir: Path, skip: Path | None = None) -> tuple[list[Run], list
         if not path.exists():
             notes.append(f"{d.name}/ has no run.json: ignored")
             continue
-        try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ReportError(f"{path}: invalid JSON ({e})") from None
-        if not isinstance(info, dict):
-            raise ReportError(f"{path}: expected a JSON object")
+        info = _read_object(path)
         name = _field(info, path, "run", (str,))
         lr = _field(info, path, "lr", (int, float), required=False)
         if lr is not None and not (math.isfinite(lr) and lr > 0):

@@ -16,7 +16,7 @@ import numpy as np
 from evalsuite import aggregate as agg
 from evalsuite import figures
 from evalsuite.agreement import agreement_table, fasttext_ratings
-from evalsuite.report_data import Run, is_paper
+from evalsuite.report_data import Run
 from evalsuite.report_html import FAILED_NOTE, Cell, Section, Table
 
 Row = dict[str, Any]
@@ -540,11 +540,10 @@ def table1(mods: list[Row], models: list[str], labels: dict, rule: str, n_boot: 
     return s
 
 
-def fig5(human_raw: list[Row], rows: list[Row], runs_dir: Path) -> Section:
+def fig5(human_raw: list[Row], rows: list[Row], paper: list[Row], runs_dir: Path) -> Section:
     """Human vs judge agreement per criterion (the paper's Figure 5) when ratings are given, and always the
     judge's language score vs fastText's reading of the same responses (a real automatic second rater)."""
     s = Section("fig5", "Figure 5: agreement of the judge with human ratings and, on language, with fastText")
-    paper = [r for r in rows if is_paper(r)]
     tables = [("human", t) for t in agreement_table(human_raw, rows)] if human_raw else []
     tables += [
         ("fastText", t) for t in agreement_table(fasttext_ratings(paper), paper, criteria=("language",))
