@@ -6,15 +6,17 @@ value of another type, or an enum-like name not listed. Two protocols (see docs/
     accumulated micro-batches (4 for LoRA), lr → min_lr linearly over 1000 steps, no warmup;
   * paper (`:paper`, Appendix B): batches of 4000 tokens (2 rows × 2000), 4 accumulated micro-batches,
     inverse square root schedule, no warmup.
-Both: Adam β (0.9, 0.95), decoupled weight decay 0.1, no clipping, dropout 0, 1000 steps, prompt loss 0,
+Released only (pasero defaults the yamls rely on, see configs/released/defaults.json): gradient clipping at global
+norm 1.0, LoRA α 8 (scale α/r = 0.5) with kaiming-uniform A, over-long examples skipped, length-sorted padded
+micro-batches whose token budget counts padding, repetition penalty 1.2 when generating.
+Paper only: repetition penalty 1.1 (the text says nothing of clipping, LoRA α, batching: released values kept).
+Both: Adam β (0.9, 0.95), decoupled weight decay 0.1, dropout 0, 1000 steps, prompt loss 0,
 bf16 compute with fp32 master weights, last checkpoint = result.
 """
 
 from __future__ import annotations
 
 import ml_collections
-
-from models.lora import DEFAULT_TARGETS
 
 SHIPPED_DOLLY = "data/train/dolly_subset.jsonl"
 SHIPPED_LIMA = "data/train/lima.en.jsonl"
@@ -23,8 +25,14 @@ SHIPPED_LIMA = "data/train/lima.en.jsonl"
 DOLLY_EN = "data/train/dolly.en.jsonl"
 DOLLY_DT = tuple(f"data/train/dolly.{lang}.jsonl" for lang in ("en", "fr", "pt", "ru"))
 LIMA_EN = SHIPPED_LIMA
+# LoRA target projections (the names of models.lora's projections; configs import nothing but each other).
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+PROTOCOLS = ("released", "paper")
+LORA_LR_GRID = (1e-5, 1e-4, 1e-3)
 
 ENUMS = {
+    "protocol": PROTOCOLS,
+    "lora.init": ("pasero", "normal"),
     "model.chat_template": ("model", "llama-2"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -33,7 +41,9 @@ ENUMS = {
     "data.lang_sampling": ("uniform", "proportional"),
     "data.lang_unit": ("example", "microbatch"),
     "data.over_budget": ("truncate", "skip"),
+    "data.batching": ("sorted", "packed"),
     "data.empty_response": ("skip", "error"),
+    "data.bad_records": ("skip", "error"),
     "optimizer.schedule": ("inverse_sqrt", "linear_to_min", "constant"),
     "optimizer.mu_dtype": ("float32", "bfloat16"),
     "export.dtype": ("float32", "bfloat16"),
@@ -43,6 +53,11 @@ ENUMS = {
 def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # released: the authors' runs (yaml + pasero defaults); paper: Appendix B's text (`:paper`)
+    c.protocol = "released"
+    # LRs the grid trains when no --lrs is given: the paper's three (Sec. 3, 5.3: FT 1e-6 / 1e-5 / 1e-4);
+    # LoRA configs set 1e-5 / 1e-4 / 1e-3 (the paper names only LoRA's best, 1e-4: our grid centres on it)
+    c.lr_grid = (1e-6, 1e-5, 1e-4)
     c.model = ml_collections.ConfigDict(
         dict(
             init_from="",  # HF dir, .gguf, or "embedded"; "" = random `preset` (tests / runlocal only)
@@ -55,7 +70,10 @@ def base() -> ml_collections.ConfigDict:
             attention="auto",  # no-cache attention: auto | einsum | xla | cudnn (models.config.LlamaConfig.attention)
         )
     )
-    c.lora = ml_collections.ConfigDict(dict(enabled=False, rank=16, alpha=32.0, targets=DEFAULT_TARGETS))
+    # pasero: lora_alpha 8 (scale α/r = 0.5), A kaiming_uniform_(a=√5) = U(±1/√fan_in), B zeros
+    c.lora = ml_collections.ConfigDict(
+        dict(enabled=False, rank=16, alpha=8.0, init="pasero", targets=LORA_TARGETS)
+    )
     c.data = ml_collections.ConfigDict(
         dict(
             format="dolly",
@@ -66,8 +84,16 @@ def base() -> ml_collections.ConfigDict:
             lang_unit="example",
             seq_len=2048,  # row length = longest example (decoder_max_len)
             batch_tokens=8192,  # tokens per micro-batch = rows × seq_len
-            over_budget="truncate",  # example longer than seq_len: truncate or skip (counted either way)
+            over_budget="skip",  # example longer than seq_len: skip (pasero) or truncate (counted either way)
+            # sorted: pasero's batches (a buffer of `buffer_size` examples sorted by length, cut so that
+            # longest × count ≤ batch_tokens, padding counted); packed: first-fit packing (opt-in, more real
+            # tokens per update; docs/train.md gives the measured effect)
+            batching="sorted",
+            buffer_size=1000,
             empty_response="skip",  # skip (counted) or error
+            # a record the pre-check cannot use (template fails, no response token left): skip (counted per
+            # reason in data_stats.json) or error (the run fails before any work, naming file:line)
+            bad_records="skip",
         )
     )
     c.optimizer = ml_collections.ConfigDict(
@@ -80,7 +106,7 @@ def base() -> ml_collections.ConfigDict:
             b2=0.95,
             eps=1e-8,
             weight_decay=0.1,
-            clip_norm=0.0,  # 0 = no clipping (as released)
+            clip_norm=1.0,  # global-norm clipping (pasero default 1.0); 0 = none
             mu_dtype="float32",  # Adam first moment; bfloat16 saves memory (13B on 2×A100)
         )
     )
@@ -88,11 +114,17 @@ def base() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(save_every=200, keep=2, async_save=True))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.export = ml_collections.ConfigDict(dict(enabled=True, dtype="float32"))
+    # How the run's model is decoded at evaluation (grid, infer.main --run): the protocol's settings, so that
+    # training and decoding cannot be mixed by accident. released: yaml repeat_penalty 1.2, max_output_len 512.
+    c.decode = ml_collections.ConfigDict(dict(repetition_penalty=1.2, max_new_tokens=512))
     return c
 
 
 def paper_protocol(c: ml_collections.ConfigDict) -> None:
-    """Appendix B: 4000-token batches, update every 4 micro-batches, inverse square root, no warmup."""
+    """Appendix B: 4000-token batches, update every 4 micro-batches, inverse square root, no warmup,
+    repetition penalty 1.1."""
+    c.protocol = "paper"
+    c.decode.repetition_penalty = 1.1
     c.data.seq_len = 2000
     c.data.batch_tokens = 4000
     c.train.grad_accum = 4
@@ -121,6 +153,7 @@ def llama_config(
     if lora:
         c.lora.enabled = True
         c.optimizer.lr, c.optimizer.min_lr = 1e-4, 1e-5
+        c.lr_grid = LORA_LR_GRID
         c.train.grad_accum = 4  # released LoRA yaml: virtual_dp_size 4
         c.mesh.tensor = 1
     c.export.dtype = "bfloat16"

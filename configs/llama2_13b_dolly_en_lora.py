@@ -1,4 +1,4 @@
-"""LLaMA-2-13B / Dolly-En / LoRA — the paper's configuration with LoRA (rank 16, lr 1e-4, 4 accumulated batches as released).
+"""LLaMA-2-13B / Dolly-En / LoRA — the paper's configuration with LoRA (rank 16, α 8, lr 1e-4, 4 accumulated batches as released).
 
 Command:  python -m train.main --config=configs/llama2_13b_dolly_en_lora.py --workdir=runs/llama2_13b_dolly_en_lora
           (`:paper` for the paper's Appendix B protocol instead of the released one; `:runlocal` = CPU smoke run)

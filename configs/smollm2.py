@@ -15,7 +15,7 @@ fp32 compute (bf16 matmuls are slower than fp32 on CPUs).
 
 from __future__ import annotations
 
-from configs.common import SHIPPED_DOLLY, SHIPPED_LIMA, apply_args, base
+from configs.common import LORA_LR_GRID, SHIPPED_DOLLY, SHIPPED_LIMA, apply_args, base
 
 
 def get_config(arg: str | None = None):
@@ -35,4 +35,5 @@ def get_config(arg: str | None = None):
     if "ft" not in names:
         c.lora.enabled = True
         c.optimizer.lr, c.optimizer.min_lr = 1e-4, 1e-5
+        c.lr_grid = LORA_LR_GRID
     return apply_args(c, ",".join(n for n in names if n not in ("ft", "lima")))

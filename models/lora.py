@@ -2,6 +2,13 @@
 
 For a projection y = x·W with W of shape [*in, *out], the adapter adds (x·A)·B · alpha/R with
 A [*in, R] (random) and B [R, *out] (zeros), so an untrained adapter leaves the output bit-identical.
+This is pasero's `Linear` + `AdapterLayer.LoRA` (naver/pasero@5fa52cc, pasero/models/modules.py:85-95 and
+290-320): output + up(down(x)) · lora_alpha / rank, with A = down.weightᵀ and B = up.weightᵀ. Defaults follow
+the authors' released runs: alpha 8 (pasero/config.py:1277; scale 0.5 at rank 16), A drawn as torch's
+`kaiming_uniform_(a=√5)` on the [rank, fan_in] down weight, i.e. U(−1/√fan_in, 1/√fan_in) (`init="pasero"`),
+adapters on every projection of every layer (q, k, v, o, gate, up, down; not the embeddings nor the output
+layer). `init="normal"` keeps this module's earlier N(0, 1/fan_in). configs/released/defaults.json holds the
+references.
 Adapter weights are `LoRAParam` variables: `nnx.split(model, LoRAParam, ...)` separates them, which is
 how the trainer gives the optimizer the adapters alone.
 """
@@ -18,6 +25,8 @@ from flax import nnx
 from models.config import LlamaConfig
 
 DEFAULT_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+# "pasero": A ~ U(±1/√fan_in) (torch kaiming_uniform_(a=√5) on Linear(fan_in → rank)); "normal": A ~ N(0, 1/fan_in)
+INITS = ("pasero", "normal")
 
 # weight name -> (input logical axes, output logical axes), without the leading "layers"
 _IN_OUT = {
@@ -47,9 +56,12 @@ class LoRAParam(nnx.Param):
 
 @dataclasses.dataclass(frozen=True)
 class LoRAConfig:
+    """rank R, alpha (the adapter output is scaled by alpha / R), A's init (`INITS`), adapted projections."""
+
     rank: int = 16
-    alpha: float = 32.0
+    alpha: float = 8.0
     targets: tuple[str, ...] = DEFAULT_TARGETS
+    init: str = "pasero"
 
     def __post_init__(self) -> None:
         unknown = set(self.targets) - set(_IN_OUT)
@@ -57,6 +69,8 @@ class LoRAConfig:
             raise ValueError(f"LoRA targets {sorted(unknown)} unknown; choose from {sorted(_IN_OUT)}")
         if self.rank <= 0:
             raise ValueError(f"LoRA rank must be positive, got {self.rank}")
+        if self.init not in INITS:
+            raise ValueError(f"LoRA init {self.init!r} unknown; choose from {INITS}")
 
     @property
     def scale(self) -> float:
@@ -84,12 +98,21 @@ def lora_shapes(cfg: LlamaConfig, lora: LoRAConfig) -> dict[str, tuple]:
 
 
 def init_lora(cfg: LlamaConfig, lora: LoRAConfig, key: jax.Array) -> dict[str, tuple[jax.Array, tuple]]:
-    """Initial adapter weights: A ~ N(0, 1/fan_in), B = 0. Returns name -> (array, logical axes)."""
+    """Initial adapter weights, B = 0 and A by `lora.init` with fan_in = the projection's input size:
+    "pasero" U(−1/√fan_in, 1/√fan_in) (std 1/√(3·fan_in)), "normal" N(0, 1/fan_in).
+
+    Returns name -> (array, logical axes) with names `<target>_a`, `<target>_b`.
+    """
     dt = cfg.weight_dtype
     out = {}
     for i, (name, (a_shape, a_axes, b_shape, b_axes)) in enumerate(lora_shapes(cfg, lora).items()):
         fan_in = math.prod(a_shape[1:-1])
-        a = jax.random.normal(jax.random.fold_in(key, i), a_shape, jnp.float32) / jnp.sqrt(fan_in * 1.0)
+        k = jax.random.fold_in(key, i)
+        if lora.init == "pasero":
+            bound = 1.0 / math.sqrt(fan_in)
+            a = jax.random.uniform(k, a_shape, jnp.float32, minval=-bound, maxval=bound)
+        else:
+            a = jax.random.normal(k, a_shape, jnp.float32) / jnp.sqrt(fan_in * 1.0)
         out[f"{name}_a"] = (a.astype(dt), a_axes)
         out[f"{name}_b"] = (jnp.zeros(b_shape, dt), b_axes)
     return out

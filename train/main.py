@@ -8,7 +8,7 @@ What lands in the workdir:
   config.json         the resolved config (written before training starts)
   checkpoints/<step>/ orbax checkpoints (state + data position), last `checkpoint.keep` kept
   metrics.jsonl, tb/  per-step metrics (JSONL, TensorBoard)
-  data_stats.json     records read, examples skipped / truncated
+  data_stats.json     records read; used, skipped (per reason) and truncated; layout cuts
   export/             HF directory (LoRA merged) that transformers and infer/ load
   done.json           written last: {"steps", "final_loss", "export", "wall_s", ...}
 """
@@ -19,6 +19,7 @@ import json
 import logging as std_logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,11 @@ def run(cfg: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None =
         over_budget=cfg.data.over_budget,
         lang_sampling=cfg.data.lang_sampling,
         lang_unit=cfg.data.lang_unit,
-    )
+        batching=cfg.data.batching,
+        buffer_size=cfg.data.buffer_size,
+        bad_records=cfg.data.bad_records,
+    )  # tokenizes and checks every record now, before any work
+    logging.info("training data: %s", json.dumps({**corpus.stats, **loader.check_stats}))
     tx, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +203,7 @@ def run(cfg: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None =
         final = int(jax.device_get(state["step"]))
         if final < total:
             return {"finished": False, "steps": final}
-        stats = {**corpus.stats, **loader.state["stats"]}
+        stats = {**corpus.stats, **loader.stats}
         export_dir = workdir / "export"
         if cfg.export.enabled:
             if jax.process_count() > 1:  # every process joins the gather; process 0 writes
@@ -247,7 +252,11 @@ def main(argv: list[str]) -> None:
         check_inputs(cfg)
     except (ConfigError, CheckpointError, data_lib.DataError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
-    summary = run(cfg, _WORKDIR.value)
+    try:
+        summary = run(cfg, _WORKDIR.value)
+    except data_lib.DataError as e:  # a bad record under data.bad_records="error": before any step
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "data_stats"}))
 
 

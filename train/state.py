@@ -40,7 +40,9 @@ class Built:
 def lora_config(cfg) -> LoRAConfig | None:
     if not cfg.lora.enabled:
         return None
-    return LoRAConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=tuple(cfg.lora.targets))
+    return LoRAConfig(
+        rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=tuple(cfg.lora.targets), init=cfg.lora.init
+    )
 
 
 def model_overrides(cfg) -> dict[str, Any]:
