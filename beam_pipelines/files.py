@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,29 +50,50 @@ def read_table(path: str | os.PathLike) -> pa.Table:
         raise RecordError(f"{path}: not a readable Parquet file ({e})") from None
 
 
-def atomic_write_parquet(table: pa.Table, path: str | os.PathLike) -> None:
-    """Writes `table` to `path` through a temporary file in the same folder and an atomic rename."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """The one atomic writer: `write(file)` into a temporary file in the same folder, fsync, chmod to what
+    a plain `open` would give (0666 & ~umask, not mkstemp's 0600), atomic rename, fsync of the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def atomic_write_parquet(table: pa.Table, path: str | os.PathLike) -> None:
+    """Writes `table` to `path` atomically (atomic_write)."""
+    atomic_write(path, lambda f: pq.write_table(table, f))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Writes text through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes text atomically (atomic_write)."""
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Writes bytes atomically (atomic_write)."""
+    atomic_write(path, lambda f: f.write(data))

@@ -1,7 +1,8 @@
 r"""Generation pipeline: `RunInference` around our JAX engine (the Beam version of `python -m infer.main`).
 
   python -m beam_pipelines.generate --model=DIR --eval=paper|modifiers --langs=en,fr,pt,ru \
-      --output=out/gen [--max_new_tokens=512 --repetition_penalty=1.1 --batch_size=16] [--overwrite]
+      --output=out/gen [--max_new_tokens=N --repetition_penalty=P --batch_size=16] [--overwrite]
+      (decoding defaults: the run's protocol for a training workdir, else 512 / 1.2; infer.run_settings)
   python -m beam_pipelines.generate --model=DIR --input='prompts/*.parquet' --output=out/gen
 
 Rows: the evaluation set (`--eval`) or any Parquet with INSTRUCTION_SCHEMA's id and messages (`--input`).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -159,26 +161,29 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     a.add_argument("--langs", default="en,fr,pt,ru")
     a.add_argument("--output", required=True)
     a.add_argument("--overwrite", action="store_true")
-    a.add_argument("--max_new_tokens", type=int, default=512)
-    a.add_argument("--repetition_penalty", type=float, default=1.1)
+    # None: the run's protocol for a training workdir, else the released defaults (infer.run_settings)
+    a.add_argument("--max_new_tokens", type=int, default=None)
+    a.add_argument("--repetition_penalty", type=float, default=None)
     a.add_argument("--temperature", type=float, default=0.0)
     a.add_argument("--top_p", type=float, default=1.0)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--stop", action="append", default=[])
     a.add_argument("--batch_size", type=int, default=16)
-    a.add_argument("--template", default="model")
-    a.add_argument("--dtype", default="float32")
+    a.add_argument("--template", default=None)
+    a.add_argument("--dtype", default=None)
     a.add_argument("--model_name", default=None)
     return a.parse_known_args(list(argv))
 
 
 def run(argv: Sequence[str]) -> dict:
     from infer.decode import DecodeParams
+    from infer.run_settings import fill_unset
 
     args, beam_args = parse_args(argv)
     out = Output(args.output)
     if out.skip(args.overwrite):
         return {"skipped": True}
+    logging.info("decoding settings from %s", fill_unset(args))
     params = DecodeParams.from_options(args)
     handler = EngineHandler(
         args.model, params, dtype=args.dtype, template=args.template, batch_size=args.batch_size

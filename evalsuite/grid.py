@@ -1,6 +1,6 @@
 r"""The grid runner: train → generate → score for every config × learning rate (docs/results.md).
 
-  python -m evalsuite.grid --configs=configs/A.py[:args],configs/B.py --lrs=1e-6,1e-5,1e-4 --workdir=runs/ \
+  python -m evalsuite.grid --configs=configs/A.py[:args][@LR+LR],configs/B.py [--lrs=1e-6,1e-5,1e-4] --workdir=runs/ \
       [--judge=none|demo|openai:MODEL[@BASE_URL]] [--relevance=same|none|demo|openai:...] \
       [--eval=paper,modifiers] [--langs=en,fr,pt,ru] [--subset=tasks=8,modifiers=4] [--max_new_tokens=512] \
       [--include_base] [--set=train.steps=4] [--max_cost_usd=5] [--dry_run]
@@ -26,22 +26,48 @@ from evalsuite.grid_run import Grid, GridOptions
 from evalsuite.llm import DEFAULT_CACHE_DIR
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("configs", None, "Config files, each path[:args] (e.g. configs/smollm2.py:ft).")
-flags.DEFINE_list("lrs", None, "Learning rates; the config's lr/min_lr ratio is kept.")
+flags.DEFINE_string(
+    "configs",
+    None,
+    "Config files, comma-separated, each path[:args][@LR+LR] (e.g. configs/smollm2.py:ft,lima@1e-5+1e-4); "
+    "a new config starts at an item naming a .py file, so a config's own arguments may contain commas.",
+)
+flags.DEFINE_list(
+    "lrs",
+    None,
+    "Learning rates for every config without '@LRS' (default: each config's lr_grid); "
+    "the config's lr/min_lr ratio is kept.",
+)
 flags.DEFINE_string("workdir", "runs", "Runs directory (docs/results.md).")
 flags.DEFINE_string("judge", "none", "none | demo[:MODEL_DIR] | openai | openai:MODEL[@BASE_URL].")
-flags.DEFINE_string("relevance", "same", "same (as --judge) | none | demo | openai:MODEL[@BASE_URL].")
+flags.DEFINE_string(
+    "relevance",
+    "paper",
+    "paper ($XLIT_RELEVANCE, e.g. LLaMA-2-7B-chat behind infer.server; else the judge's model, noted) | "
+    "same (as --judge) | none | demo | openai:MODEL[@BASE_URL].",
+)
 flags.DEFINE_string("modifier_judge", "same", "Model for style/two-hop modifiers: same | none | spec.")
 flags.DEFINE_list("eval", ["paper", "modifiers"], "Evaluation sets: paper and/or modifiers.")
 flags.DEFINE_list("langs", list(LANGS), "Evaluation languages.")
 flags.DEFINE_string(
     "subset", "", "all, or tasks=N[,per_task=K][,modifiers=M] (task-balanced, same items per language)."
 )
-flags.DEFINE_integer("max_new_tokens", 512, "Generation budget per response.")
-flags.DEFINE_float("repetition_penalty", 1.1, "Generation repetition penalty (paper: 1.1).")
+flags.DEFINE_integer(
+    "max_new_tokens", None, "Generation budget per response (default: the run's protocol, config decode)."
+)
+flags.DEFINE_float(
+    "repetition_penalty",
+    None,
+    "Repetition penalty for every run (default: the run's protocol: released 1.2, :paper 1.1).",
+)
 flags.DEFINE_integer("batch_size", 16, "Generation batch size.")
 flags.DEFINE_bool("include_base", False, "Also evaluate each config's untuned base model (run <stem>-base).")
-flags.DEFINE_multi_string("set", [], "Config override KEY=VALUE applied to every config (repeatable).")
+flags.DEFINE_multi_string(
+    "set",
+    [],
+    "Config override KEY=VALUE applied to every config (repeatable); list values join items with '+', "
+    "e.g. --set=data.paths=data/a.jsonl+data/b.jsonl or --set=lr_grid=1e-5+1e-4.",
+)
 flags.DEFINE_string(
     "anchor",
     "",
@@ -57,13 +83,11 @@ flags.DEFINE_bool("dry_run", False, "Print stages, statuses and the LLM cost est
 def options_from_flags() -> GridOptions:
     if not FLAGS.configs:
         raise gp.GridError("--configs is required (e.g. --configs=configs/smollm2.py)")
-    if not FLAGS.lrs:
-        raise gp.GridError("--lrs is required (e.g. --lrs=1e-5,1e-4)")
-    if FLAGS.max_new_tokens <= 0:
+    if FLAGS.max_new_tokens is not None and FLAGS.max_new_tokens <= 0:
         raise gp.GridError(f"--max_new_tokens={FLAGS.max_new_tokens} must be positive")
     return GridOptions(
-        configs=FLAGS.configs,
-        lrs=gp.parse_lrs(FLAGS.lrs),
+        configs=gp.split_config_list(FLAGS.configs),
+        lrs=gp.parse_lrs(FLAGS.lrs) if FLAGS.lrs else None,
         workdir=FLAGS.workdir,
         judge=FLAGS.judge,
         relevance=FLAGS.relevance,

@@ -58,9 +58,36 @@ class GridError(ValueError):
 
 
 def split_config_spec(spec: str) -> tuple[str, str]:
-    """'configs/a.py:runlocal' -> ('configs/a.py', 'runlocal')."""
-    path, _, args = spec.partition(":")
+    """'configs/a.py:runlocal' -> ('configs/a.py', 'runlocal'); an '@LR+LR' suffix (split_lr_suffix) is dropped."""
+    path, _, args = split_lr_suffix(spec)[0].partition(":")
     return path, args
+
+
+def split_lr_suffix(spec: str) -> tuple[str, list[str] | None]:
+    """'configs/a.py:ft@1e-5+1e-4' -> ('configs/a.py:ft', ['1e-5', '1e-4']); no '@' -> (spec, None)."""
+    head, at, tail = spec.partition("@")
+    if not at:
+        return spec, None
+    lrs = [x for x in tail.split("+") if x]
+    if not lrs:
+        raise GridError(f"--configs: {spec!r}: expected LRs after '@', e.g. @1e-5+1e-4")
+    return head, lrs
+
+
+def split_config_list(text: str | Sequence[str]) -> list[str]:
+    """`--configs` text → config specs. Commas separate configs *and* a config's own arguments
+    (`configs/smollm2.py:ft,lima`), so a new spec starts only at an item that names a `.py` file:
+    'configs/a.py:ft,lima,configs/b.py' -> ['configs/a.py:ft,lima', 'configs/b.py']."""
+    items = [x.strip() for x in (text.split(",") if isinstance(text, str) else text)]
+    out: list[str] = []
+    for item in items:
+        if not item:
+            continue
+        if ".py" in item.partition(":")[0] or not out:
+            out.append(item)
+        else:
+            out[-1] += "," + item
+    return out
 
 
 def _parse_value(old: Any, text: str, where: str) -> Any:
@@ -73,8 +100,11 @@ def _parse_value(old: Any, text: str, where: str) -> Any:
             return int(text)
         if isinstance(old, float):
             return float(text)
-        if isinstance(old, (tuple, list)):
-            return tuple(x for x in text.split("+") if x)  # "a+b" → ("a", "b")
+        if isinstance(old, (tuple, list)):  # "a+b" → ("a", "b"); numbers stay numbers: "1e-5+1e-4"
+            items = [x for x in text.split("+") if x]
+            if old and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in old):
+                return tuple(float(x) for x in items)
+            return tuple(items)
         return text
     except ValueError:
         raise GridError(f"{where}: cannot read {text!r} as {type(old).__name__}") from None
@@ -100,7 +130,7 @@ def apply_overrides(cfg: ConfigDict, overrides: Sequence[str]) -> None:
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
-    """`path[:args]` → the config get_config(args) returns, with --set overrides applied."""
+    """`path[:args][@LRS]` → the config get_config(args) returns, with --set overrides applied."""
     path, args = split_config_spec(spec)
     p = Path(path)
     if not p.is_file() or p.suffix != ".py":
@@ -209,6 +239,8 @@ def make_run(spec: str, lr: float | None, overrides: Sequence[str], anchor: bool
     meta = {
         "run": name,
         "config": spec,
+        "protocol": cfg.protocol,
+        "decode": dict(cfg.decode),
         "config_hash": chash,
         "label": label,
         "group": group,
@@ -222,27 +254,45 @@ def make_run(spec: str, lr: float | None, overrides: Sequence[str], anchor: bool
     return RunSpec(name, spec, cfg, chash, method, lr, tuple(overrides), meta)
 
 
+def config_lrs(spec: str, lrs: Sequence[float] | None, overrides: Sequence[str] = ()) -> list[float]:
+    """The LRs of one config: its `@LR+LR` suffix, else --lrs, else the config's own `lr_grid`."""
+    _, own = split_lr_suffix(spec)
+    if own is not None:
+        return parse_lrs(own)
+    if lrs:
+        return list(lrs)
+    return parse_lrs([repr(x) for x in load_config(spec, overrides).lr_grid])
+
+
 def plan_runs(
     configs: Sequence[str],
-    lrs: Sequence[float],
+    lrs: Sequence[float] | None,
     overrides: Sequence[str],
     include_base: bool,
     anchor: str = "",
 ) -> list[RunSpec]:
-    """Every config × LR (+ one base run per config with include_base), in order."""
+    """Every config × its LRs (config_lrs) (+ one base run per config with include_base), in order."""
     if not configs:
         raise GridError("--configs: give at least one config file")
     stems = [Path(split_config_spec(c)[0]).stem for c in configs]
     if anchor:
+        anchor = split_lr_suffix(anchor)[0]
+    configs_plain = [split_lr_suffix(c)[0] for c in configs]
+    if anchor:
         anchor_spec = anchor
     else:
-        anchor_spec = next((c for c, s in zip(configs, stems) if s in ANCHOR_STEMS), configs[0])
+        anchor_spec = next((c for c, s in zip(configs_plain, stems) if s in ANCHOR_STEMS), configs_plain[0])
     runs = []
-    for spec in configs:
+    bases: set[str] = set()
+    for spec, plain in zip(configs, configs_plain):
         if include_base:
-            runs.append(make_run(spec, None, overrides, False))
-        for lr in lrs:
-            runs.append(make_run(spec, lr, overrides, spec == anchor_spec))
+            base = make_run(plain, None, overrides, False)
+            same = sha256([base.cfg.model.to_dict(), base.cfg.decode.to_dict()])
+            if same not in bases:  # configs differing only in training share one untuned run
+                bases.add(same)
+                runs.append(base)
+        for lr in config_lrs(spec, lrs, overrides):
+            runs.append(make_run(plain, lr, overrides, plain == anchor_spec))
     seen: dict[str, str] = {}
     for r in runs:
         if r.name in seen:

@@ -30,7 +30,7 @@ from evalsuite.judge_server import JudgeServer, demo_model_name
 from evalsuite.llm import DEFAULT_CACHE_DIR, ChatCache, LLMConfigError, ModelSpec, parse_model_spec
 from evalsuite.scoring import estimate_llm
 
-SCORE_FORMAT = 2  # part of the score key: bump when the requests evalsuite.score makes change
+SCORE_FORMAT = 3  # part of the score key: bump when the requests evalsuite.score makes change
 DEMO_NOTE = (
     "demo judge (not a real judge): a small local model ({model}) served by infer.server and decoded under "
     "a JSON schema; its scores only show that the pipeline runs end to end, they say nothing about quality"
@@ -40,16 +40,19 @@ DEMO_NOTE = (
 @dataclasses.dataclass
 class GridOptions:
     configs: Sequence[str]
-    lrs: Sequence[float]
+    lrs: Sequence[float] | None = None  # None: each config's own (gp.config_lrs)
     workdir: str = "runs"
     judge: str = "none"  # none | demo[:MODEL] | openai[:MODEL[@BASE_URL]]
-    relevance: str = "same"  # same (as the judge) | none | demo | openai:...
+    relevance: str = (
+        "paper"  # paper ($XLIT_RELEVANCE, else the judge's model, noted) | same | none | demo | openai:...
+    )
     modifier_judge: str = "same"
     eval_sets: Sequence[str] = ("paper", "modifiers")
     langs: Sequence[str] = LANGS
     subset: str = ""
-    max_new_tokens: int = 512
-    repetition_penalty: float = 1.1
+    # None: each run's protocol (config `decode`: released 1.2, paper 1.1); a value overrides every run
+    max_new_tokens: int | None = None
+    repetition_penalty: float | None = None
     batch_size: int = 16
     include_base: bool = False
     overrides: Sequence[str] = ()
@@ -85,6 +88,7 @@ class Judges:
     spec: str  # judge.json "spec"
     demo_model: str | None  # the model the demo server loads
     names: dict[str, str | None]  # judge/relevance/modifier_judge → "demo" | spec string | None
+    relevance_note: str = ""  # how the relevance model was chosen (shown in judge.json, dry run, report)
 
     def identity(self) -> dict[str, str | None]:
         """What the score key depends on (a demo server's port does not count)."""
@@ -110,10 +114,38 @@ class Judges:
             "demo": DEMO_NOTE.format(model=self.demo_model),
             "real": "LLM judge over the OpenAI API (the paper used gpt-3.5-turbo-0125)",
         }[self.kind]
-        return {"spec": self.spec, "kind": self.kind, "note": note, "models": self.identity()}
+        return {
+            "spec": self.spec,
+            "kind": self.kind,
+            "note": note,
+            "models": self.identity(),
+            "relevance_model": self.names["relevance"],
+            "relevance_note": self.relevance_note,
+        }
+
+
+PAPER_RELEVANCE = "LLaMA-2-chat-7B"  # the paper's relevance model (Sec. 3 and Appendix B; Table 3 says 13B)
+RELEVANCE_ENV = "XLIT_RELEVANCE"
+
+
+def resolve_relevance(relevance: str, env: dict[str, str] | None = None) -> tuple[str, str]:
+    """`--relevance=paper` (the default) → the endpoint in $XLIT_RELEVANCE (e.g. LLaMA-2-7B-chat served by
+    `infer.server`, as `openai:llama-2-7b-chat@http://127.0.0.1:8001/v1`) when set, else the judge's model,
+    with a note saying so. Returns (spec, note)."""
+    if relevance.strip() != "paper":
+        return relevance, ""
+    value = (os.environ if env is None else env).get(RELEVANCE_ENV, "").strip()
+    if value:
+        return value, f"relevance by ${RELEVANCE_ENV} = {value} (the paper used {PAPER_RELEVANCE})"
+    return "same", (
+        f"relevance scored by the judge's model: the paper's {PAPER_RELEVANCE} is not configured "
+        f"(serve it and set ${RELEVANCE_ENV}=openai:MODEL@URL, or pass --relevance)"
+    )
 
 
 def resolve_judges(judge: str, relevance: str, modifier_judge: str) -> Judges:
+    relevance, rel_note = resolve_relevance(relevance)
+
     def one(flag: str, value: str, same: str | None) -> str | None:
         v = value.strip()
         if v == "same":
@@ -140,7 +172,9 @@ def resolve_judges(judge: str, relevance: str, modifier_judge: str) -> Judges:
     }
     kind = "none" if j is None else "demo" if j == "demo" else "real"
     spec = "none" if j is None else f"demo:{demo_model_name(demo_model)}" if j == "demo" else j
-    return Judges(kind, spec, demo_model, names)
+    if names["relevance"] is None:
+        rel_note = "relevance not scored"
+    return Judges(kind, spec, demo_model, names, rel_note)
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -160,13 +194,38 @@ def _get(cfg: Any, key: str) -> Any:
     return cfg
 
 
+def decoding(run: gp.RunSpec, opts: GridOptions) -> dict[str, Any]:
+    """How a run is decoded: its config's protocol settings, unless a grid flag overrides them."""
+    d = run.cfg.decode
+    return {
+        "max_new_tokens": d.max_new_tokens if opts.max_new_tokens is None else opts.max_new_tokens,
+        "repetition_penalty": d.repetition_penalty
+        if opts.repetition_penalty is None
+        else opts.repetition_penalty,
+        "template": run.cfg.model.chat_template,
+        "dtype": run.cfg.model.dtype,
+    }
+
+
 class Grid:
     def __init__(self, opts: GridOptions):
         self.opts = opts
         self.workdir = Path(opts.workdir)
         self.runs = gp.plan_runs(
-            list(opts.configs), list(opts.lrs), list(opts.overrides), opts.include_base, opts.anchor
+            list(opts.configs),
+            list(opts.lrs) if opts.lrs else None,
+            list(opts.overrides),
+            opts.include_base,
+            opts.anchor,
         )
+        for r in self.runs:
+            dec = decoding(r, opts)
+            r.meta["decode"] = {k: dec[k] for k in ("repetition_penalty", "max_new_tokens")}
+            if dec["repetition_penalty"] != r.cfg.decode.repetition_penalty:
+                r.meta["decode_note"] = (
+                    f"repetition penalty {dec['repetition_penalty']} set by the grid, not the "
+                    f"{r.cfg.protocol} protocol's {r.cfg.decode.repetition_penalty}"
+                )
         self.records = gp.select_records(opts.eval_sets, opts.langs, gp.parse_subset(opts.subset))
         self.prompts_hash = gp.prompts_hash(self.records)
         self.judges = resolve_judges(opts.judge, opts.relevance, opts.modifier_judge)
@@ -184,12 +243,7 @@ class Grid:
             "train": train,
             "model": None if run.trains else run.cfg.model.init_from,
             "prompts": self.prompts_hash,
-            "decoding": {
-                "max_new_tokens": o.max_new_tokens,
-                "repetition_penalty": o.repetition_penalty,
-                "template": run.cfg.model.chat_template,
-                "dtype": run.cfg.model.dtype,
-            },
+            "decoding": decoding(run, o),
         }
         generate = gp.stage_key("generate", run.config_hash, gen_inputs)
         score_inputs = {
@@ -253,11 +307,11 @@ class Grid:
             shutil.rmtree(parts, ignore_errors=True)
         atomic_write_parquet(instructions_table(list(self.records)), rd.prompts)
         model = str(rd.train / "export") if run.trains else run.cfg.model.init_from
-        o = self.opts
+        o, dec = self.opts, decoding(run, self.opts)
         cmd = [
             sys.executable, "-m", "infer.main", f"--model={model}", f"--input={rd.prompts}",
-            f"--output={rd.generations}", f"--max_new_tokens={o.max_new_tokens}",
-            f"--repetition_penalty={o.repetition_penalty}", f"--batch_size={o.batch_size}",
+            f"--output={rd.generations}", f"--max_new_tokens={dec['max_new_tokens']}",
+            f"--repetition_penalty={dec['repetition_penalty']}", f"--batch_size={o.batch_size}",
             f"--template={run.cfg.model.chat_template}", f"--dtype={run.cfg.model.dtype}", f"--model_name={run.name}",
         ]  # fmt: skip
         self._run_cmd(cmd, rd.stages / "generate.log", f"{run.name}/generate")
@@ -305,7 +359,9 @@ class Grid:
             if line.startswith("{") and '"rows"' in line:
                 summary = json.loads(line)
                 break
-        return {"summary": summary}
+        demo = f"demo:{demo_model_name(self.judges.demo_model)}"
+        models = {k: (demo if v == "demo" else v) for k, v in self.judges.identity().items()}
+        return {"summary": summary, "models": models}  # read by the report (relevance model per run)
 
     # ---------------------------------------------------------------------------------------- driver
 
@@ -372,8 +428,11 @@ class Grid:
             return {}
         cache_file = Path(os.path.expanduser(self.opts.cache_dir)) / "chat_cache.sqlite"
         cache = ChatCache(self.opts.cache_dir) if cache_file.exists() else None
-        filler = "x" * int(self.opts.max_new_tokens * 3.5)  # estimate_tokens() of it = max_new_tokens
-        planned = [{**r.to_row(), "response": filler} for r in self.records]
+
+        def planned(run: gp.RunSpec) -> list[dict[str, Any]]:
+            filler = "x" * int(decoding(run, self.opts)["max_new_tokens"] * 3.5)  # estimate_tokens() = budget
+            return [{**r.to_row(), "response": filler} for r in self.records]
+
         zero = {"calls": 0.0, "prompt_tokens": 0.0, "completion_tokens": 0.0, "cost_usd": 0.0}
         roles = (("judge", "judge"), ("relevance", "relevance"), ("modifier", "modifier_judge"))
         total = {name: dict(zero) for name, role in roles if specs[role] is not None}
@@ -384,7 +443,7 @@ class Grid:
             rows = (
                 read_table(gp.RunDir(self.workdir, run.name).generations).to_pylist()
                 if st["generate"] == "done"
-                else planned
+                else planned(run)
             )
             est = estimate_llm(
                 rows,
@@ -407,18 +466,29 @@ class Grid:
         lines = [
             f"grid: {len(self.runs)} runs × {len(gp.STAGES)} stages in {self.workdir}/; "
             f"{len(self.records)} prompts per run (eval={','.join(o.eval_sets)}, langs={','.join(o.langs)}, "
-            f"subset={o.subset or 'all'}), max_new_tokens={o.max_new_tokens}",
+            f"subset={o.subset or 'all'}); decoding per run from its protocol"
+            + ("" if o.max_new_tokens is None else f", max_new_tokens={o.max_new_tokens} (--max_new_tokens)")
+            + (
+                ""
+                if o.repetition_penalty is None
+                else f", penalty {o.repetition_penalty} (--repetition_penalty)"
+            ),
             f"judge: {self.judges.spec} ({self.judges.kind}); relevance: {self.judges.names['relevance'] or 'none'}; "
             f"modifier judge: {self.judges.names['modifier_judge'] or 'none'}",
+            *([f"relevance: {self.judges.relevance_note}"] if self.judges.relevance_note else []),
             "",
-            f"{'run':<48}{'train':<10}{'generate':<10}{'score':<10}",
+            f"{'run':<48}{'protocol':<10}{'penalty':>8} {'tokens':>6}  {'train':<10}{'generate':<10}{'score':<10}",
         ]
         counts: dict[str, int] = {}
         for run in self.runs:
             st = self.statuses(run)
             for v in st.values():
                 counts[v] = counts.get(v, 0) + 1
-            lines.append(f"{run.name:<48}{st['train']:<10}{st['generate']:<10}{st['score']:<10}")
+            dec = decoding(run, o)
+            lines.append(
+                f"{run.name:<48}{run.cfg.protocol:<10}{dec['repetition_penalty']:>8g} {dec['max_new_tokens']:>6}  "
+                f"{st['train']:<10}{st['generate']:<10}{st['score']:<10}"
+            )
         lines.append("stages: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if k != "-"))
         est = self.estimate()
         if est:

@@ -5,6 +5,12 @@
 
 `--model` is an HF directory, a training workdir (its export/), a .gguf or "embedded". Rerunning skips ids
 already answered; see infer/records.py for the file layout.
+
+For a training workdir (or its export/), the decoding settings default to the run's protocol, read from the
+workdir's config.json (`decode` and `model.chat_template` / `model.dtype`: released 1.2, `:paper` 1.1), so a
+model is decoded the way its recipe says unless a flag is given explicitly. Elsewhere the defaults are the
+released protocol's (512 new tokens, penalty 1.2), the model's own template and float32. The settings used are
+logged and stored in the `decoding` column.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from absl import app, flags, logging
 from beam_pipelines.files import RecordError, atomic_write_text
 from infer.decode import DecodeParams
 from infer.records import ResumableOutput, read_prompts
+from infer.run_settings import fill_unset
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -28,16 +35,24 @@ flags.DEFINE_string("input", None, "JSONL or Parquet with chat messages per row.
 flags.DEFINE_string(
     "output", None, "Output Parquet (GENERATION_SCHEMA + pass-through columns).", required=True
 )
-flags.DEFINE_integer("max_new_tokens", 512, "Token budget per response.")
-flags.DEFINE_float("repetition_penalty", 1.1, "HF repetition penalty (1.0 = off).")
+flags.DEFINE_integer(
+    "max_new_tokens", None, "Token budget per response (default: the run's protocol, or 512)."
+)
+flags.DEFINE_float(
+    "repetition_penalty", None, "HF repetition penalty, 1.0 = off (default: the run's protocol, or 1.2)."
+)
 flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (with temperature > 0).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_multi_string("stop", [], "Stop string (repeatable).")
 flags.DEFINE_integer("batch_size", 16, "Rows decoded together.")
 flags.DEFINE_integer("chunk_size", 0, "Rows per resumable part (default: 2 * batch_size).")
-flags.DEFINE_string("template", "model", "Chat template: model (the checkpoint's), llama-2, or Jinja text.")
-flags.DEFINE_string("dtype", "float32", "Compute/storage dtype (float32 or bfloat16).")
+flags.DEFINE_string(
+    "template", None, "Chat template: model (the checkpoint's), llama-2, or Jinja text (default: the run's)."
+)
+flags.DEFINE_string(
+    "dtype", None, "Compute/storage dtype, float32 or bfloat16 (default: the run's, or float32)."
+)
 flags.DEFINE_string("model_name", None, "Value of the `model` column (default: the model directory name).")
 flags.DEFINE_bool("skip_bad", False, "Skip unreadable input lines, listing them in <output>.bad.txt.")
 flags.DEFINE_integer("limit", 0, "Answer only the first N rows (0 = all).")
@@ -54,6 +69,11 @@ def run(argv_unused: list[str]) -> int:
 
     output = Path(FLAGS.output)
     try:
+        source = fill_unset(FLAGS)
+        logging.info(
+            "decoding: max_new_tokens=%s repetition_penalty=%s template=%s dtype=%s from %s",
+            FLAGS.max_new_tokens, FLAGS.repetition_penalty, FLAGS.template, FLAGS.dtype, source,
+        )  # fmt: skip
         rows, bad = read_prompts(FLAGS.input, skip_bad=FLAGS.skip_bad)
         params = DecodeParams.from_options(FLAGS)
         sizes = (FLAGS.mesh_data, FLAGS.mesh_fsdp, FLAGS.mesh_tensor)

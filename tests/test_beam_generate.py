@@ -28,6 +28,7 @@ def infer_main_inprocess(model: Path, inp: Path, out: Path) -> int:
     from infer import main as infer_main
 
     argv = [f"--model={model}", f"--input={inp}", f"--output={out}", "--max_new_tokens=4", "--batch_size=4"]
+    argv.append("--repetition_penalty=1.1")
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["infer.main", *argv])
     return infer_main.run([])

@@ -107,6 +107,8 @@ def test_layout(grid_dir):
             "lr": lr,
             "anchor": True,
             "overrides": [],
+            "protocol": "released",
+            "decode": {"max_new_tokens": 8, "repetition_penalty": 1.2},
         }
         assert (rd / "train" / "done.json").exists() and (rd / "train" / "export" / "config.json").exists()
         gens = pq.read_table(rd / "generations.parquet")
@@ -144,8 +146,12 @@ def test_dry_run_marks_changed_inputs_stale(grid_dir, judge):
     workdir, cache = grid_dir
     out = run(grid_args(workdir, cache, judge, "--max_new_tokens=9", "--dry_run"))
     assert out.returncode == 0, out.stderr[-2000:]
-    for name in RUNS:
-        assert f"{name:<48}{'done':<10}{'stale':<10}{'stale':<10}" in out.stdout
+    rows = {
+        ln.split()[0]: ln.split()[1:]
+        for ln in out.stdout.splitlines()
+        if ln.split() and ln.split()[0] in RUNS
+    }
+    assert rows == {name: ["released", "1.2", "9", "done", "stale", "stale"] for name in RUNS}
     same = run(grid_args(workdir, cache, judge, "--dry_run"))
     assert "stages: 6 done" in same.stdout
     assert "judge" in same.stdout and "0 calls" in same.stdout  # every reply is cached
@@ -172,7 +178,7 @@ def test_dry_run_paper_configs_offline(tmp_path):
         ln for ln in lines if ln.split() and ln.split()[0].endswith(("-lr1e-06", "-lr1e-05", "-lr0.0001"))
     ]
     assert len(rows) == 21
-    assert all(ln.split()[1:] == ["to", "run"] * 3 for ln in rows)
+    assert all(ln.split()[1:] == ["released", "1.2", "512"] + ["to", "run"] * 3 for ln in rows)
     assert {ln.split()[0].rsplit("-lr", 1)[0] for ln in rows} == set(PAPER_CONFIGS)
     assert "stages: 63 to run" in out.stdout
     judge = next(ln for ln in lines if ln.strip().startswith("judge ") and "calls" in ln)
@@ -234,3 +240,69 @@ def test_subset_is_task_balanced_and_aligned():
     assert [r.item for r in paper if r.lang == "en"] == [r.item for r in paper if r.lang == "ru"]
     mods = [r for r in recs if r.eval_set == "modifiers" and r.lang == "en"]
     assert [r.modifier_type for r in mods] == ["num_items", "short"]
+
+
+def test_dry_run_decodes_each_run_by_its_protocol_and_config_lr_grid(tmp_path):
+    """Seven released configs + their :paper variants in one call, no --lrs: every config trains its own LR
+    grid (FT 1e-6/1e-5/1e-4, LoRA 1e-5/1e-4/1e-3) and decodes with its protocol's penalty (1.2 / 1.1)."""
+    specs = [f"configs/{c}.py" for c in PAPER_CONFIGS] + [f"configs/{c}.py:paper" for c in PAPER_CONFIGS]
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "evalsuite.grid",
+            f"--configs={','.join(specs)}",
+            f"--workdir={tmp_path / 'runs'}",
+            f"--cache_dir={tmp_path / 'c'}",
+            "--dry_run",
+        ]  # fmt: skip
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {ln.split()[0]: ln.split()[1:4] for ln in out.stdout.splitlines() if "-lr" in ln}
+    assert len(rows) == 2 * 7 * 3
+    for name, (protocol, penalty, tokens) in rows.items():
+        paper = "-paper-" in name
+        assert (protocol, penalty, tokens) == (
+            "paper" if paper else "released",
+            "1.1" if paper else "1.2",
+            "512",
+        )
+    ft = {n.rsplit("-lr", 1)[1] for n in rows if n.startswith("llama2_13b_dolly_en_ft-lr")}
+    lora = {n.rsplit("-lr", 1)[1] for n in rows if n.startswith("llama2_13b_dolly_en_lora-lr")}
+    assert ft == {"1e-06", "1e-05", "0.0001"} and lora == {"1e-05", "0.0001", "0.001"}
+
+
+def test_config_arguments_with_commas_and_own_lrs():
+    from evalsuite import grid_plan as gp
+
+    specs = gp.split_config_list(
+        "configs/smollm2.py:ft,lima@1e-4,configs/smollm2.py:ft@1e-5+1e-3,configs/a.py"
+    )
+    assert specs == ["configs/smollm2.py:ft,lima@1e-4", "configs/smollm2.py:ft@1e-5+1e-3", "configs/a.py"]
+    runs = gp.plan_runs(specs[:2], None, ["train.steps=3"], include_base=True)
+    # one untuned run: the two configs differ only in training data
+    assert [r.name for r in runs] == [
+        "smollm2-ft-lima-base",
+        "smollm2-ft-lima-lr0.0001",
+        "smollm2-ft-lr1e-05",
+        "smollm2-ft-lr0.001",
+    ]
+    lima = runs[1].cfg
+    assert lima.data.format == "lima" and lima.data.paths == ("data/train/lima.en.jsonl",)
+    assert not lima.lora.enabled and lima.train.steps == 3
+    # --set list values: items joined with '+', numbers stay numbers
+    cfg = gp.load_config("configs/smollm2.py", ["lr_grid=1e-5+2e-4", "data.paths=a.jsonl+b.jsonl"])
+    assert cfg.lr_grid == (1e-5, 2e-4) and cfg.data.paths == ("a.jsonl", "b.jsonl")
+
+
+def test_relevance_defaults_to_the_papers_model_when_configured():
+    from evalsuite.grid_run import resolve_judges, resolve_relevance
+
+    spec, note = resolve_relevance("paper", env={})
+    assert spec == "same" and "LLaMA-2-chat-7B is not configured" in note
+    spec, note = resolve_relevance(
+        "paper", env={"XLIT_RELEVANCE": "openai:llama-2-7b-chat@http://127.0.0.1:9/v1"}
+    )
+    assert spec == "openai:llama-2-7b-chat@http://127.0.0.1:9/v1" and "LLaMA-2-chat-7B" in note
+    j = resolve_judges("openai:gpt-3.5-turbo-0125", "openai:llama-2-7b-chat@http://127.0.0.1:9/v1", "same")
+    assert j.meta()["relevance_model"] == "openai:llama-2-7b-chat@http://127.0.0.1:9/v1"
