@@ -11,14 +11,17 @@ Rows whose judge call failed are left out of every judge criterion and counted i
 
 Tables: per group x criterion (`criteria_table`), English vs the mean of the fr/pt/ru means (Figure 2,
 `en_vs_nonen`), per task (Figure 3 right, `task_table`), per modifier (Table 1, `modifier_table`), surface
-metrics per model x LR x language (Figure 3 left, `surface_table`) and the LR choice (`select_lr`).
+metrics per model x LR x language (Figure 3 left, `surface_table`) and the LR choice (`choose_lr`, strict:
+every metric it uses must be measured for every LR; `choose_run_lr` is the entry point of the report and of
+the human-evaluation packet).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -223,36 +226,162 @@ def surface_table(
     return out
 
 
-def select_lr(
+# Paper Section 4: "We train all model configurations with three learning rates (LRs) and choose the best LR
+# based on surface metrics", the three of Section 3: language correctness, spellcheck correctness, relevance.
+LR_METRICS: tuple[str, ...] = SURFACE_METRICS
+_METRIC_ALIASES = {"spell_ok": "spell_ok_rate", "spelling": "spell_ok_rate", "lang": "lang_correct"}
+
+
+class LRChoiceError(ValueError):
+    """The LR cannot be chosen as asked (a metric missing for some LR, unknown metric, no rows)."""
+
+
+@dataclass(frozen=True)
+class LRChoice:
+    """The LR picked for one configuration, with the metrics the rule used and whether they were the default."""
+
+    lr: Any
+    metrics: tuple[str, ...]
+    explicit: bool  # the caller named the metrics (--lr_metrics); False: the paper's three
+    worst: float  # the maximised minimum over (metric, language)
+    mean: float
+
+    def describe(self) -> str:
+        return lr_rule_text(self.metrics, self.explicit)
+
+
+def lr_rule_text(metrics: Sequence[str] | None = None, explicit: bool | None = None) -> str:
+    """One line saying which metrics the LR choice uses, for reports and summaries."""
+    used = tuple(metrics or LR_METRICS)
+    explicit = (tuple(used) != LR_METRICS) if explicit is None else explicit
+    how = "explicit --lr_metrics" if explicit else "paper default"
+    left_out = [m for m in LR_METRICS if m not in used]
+    tail = f"; not used: {', '.join(left_out)}" if left_out else ""
+    return f"maximin over {', '.join(used)} ({how}{tail})"
+
+
+def parse_lr_metrics(spec: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """--lr_metrics as a tuple of surface-metric columns (None: the paper's default); LRChoiceError if unknown.
+
+    Accepts "a,b" or a list; `spell_ok` and `spelling` mean spell_ok_rate, `lang` means lang_correct.
+    """
+    if spec is None:
+        return None
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [_METRIC_ALIASES.get(m.strip(), m.strip()) for m in items if m.strip()]
+    if not names:
+        return None
+    unknown = [m for m in names if m not in SURFACE_METRICS]
+    if unknown:
+        raise LRChoiceError(
+            f"--lr_metrics: unknown metric(s) {unknown}; expected some of {', '.join(SURFACE_METRICS)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def choose_lr(
     surface: Sequence[Row],
-    metrics: Sequence[str] = SURFACE_METRICS,
+    metrics: Sequence[str] | None = None,
+    *,
     langs: Sequence[str] | None = None,
     lr_key: str = "lr",
-) -> Any:
+    run_names: Mapping[Any, str] | None = None,
+) -> LRChoice:
     """The LR of one model configuration chosen from surface metrics (paper Sections 4 and 5.3).
 
     The paper picks, among three LRs, the one with high values "for all metrics in all languages": too low
     an LR lowers relevance (under-training), too high an LR lowers language correctness and spelling
     (overfitting to the training language). As a rule: maximise the worst (metric, language) value;
     ties (within 1e-9) go to the higher mean over all (metric, language) pairs, then to the smaller LR.
-    `surface` holds surface_table rows of ONE configuration (several LRs, one row per LR x language);
-    a metric that is None for an LR (e.g. relevance not measured) is ignored for every LR.
+    `surface` holds surface_table rows of ONE configuration (several LRs, one row per LR x language).
+
+    Strict: every metric of `metrics` (default LR_METRICS, the paper's three) must have a value for every
+    (LR, language) row, and every LR must cover the same languages; otherwise LRChoiceError names the metric
+    and the runs (`run_names`: LR -> run name; else "lr=X"). Choosing without a metric (e.g. relevance when
+    no relevance model was run) takes an explicit `metrics` list that leaves it out.
     """
+    used = parse_lr_metrics(metrics)
+    explicit = used is not None
+    used = used or LR_METRICS
     by_lr = group_rows(
         surface if langs is None else [r for r in surface if r.get("lang") in langs], (lr_key,)
     )
+    by_lr = {k: v for k, v in by_lr.items() if k[0] is not None}
     if not by_lr:
-        raise ValueError("select_lr: no surface rows")
-    usable = [m for m in metrics if all(r.get(m) is not None for g in by_lr.values() for r in g)]
-    if not usable:
-        raise ValueError(f"select_lr: none of {list(metrics)} is measured for every LR")
+        raise LRChoiceError("LR choice: no surface rows with an LR")
+
+    def name(lr: Any) -> str:
+        named = (run_names or {}).get(lr)
+        return named or (f"lr={lr:g}" if isinstance(lr, (int, float)) else f"lr={lr}")
+
+    problems = []
+    for m in used:
+        missing = sorted(lr for (lr,), rs in by_lr.items() if any(_missing(r.get(m)) for r in rs))
+        if missing:
+            problems.append(
+                f"LR choice needs {m} for every LR; missing for runs: {', '.join(name(lr) for lr in missing)}"
+            )
+    if problems:
+        left = [m for m in used if not any(p.startswith(f"LR choice needs {m} ") for p in problems)]
+        it = "it" if len(problems) == 1 else "them"
+        hint = (
+            f"score {it}, or choose without {it} by naming the metrics, e.g. --lr_metrics={','.join(left)}"
+            if left
+            else "score them first"
+        )
+        raise LRChoiceError("; ".join(problems) + f" ({hint})")
+    lang_sets = {lr: frozenset(str(r.get("lang")) for r in rs) for (lr,), rs in by_lr.items()}
+    if len(set(lang_sets.values())) > 1:
+        every = frozenset.union(*lang_sets.values())
+        short = [
+            f"{name(lr)} lacks {','.join(sorted(every - s))}" for lr, s in lang_sets.items() if s != every
+        ]
+        raise LRChoiceError(f"LR choice needs the same languages for every LR: {'; '.join(short)}")
 
     def key(item: tuple[tuple, list[Row]]) -> tuple[float, float, float]:
         (lr,), rs = item
-        values = [float(r[m]) for r in rs for m in usable]
+        values = [float(r[m]) for r in rs for m in used]
         return (round(min(values), 9), round(sum(values) / len(values), 9), -float(lr))
 
-    return max(by_lr.items(), key=key)[0][0]
+    best = max(by_lr.items(), key=key)
+    worst, mean, _ = key(best)
+    return LRChoice(best[0][0], tuple(used), explicit, worst, mean)
+
+
+def select_lr(
+    surface: Sequence[Row],
+    metrics: Sequence[str] | None = None,
+    langs: Sequence[str] | None = None,
+    lr_key: str = "lr",
+    run_names: Mapping[Any, str] | None = None,
+) -> Any:
+    """choose_lr(...).lr: the chosen LR alone (same strict rule, same errors)."""
+    return choose_lr(surface, metrics, langs=langs, lr_key=lr_key, run_names=run_names).lr
+
+
+def choose_run_lr(
+    runs: Sequence[tuple[str, Any]],
+    rows: Sequence[Row],
+    metrics: Sequence[str] | None = None,
+    *,
+    n_boot: int = 10,
+) -> LRChoice:
+    """The LR choice of one configuration from its score rows: `runs` are its (run name, LR) pairs and `rows`
+    their evaluation-set score rows, each with "lr" set to its run's LR. The one entry point of the report
+    (report_data.choose_runs) and of the human-evaluation packet (human.select_runs)."""
+    names = {lr: name for name, lr in runs}
+    lrs = set(names)
+    surface = surface_table([r for r in rows if r.get("lr") in lrs], ("lr", "lang"), n_boot)
+    empty = [name for name, lr in runs if not any(s["lr"] == lr for s in surface)]
+    if empty:
+        raise LRChoiceError(
+            f"LR choice needs scores for every LR; no evaluation-set rows for runs: {', '.join(empty)}"
+        )
+    return choose_lr(surface, metrics, run_names=names)
 
 
 def fmt(x: float | None, digits: int = 2) -> str:

@@ -12,7 +12,7 @@ never into a page.
 ratings Parquet of docs/results.md (one row per annotator x rated response), atomically.
 
     python -m evalsuite.human export --runs=runs/ --out=human/ [--n_items=30] [--langs=en,fr,pt,ru]
-        [--select=chosen|all] [--anchor=RUN] [--seed=0]
+        [--select=chosen|all] [--lr_metrics=lang_correct,spell_ok_rate] [--anchor=RUN] [--seed=0]
     python -m evalsuite.human import --key=human/key.json --ratings=a.json,b.json --out=human/ratings.parquet
         [--runs=runs/]   # also prints human/judge agreement (weighted kappa) when the runs have scores
 """
@@ -209,9 +209,20 @@ def _score_rows(run: Run, paper_only: bool = True) -> list[dict[str, Any]]:
     return rows
 
 
-def select_runs(runs: Sequence[Run], select: str = "chosen", log: Any = None) -> list[Run]:
-    """The models of the packet: per "group", the run with the chosen LR (aggregate.select_lr on surface
-    metrics of the evaluation set), or every run with `select="all"` or when a group's scores are missing."""
+def select_runs(
+    runs: Sequence[Run],
+    select: str = "chosen",
+    log: Any = None,
+    lr_metrics: Sequence[str] | None = None,
+) -> list[Run]:
+    """The models of the packet: per "group", the run with the chosen LR, or every run with `select="all"`.
+
+    The LR choice is the report's (aggregate.choose_run_lr on the evaluation-set rows of scores.parquet), as
+    strict: every metric it uses (default: the paper's lang_correct, spell_ok_rate, relevance; else
+    `lr_metrics`) must be measured for every LR, and every run of a group with several LRs must be scored;
+    otherwise a ValueError names the metric or the runs (pass --lr_metrics or --select=all). Runs without
+    generations are left out (logged).
+    """
     if select not in ("chosen", "all"):
         raise ValueError(f"unknown --select {select!r}; expected chosen or all")
     pending = [r for r in runs if not r.generations.exists()]
@@ -234,19 +245,23 @@ def select_runs(runs: Sequence[Run], select: str = "chosen", log: Any = None) ->
             _log(log, f"group {group!r}: runs do not differ by LR alone; taking all {len(members)} runs")
             chosen += members
             continue
-        if not all(m.scores.exists() for m in members):
-            _log(log, f"group {group!r}: not every run has scores.parquet; taking all {len(members)} runs")
-            chosen += members
-            continue
+        unscored = [m.name for m in members if not m.scores.exists()]
+        if unscored:
+            raise ValueError(
+                f"group {group!r}: LR choice needs scores for every LR; no scores.parquet for runs: "
+                f"{', '.join(unscored)} (score them, or pass --select=all)"
+            )
         rows = [row for m in members for row in _score_rows(m)]
         try:
-            lr = aggregate.select_lr(aggregate.surface_table(rows, keys=("lr", "lang"), n_boot=10))
-        except ValueError as e:
-            _log(log, f"group {group!r}: no LR choice ({e}); taking all {len(members)} runs")
-            chosen += members
-            continue
-        picked = [m for m in members if m.lr == lr]
-        _log(log, f"group {group!r}: chosen lr={lr} -> {', '.join(m.name for m in picked)}")
+            choice = aggregate.choose_run_lr([(m.name, m.lr) for m in members], rows, lr_metrics)
+        except aggregate.LRChoiceError as e:
+            raise aggregate.LRChoiceError(f"group {group!r}: {e}") from None
+        picked = [m for m in members if m.lr == choice.lr]
+        _log(
+            log,
+            f"group {group!r}: chosen lr={choice.lr:g} -> {', '.join(m.name for m in picked)} "
+            f"({choice.describe()})",
+        )
         chosen += picked
     return sorted(chosen, key=lambda r: r.name)
 
@@ -336,6 +351,7 @@ def build_packet(
     anchor: str | None = None,
     seed: int = 0,
     log: Any = None,
+    lr_metrics: Sequence[str] | None = None,
 ) -> Packet:
     """The paper's human-evaluation packet for the runs in `runs_dir` (see the module docstring)."""
     if n_items < 1:
@@ -345,7 +361,8 @@ def build_packet(
         if lang not in LANGS:
             raise ValueError(f"unknown language {lang!r}; expected some of {LANGS}")
     runs = load_runs(runs_dir)
-    selected = select_runs(runs, select, log)
+    lr_metrics = aggregate.parse_lr_metrics(lr_metrics)
+    selected = select_runs(runs, select, log, lr_metrics)
     anchor_run = resolve_anchor(runs, selected, anchor)
 
     gens: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
@@ -424,6 +441,11 @@ def build_packet(
         "seed": seed,
         "n_items": n_items,
         "select": select,
+        **(
+            {"lr_choice": aggregate.lr_rule_text(lr_metrics, lr_metrics is not None)}
+            if select == "chosen"
+            else {}
+        ),
         "langs": langs,
         "items": items,
         "anchor": anchor_run.name,
@@ -485,9 +507,10 @@ def export_packet(
     seed: int = 0,
     guidelines_path: str | Path | None = None,
     log: Any = None,
+    lr_metrics: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Writes `out_dir`/annotate_<lang>.html per language and `out_dir`/key.json; returns the key."""
-    packet = build_packet(runs_dir, n_items, langs, select, anchor, seed, log)
+    packet = build_packet(runs_dir, n_items, langs, select, anchor, seed, log, lr_metrics)
     guidelines = Path(guidelines_path or default_guidelines_path()).read_text(encoding="utf-8")
     out = Path(out_dir)
     for lang, entries in packet.pages.items():
@@ -675,6 +698,12 @@ def _define_flags() -> None:
     )
     flags.DEFINE_list("langs", list(LANGS), "export: languages (one page each).")
     flags.DEFINE_enum("select", "chosen", ["chosen", "all"], "export: chosen LR per group, or every run.")
+    flags.DEFINE_list(
+        "lr_metrics",
+        None,
+        "export: surface metrics of the LR choice (default: lang_correct, spell_ok_rate, relevance, each "
+        "needed for every LR), e.g. lang_correct,spell_ok_rate when no relevance model was run.",
+    )
     flags.DEFINE_string("anchor", None, "export: anchor run (default: the selected run with anchor: true).")
     flags.DEFINE_integer("seed", 0, "export: seed of the item choice and of the shuffling.")
     flags.DEFINE_string("guidelines", None, "export: guidelines text (default: data/human/guidelines.txt).")
@@ -706,6 +735,7 @@ def main(argv: list[str]) -> None:
                 FLAGS.seed,
                 FLAGS.guidelines,
                 log=lambda m: print(m, file=sys.stderr),
+                lr_metrics=FLAGS.lr_metrics,
             )
             out = Path(FLAGS.out)
             print(

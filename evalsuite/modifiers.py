@@ -1,8 +1,10 @@
 """Task-modifier fulfilment (paper Section 5.2, Table 1).
 
 Programmatic checks, each returning (fulfilled, detail):
-  short           at most SHORT_MAX_SENTENCES sentences (a sentence ends with . ! ? or a line break)
-  long            at least LONG_MIN_WORDS words
+  short           at most THRESHOLDS[lang].short_max_sentences sentences (a sentence ends with . ! ? … or a
+                  line break)
+  long            at least THRESHOLDS[lang].long_min_words words (count_words: Unicode letters/digits, so
+                  Cyrillic and accented Latin count; l'eau, guarda-chuva, don't are one word each)
   num_items N     exactly N list items: lines starting with a number ("1." "1)") or a bullet
                   (- * + • -> →) at the outermost indentation, numbered items preferred when both occur;
                   without any list line, a one- or two-line answer counts its comma/semicolon-separated
@@ -17,6 +19,12 @@ Programmatic checks, each returning (fulfilled, detail):
                   and Italian the word after an elided article (l', d', qu', ...) is the one checked
 LLM-judged (a 0/1 prompt, prompts.MODIFIER_PROMPT): scientific_style, simple_style, complex_inst.
 
+Thresholds per language (THRESHOLDS, the one table; docs/evalsuite.md shows it): the English base (5
+sentences, 150 words) scaled by how many sentences / words the same content takes in each language, measured
+on the shipped parallel evaluation set (derive_thresholds: threshold_L = round(base x count_L / count_en) over
+the 113 line-aligned instructions of data/eval/alpacaeval_test_subset.{en,fr,pt,ru}.jsonl). Russian needs
+fewer words (no articles, synthetic morphology): 128 instead of 150.
+
 Helpfulness with the modifier taken into account (`helpfulness_with_modifier`): the judge sees the full
 instruction, and an answer that does not fulfil the modifier gets at most 1, as in the paper.
 """
@@ -24,23 +32,43 @@ instruction, and an answer that does not fulfil the modifier gets at most 1, as 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from html.parser import HTMLParser
+from pathlib import Path
+from typing import NamedTuple
 
-from evalsuite.data import MODIFIER_TYPES
+from evalsuite.data import LANGS, MODIFIER_TYPES, load_eval
 from evalsuite.langid import LangId
 from evalsuite.llm import ChatRequest
 from evalsuite.prompts import modifier_prompt
 from evalsuite.relevance import parse_binary_reply
 
-SHORT_MAX_SENTENCES = 5
-LONG_MIN_WORDS = 150
+SHORT_MAX_SENTENCES = 5  # English base of THRESHOLDS (short: "Answer briefly in just a few sentences.")
+LONG_MIN_WORDS = 150  # English base of THRESHOLDS (long: "Give a detailed answer.")
 CAP_MIN_RATIO = 0.9
+
+
+class Thresholds(NamedTuple):
+    short_max_sentences: int
+    long_min_words: int
+
+
+# The one table of per-language thresholds (docs/evalsuite.md "Modifier thresholds per language" shows it;
+# tests check that derive_thresholds() on the shipped data gives exactly these values).
+THRESHOLDS: dict[str, Thresholds] = {
+    "en": Thresholds(5, 150),
+    "fr": Thresholds(5, 157),
+    "pt": Thresholds(5, 151),
+    "ru": Thresholds(5, 128),
+}
 LLM_TYPES = ("scientific_style", "simple_style", "complex_inst")
 PROGRAM_TYPES = tuple(t for t in MODIFIER_TYPES if t not in LLM_TYPES)
 
 _SENT_END = re.compile(r"(?<=[.!?…])\s+|\n+")
-_WORD = re.compile(r"[^\W\d_]+(?:['’\-][^\W\d_]+)*")
+_WORD = re.compile(r"[^\W\d_]+(?:['’\-][^\W\d_]+)*")  # letters only (cap_template)
+_W = r"(?:[^\W_][\u0300-\u036f]*)+"  # Unicode letters/digits (\w without _), combining accents kept
+_COUNTED_WORD = re.compile(rf"{_W}(?:['’\-]{_W})*")
 _ARROW = r"(?:-->|->|→)"
 _LIST_LINE = re.compile(rf"^(?P<indent>[ \t]*)(?P<marker>\d{{1,3}}[.)]|{_ARROW}|[-*+•▪‣◦])[ \t]+\S")
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*$", re.M)
@@ -50,14 +78,57 @@ def _sentences(text: str) -> list[str]:
     return [s for s in _SENT_END.split(text) if any(ch.isalpha() for ch in s)]
 
 
-def check_short(response: str) -> tuple[bool, str]:
-    n = len(_sentences(response))
-    return 0 < n <= SHORT_MAX_SENTENCES, f"{n} sentences (max {SHORT_MAX_SENTENCES})"
+def count_sentences(text: str) -> int:
+    """Sentences with at least one letter; a sentence ends with . ! ? … followed by a space, or a line break."""
+    return len(_sentences(text))
 
 
-def check_long(response: str) -> tuple[bool, str]:
-    n = len(_WORD.findall(response))
-    return n >= LONG_MIN_WORDS, f"{n} words (min {LONG_MIN_WORDS})"
+def count_words(text: str) -> int:
+    """Words in any script: maximal runs of Unicode letters/digits (NFC; combining accents stay inside the
+    word), joined by an apostrophe or a hyphen (l'eau, guarda-chuva, по-русски count once)."""
+    return len(_COUNTED_WORD.findall(unicodedata.normalize("NFC", text)))
+
+
+def thresholds(lang: str) -> Thresholds:
+    """THRESHOLDS[lang]; ValueError naming the table for a language without thresholds."""
+    try:
+        return THRESHOLDS[lang]
+    except KeyError:
+        raise ValueError(
+            f"no short/long modifier thresholds for language {lang!r} (THRESHOLDS in evalsuite/modifiers.py, "
+            f"docs/evalsuite.md: {', '.join(THRESHOLDS)})"
+        ) from None
+
+
+def check_short(response: str, lang: str = "en") -> tuple[bool, str]:
+    limit = thresholds(lang).short_max_sentences
+    n = count_sentences(response)
+    return 0 < n <= limit, f"{n} sentences (max {limit} in {lang})"
+
+
+def check_long(response: str, lang: str = "en") -> tuple[bool, str]:
+    limit = thresholds(lang).long_min_words
+    n = count_words(response)
+    return n >= limit, f"{n} words (min {limit} in {lang})"
+
+
+def _instruction_text(messages: list[dict[str, str]]) -> str:
+    return "\n".join(m["content"] for m in messages if m.get("role") != "system")
+
+
+def derive_thresholds(root: str | Path | None = None) -> dict[str, Thresholds]:
+    """THRESHOLDS recomputed from the parallel evaluation set: per language L, round(base x total_L /
+    total_en) for sentences (base 5) and words (base 150), totals over its 113 line-aligned instructions."""
+    texts = {lang: [_instruction_text(r.messages) for r in load_eval(lang, root)] for lang in LANGS}
+    sents = {lang: sum(count_sentences(t) for t in ts) for lang, ts in texts.items()}
+    words = {lang: sum(count_words(t) for t in ts) for lang, ts in texts.items()}
+    return {
+        lang: Thresholds(
+            round(SHORT_MAX_SENTENCES * sents[lang] / sents["en"]),
+            round(LONG_MIN_WORDS * words[lang] / words["en"]),
+        )
+        for lang in LANGS
+    }
 
 
 def count_items(response: str) -> int:
@@ -211,8 +282,8 @@ def check_programmatic(
 ) -> tuple[bool, str]:
     """Fulfilment of a programmatically checkable modifier; ValueError for other types."""
     checks: dict[str, Callable[[], tuple[bool, str]]] = {
-        "short": lambda: check_short(response),
-        "long": lambda: check_long(response),
+        "short": lambda: check_short(response, lang),
+        "long": lambda: check_long(response, lang),
         "num_items": lambda: check_num_items(response, int(modifier_arg or "0")),
         "lang": lambda: check_lang(response, modifier_arg or "", langid),
         "markdown_template": lambda: check_markdown(response),

@@ -1,11 +1,16 @@
 r"""Prints the paper's tables from one or more score files (output of evalsuite.score).
 
   python -m evalsuite.summary --scores=a.parquet,b.parquet [--rule=judge|fasttext] [--output_json=t.json]
+      [--lr_metrics=lang_correct,spell_ok_rate]
 
 Rows are grouped by the `model` column (or the file name when there is none). Main-criteria, task and
 surface tables use the paper's evaluation set (eval_set == "paper", or every row without a modifier when
 there is no eval_set column); the modifier table uses the modifier rows. With an `lr` column, the LR chosen
-by `aggregate.select_lr` is printed per model.
+by `aggregate.choose_lr` is printed per model with the metrics it used (by default the paper's three, each
+needed for every LR: a missing one prints an error naming it and the runs instead of an LR; --lr_metrics
+names the metrics to use). The header names, per score file, its run, protocol and decoding (run.json next to
+a grid's <run>/scores.parquet) and the model that scored relevance (report_data.relevance_model_of, falling
+back to runs/judge.json).
 """
 
 from __future__ import annotations
@@ -19,6 +24,13 @@ from absl import app, flags
 
 from beam_pipelines.files import RecordError, atomic_write_text, read_table
 from evalsuite import aggregate as agg
+from evalsuite.calibrate import card_status
+from evalsuite.report_data import (
+    NO_PROTOCOL,
+    model_name,
+    protocol_text,
+    relevance_model_of,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("scores", None, "Score files (Parquet) written by evalsuite.score.")
@@ -27,9 +39,61 @@ flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples for the 95% CIs.")
 flags.DEFINE_string("model_key", "model", "Column naming the model configuration.")
 flags.DEFINE_string("lr_key", "lr", "Column holding the learning rate (LR selection is printed if present).")
 flags.DEFINE_string("output_json", None, "Also write every table as JSON here.")
+flags.DEFINE_list(
+    "lr_metrics",
+    None,
+    "Surface metrics of the LR choice (default: the paper's lang_correct, spell_ok_rate, relevance, each "
+    "needed for every LR), e.g. lang_correct,spell_ok_rate when no relevance model was run.",
+)
+
+SOURCE = "_source"  # row key: the run (folder of a grid's scores.parquet) or file stem the row comes from
+
+
+def source_name(path: str | Path) -> str:
+    p = Path(path)
+    return p.parent.name if p.name == "scores.parquet" and p.parent.name else p.stem
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def file_info(path: str | Path, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run, protocol and relevance model of one score file, from what lies next to it (defensively)."""
+    p = Path(path)
+    run_json = p.parent / "run.json"
+    info = _read_json(run_json) if run_json.exists() else {}
+    decode = info.get("decode") if isinstance(info.get("decode"), dict) else None
+    protocol = info.get("protocol") if isinstance(info.get("protocol"), str) else None
+    judge = _read_json(p.parent.parent / "judge.json")
+    models = judge.get("models") if isinstance(judge.get("models"), dict) else None
+    spec = str(judge.get("spec") or "")
+    if models is not None:
+        fallback = model_name(models.get("relevance"), spec)
+    elif "relevance_model" in judge:
+        fallback = model_name(judge["relevance_model"], spec)
+    else:
+        fallback = f"unknown (not recorded with {p}, and no ../judge.json naming it)"
+    measured = rows is None or any(r.get("relevance") is not None for r in rows)
+    relevance = relevance_model_of(p, spec, fallback) if measured else "none (relevance not scored)"
+    if measured and relevance == "none":
+        relevance = "unknown (relevance scored, but the record names no model)"
+    return {
+        "file": str(p),
+        "run": source_name(p),
+        "protocol": protocol,
+        "decode": decode,
+        "protocol_text": protocol_text(protocol, decode) if run_json.exists() else NO_PROTOCOL,
+        "relevance_model": relevance,
+    }
 
 
 def load_scores(paths: list[str], model_key: str = "model") -> list[dict[str, Any]]:
+    """Rows of every score file, each tagged with its source (SOURCE) and, if missing, its model."""
     rows = []
     for p in paths:
         table = read_table(p)
@@ -39,6 +103,7 @@ def load_scores(paths: list[str], model_key: str = "model") -> list[dict[str, An
         for r in table.to_pylist():
             if r.get(model_key) is None:
                 r[model_key] = Path(p).stem
+            r[SOURCE] = source_name(p)
             rows.append(r)
     return rows
 
@@ -48,8 +113,15 @@ def _ci(mean_key: str, lo_key: str, hi_key: str):
 
 
 def build_tables(
-    rows: list[dict[str, Any]], rule: str, n_boot: int, model_key: str, lr_key: str
+    rows: list[dict[str, Any]],
+    rule: str,
+    n_boot: int,
+    model_key: str,
+    lr_key: str,
+    lr_metrics: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Every table of the summary; "selected_lr" maps a model to {"lr", "metrics", "rule"} or {"error"}."""
+
     def is_paper(r: dict[str, Any]) -> bool:
         return r.get("eval_set") == "paper" if "eval_set" in r else not r.get("modifier_type")
 
@@ -67,18 +139,38 @@ def build_tables(
     keys = (model_key, lr_key, "lang") if has_lr else (model_key, "lang")
     tables["surface"] = agg.surface_table(paper, keys, n_boot)
     if has_lr:
-        chosen = {}
+        chosen: dict[str, dict[str, Any]] = {}
         for (model,), srows in agg.group_rows(tables["surface"], (model_key,)).items():
+            names: dict[Any, set[str]] = {}
+            for r in paper:
+                if r.get(model_key) == model:
+                    names.setdefault(r.get(lr_key), set()).add(str(r.get(SOURCE, model)))
+            run_names = {lr: "+".join(sorted(n)) for lr, n in names.items()}
             try:
-                chosen[str(model)] = agg.select_lr(srows, lr_key=lr_key)
-            except ValueError as e:
-                chosen[str(model)] = f"n/a ({e})"
+                c = agg.choose_lr(srows, lr_metrics, lr_key=lr_key, run_names=run_names)
+                chosen[str(model)] = {"lr": c.lr, "metrics": list(c.metrics), "rule": c.describe()}
+            except agg.LRChoiceError as e:
+                chosen[str(model)] = {"error": str(e)}
         tables["selected_lr"] = chosen
     return tables
 
 
-def render(tables: dict[str, Any], model_key: str, lr_key: str) -> str:
-    out = []
+def header_lines(infos: list[dict[str, Any]]) -> list[str]:
+    """Per score file: run, protocol (decode) and the relevance model; a warning when protocols differ."""
+    lines = ["== Score files: run, protocol (decode), relevance model =="]
+    for i in infos:
+        lines.append(f"{i['run']}: protocol {i['protocol_text']}; relevance by {i['relevance_model']}")
+    if len({i["protocol_text"] for i in infos}) > 1:
+        lines.append("!! the score files differ in protocol: compare them with care")
+    return lines
+
+
+def render(
+    tables: dict[str, Any], model_key: str, lr_key: str, infos: list[dict[str, Any]] | None = None
+) -> str:
+    out = [*header_lines(infos), ""] if infos else []
+    if tables.get("judge_calibration") and "main_en_vs_nonen" in tables:  # no passing card: not results
+        out.append(f"!! {tables['judge_calibration']} — the judge tables below are not results\n")
     if "main_en_vs_nonen" in tables:
         out.append("== Judge criteria, en vs mean(fr,pt,ru) (0-2, 95% CI) [Figure 2] ==")
         out.append(
@@ -126,7 +218,9 @@ def render(tables: dict[str, Any], model_key: str, lr_key: str) -> str:
         )
     surface = tables["surface"]
     cols = [c for c in (model_key, lr_key, "lang") if surface and c in surface[0]]
-    out.append("\n== Surface metrics [Figure 3 left] ==")
+    rel_models = sorted({i["relevance_model"] for i in infos or []})
+    rel = "; ".join(rel_models) if rel_models else "see the score files"
+    out.append(f"\n== Surface metrics [Figure 3 left] (relevance by {rel}) ==")
     out.append(
         agg.format_table(
             surface,
@@ -136,7 +230,8 @@ def render(tables: dict[str, Any], model_key: str, lr_key: str) -> str:
     )
     if "selected_lr" in tables:
         out.append("\n== LR chosen from surface metrics (maximin rule) ==")
-        out += [f"{m}: {lr}" for m, lr in tables["selected_lr"].items()]
+        for m, c in tables["selected_lr"].items():
+            out.append(f"{m}: {c['lr']:g} ({c['rule']})" if "lr" in c else f"{m}: no LR chosen: {c['error']}")
     return "\n".join(out)
 
 
@@ -145,11 +240,18 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         rows = load_scores(FLAGS.scores, FLAGS.model_key)
-    except RecordError as e:
+        lr_metrics = agg.parse_lr_metrics(FLAGS.lr_metrics)
+    except (RecordError, agg.LRChoiceError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    tables = build_tables(rows, FLAGS.rule, FLAGS.n_boot, FLAGS.model_key, FLAGS.lr_key)
-    print(render(tables, FLAGS.model_key, FLAGS.lr_key))
+    infos = [file_info(p, [r for r in rows if r[SOURCE] == source_name(p)]) for p in FLAGS.scores]
+    tables = build_tables(
+        rows, FLAGS.rule, FLAGS.n_boot, FLAGS.model_key, FLAGS.lr_key, list(lr_metrics or []) or None
+    )
+    tables["score_files"] = infos
+    trust = [card_status(Path(p).resolve().parent.parent) for p in FLAGS.scores]  # <runs>/calibration/
+    tables["judge_calibration"] = next((head for ok, head in trust if not ok), None)
+    print(render(tables, FLAGS.model_key, FLAGS.lr_key, infos))
     if FLAGS.output_json:
         atomic_write_text(json.dumps(tables, indent=1, default=str), FLAGS.output_json)
 

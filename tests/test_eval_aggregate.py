@@ -110,11 +110,79 @@ def test_select_lr_maximin():
     # ties on the minimum go to the higher mean, then to the smaller LR
     tie = [surf(1e-5, "fr", 0.9, 0.9, 0.9), surf(1e-4, "fr", 0.9, 1.0, 1.0), surf(1e-6, "fr", 0.9, 1.0, 1.0)]
     assert agg.select_lr(tie) == 1e-6
-    # relevance not measured: decided by the other metrics
+    # relevance not measured: no silent choice on the other metrics; naming them is the way out
     norel = [surf(1e-5, "fr", 0.9, 0.9, None), surf(1e-4, "fr", 0.8, 1.0, None)]
-    assert agg.select_lr(norel) == 1e-5
+    with pytest.raises(
+        agg.LRChoiceError, match="needs relevance for every LR; missing for runs: lr=1e-05, lr=0.0001"
+    ):
+        agg.select_lr(norel)
+    choice = agg.choose_lr(norel, ["lang_correct", "spell_ok"])
+    assert (choice.lr, choice.metrics, choice.explicit) == (1e-5, ("lang_correct", "spell_ok_rate"), True)
+    assert (
+        choice.describe()
+        == "maximin over lang_correct, spell_ok_rate (explicit --lr_metrics; not used: relevance)"
+    )
+    default = agg.choose_lr(rows)
+    assert default.metrics == agg.LR_METRICS == ("lang_correct", "spell_ok_rate", "relevance")
+    assert not default.explicit and default.describe().endswith("(paper default)")
     with pytest.raises(ValueError):
         agg.select_lr([])
+
+
+def test_select_lr_relevance_missing_for_one_lr_names_metric_and_run():
+    """Issue #13: with relevance absent for one LR, the old rule silently dropped it for every LR and the
+    maximin favoured the lowest, under-trained LR; now the choice fails and names the metric and the run."""
+    runs = [("smollm2-ft-lr1e-6", 1e-6), ("smollm2-ft-lr1e-5", 1e-5), ("smollm2-ft-lr1e-4", 1e-4)]
+    names = {lr: name for name, lr in runs}
+    langs = ("en", "fr", "pt", "ru")
+    rows = [
+        *(surf(1e-6, lang, 0.99, 0.98, 0.40) for lang in langs),  # under-trained: irrelevant answers
+        *(surf(1e-5, lang, 0.97, 0.96, 0.95) for lang in langs),
+        *(surf(1e-4, lang, 0.90, 0.90, None) for lang in langs),  # relevance not scored for this run
+    ]
+    with pytest.raises(agg.LRChoiceError) as e:
+        agg.choose_lr(rows, run_names=names)
+    msg = str(e.value)
+    assert "LR choice needs relevance for every LR; missing for runs: smollm2-ft-lr1e-4" in msg
+    assert "smollm2-ft-lr1e-5" not in msg and "--lr_metrics=lang_correct,spell_ok_rate" in msg
+    # one language missing counts too (all-NaN / absent column for that row)
+    partial = [dict(r) for r in rows if r["lr"] != 1e-4]
+    partial[-1]["relevance"] = float("nan")
+    with pytest.raises(agg.LRChoiceError, match="relevance .* missing for runs: smollm2-ft-lr1e-5"):
+        agg.choose_lr(partial, run_names=names)
+    absent = [{k: v for k, v in r.items() if k != "relevance"} for r in rows]
+    with pytest.raises(
+        agg.LRChoiceError, match="missing for runs: smollm2-ft-lr1e-6, smollm2-ft-lr1e-5, smollm2"
+    ):
+        agg.choose_lr(absent, run_names=names)
+    # an explicit list that still names the missing metric fails as well
+    with pytest.raises(agg.LRChoiceError, match="needs relevance"):
+        agg.choose_lr(rows, ["relevance", "lang_correct"], run_names=names)
+    # without relevance, by explicit choice: 1e-6 wins (the reason relevance is in the paper's default)
+    assert agg.choose_lr(rows, "lang_correct,spell_ok_rate").lr == 1e-6
+    # the same from score rows, the entry point of the report and the human packet
+    score_rows = [
+        {"lr": lr, "lang": lang, "lang_correct": True, "spell_ok_rate": 0.9, "relevance": rel}
+        for name, lr in runs
+        for lang in langs
+        for rel in ((None, None) if lr == 1e-4 else (1, 1 if lr == 1e-5 else 0))
+    ]
+    with pytest.raises(
+        agg.LRChoiceError, match="needs relevance for every LR; missing for runs: smollm2-ft-lr1e-4"
+    ):
+        agg.choose_run_lr(runs, score_rows)
+    assert agg.choose_run_lr(runs[:2], score_rows).lr == 1e-5
+    with pytest.raises(agg.LRChoiceError, match="no evaluation-set rows for runs: x"):
+        agg.choose_run_lr([*runs[:2], ("x", 1e-3)], score_rows)
+
+
+def test_select_lr_needs_the_same_languages_and_known_metrics():
+    rows = [surf(1e-5, "en", 0.9, 0.9, 0.9), surf(1e-5, "fr", 0.9, 0.9, 0.9), surf(1e-4, "en", 1.0, 1.0, 1.0)]
+    with pytest.raises(agg.LRChoiceError, match="same languages for every LR: b lacks fr"):
+        agg.choose_lr(rows, run_names={1e-5: "a", 1e-4: "b"})
+    with pytest.raises(agg.LRChoiceError, match="unknown metric"):
+        agg.parse_lr_metrics("lang_correct,fluency")
+    assert agg.parse_lr_metrics(None) is None and agg.parse_lr_metrics("") is None
 
 
 def test_surface_table():

@@ -181,6 +181,36 @@ def test_select_chosen_lr_and_anchor(tmp_path):
     assert sorted(p.key["runs"]) == ["a-lr0.0001", "b-lr0.0001"]
 
 
+def test_select_chosen_needs_every_lr_metric(tmp_path):
+    """The packet's LR choice is the report's strict rule: relevance missing for one LR stops the export with
+    the metric and the run named; --lr_metrics without relevance chooses (and the key says how)."""
+    runs = make_runs(
+        tmp_path / "runs",
+        {"a-lr1e-05": {"group": "A", "lr": 1e-5, "anchor": True}, "a-lr0.0001": {"group": "A", "lr": 1e-4}},
+    )
+    for name, rel in (("a-lr1e-05", 1), ("a-lr0.0001", None)):
+        gens = pq.read_table(runs / name / "generations.parquet").to_pylist()
+        rows = [
+            {**g, "lang_correct": True, "spell_ok_rate": 0.9 if rel else 0.95, "relevance": rel} for g in gens
+        ]
+        atomic_write_parquet(pa.Table.from_pylist(rows), runs / name / "scores.parquet")
+    with pytest.raises(
+        ValueError, match="LR choice needs relevance for every LR; missing for runs: a-lr0.0001"
+    ):
+        human.build_packet(runs, n_items=25, langs=["en"], select="chosen")
+    p = human.build_packet(
+        runs, n_items=25, langs=["en"], select="chosen", lr_metrics=["lang_correct", "spell_ok_rate"]
+    )
+    assert list(p.key["runs"]) == ["a-lr0.0001"]
+    assert (
+        p.key["lr_choice"]
+        == "maximin over lang_correct, spell_ok_rate (explicit --lr_metrics; not used: relevance)"
+    )
+    (runs / "a-lr0.0001" / "scores.parquet").unlink()  # a run with generations but no scores: no guess
+    with pytest.raises(ValueError, match="no scores.parquet for runs: a-lr0.0001"):
+        human.build_packet(runs, n_items=25, langs=["en"], select="chosen")
+
+
 def _ratings_file(path: Path, key: dict, annotator: str = "ann", lang: str = "fr", **override) -> Path:
     uids = [u for u, e in key["responses"].items() if e["lang"] == (lang if lang in key["langs"] else "fr")][
         :3

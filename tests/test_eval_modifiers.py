@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from fake_openai_server import FakeOpenAIServer
 
+from evalsuite.data import load_modifiers
 from evalsuite.langid import get_langid
 from evalsuite.llm import ChatRunner, ModelSpec
 from evalsuite.modifiers import (
+    THRESHOLDS,
+    Thresholds,
     check_programmatic,
     count_items,
+    count_words,
+    derive_thresholds,
     helpfulness_with_modifier,
     modifier_request,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 LANGS = ("en", "fr", "pt", "ru")
 SENT = {
@@ -43,18 +53,116 @@ def check(mtype, response, lang, arg=None):
 
 @pytest.mark.parametrize("lang", LANGS)
 def test_short(lang):
-    assert check("short", f"{SENT[lang]} {SENT[lang]}", lang) == (True, "2 sentences (max 5)")
-    assert check("short", " ".join([SENT[lang]] * 7), lang) == (False, "7 sentences (max 5)")
+    assert check("short", f"{SENT[lang]} {SENT[lang]}", lang) == (True, f"2 sentences (max 5 in {lang})")
+    assert check("short", " ".join([SENT[lang]] * 7), lang) == (False, f"7 sentences (max 5 in {lang})")
     assert check("short", "", lang)[0] is False
 
 
 @pytest.mark.parametrize("lang", LANGS)
 def test_long(lang):
     n = len(SENT[lang].split())
-    reps = 150 // n + 1
+    limit = THRESHOLDS[lang].long_min_words
+    reps = limit // n + 1
     ok, detail = check("long", "\n".join([SENT[lang]] * reps), lang)
-    assert ok and detail == f"{reps * n} words (min 150)"
-    assert check("long", SENT[lang], lang) == (False, f"{n} words (min 150)")
+    assert ok and detail == f"{reps * n} words (min {limit} in {lang})"
+    assert check("long", SENT[lang], lang) == (False, f"{n} words (min {limit} in {lang})")
+
+
+EXPECTED_THRESHOLDS = {  # docs/evalsuite.md "Modifier thresholds per language"
+    "en": Thresholds(5, 150),
+    "fr": Thresholds(5, 157),
+    "pt": Thresholds(5, 151),
+    "ru": Thresholds(5, 128),
+}
+
+
+def test_thresholds_documented_and_derived_from_the_parallel_data():
+    assert THRESHOLDS == EXPECTED_THRESHOLDS
+    assert derive_thresholds() == THRESHOLDS  # the method stated in the docs gives the table
+    doc = (REPO / "docs" / "evalsuite.md").read_text(encoding="utf-8")
+    section = doc.split("Modifier thresholds per language", 1)[1]
+    table = {
+        m.group(1): Thresholds(int(m.group(2)), int(m.group(3)))
+        for m in re.finditer(r"^\|\s*`?(en|fr|pt|ru)`?\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|", section, re.M)
+    }
+    assert table == THRESHOLDS
+
+
+def test_count_words_any_script():
+    assert count_words("Привет, мир! Это по-русски.") == 4  # Cyrillic; по-русски is one word
+    assert count_words("L'été à São Paulo, où l'on prend un guarda-chuva.") == 9
+    assert count_words("cafe\u0301 noir") == 2  # decomposed accent stays in the word
+    assert count_words("Ёлка, ещё 2024 раза!") == 4
+    assert count_words("— … !? 123") == 1
+
+
+# Hand-made answers per language: sentences about a game, as a model would write them.
+GAME = {
+    "en": [
+        "Each team tries to score more points than the other team.",
+        "A player kicks the ball and then runs around the bases.",
+        "The defenders catch the ball and throw it back quickly.",
+        "After three outs the teams swap their roles on the field.",
+    ],
+    "fr": [
+        "Chaque équipe essaie de marquer plus de points que l'autre équipe.",
+        "Un joueur frappe le ballon puis court autour des bases.",
+        "Les défenseurs attrapent le ballon et le renvoient très vite.",
+        "Après trois retraits, les équipes échangent leurs rôles sur le terrain.",
+    ],
+    "pt": [
+        "Cada equipe tenta marcar mais pontos do que a outra equipe.",
+        "Um jogador chuta a bola e depois corre em volta das bases.",
+        "Os defensores pegam a bola e a devolvem muito rápido.",
+        "Depois de três eliminações, as equipes trocam de papel no campo.",
+    ],
+    "ru": [
+        "Каждая команда старается набрать больше очков, чем соперник.",
+        "Игрок бьёт по мячу и затем бежит вокруг баз.",
+        "Защитники ловят мяч и быстро возвращают его обратно.",
+        "После трёх аутов команды меняются ролями на поле.",
+    ],
+}
+
+
+def answer(lang: str, n_sentences: int) -> str:
+    return " ".join(GAME[lang][i % 4] for i in range(n_sentences))
+
+
+def words_answer(lang: str, min_words: int) -> str:
+    """Paragraphs of the language's sentences until at least `min_words` words."""
+    out: list[str] = []
+    while count_words(" ".join(out)) < min_words:
+        out.append(GAME[lang][len(out) % 4])
+    return "\n\n".join(" ".join(out[i : i + 4]) for i in range(0, len(out), 4))
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_shipped_short_and_long_prompts(lang):
+    """Every shipped short/long modifier prompt of the language: an obviously fulfilling and an obviously
+    failing hand-made answer in that language are judged as such, with the language's thresholds."""
+    records = [r for r in load_modifiers(lang) if r.modifier_type in ("short", "long")]
+    assert {r.modifier_type for r in records} == {"short", "long"} and len(records) == 40
+    limit = THRESHOLDS[lang]
+    for r in records:
+        if r.modifier_type == "short":
+            good, bad = answer(lang, 3), answer(lang, 3 * limit.short_max_sentences)
+        else:
+            good = words_answer(lang, int(1.5 * limit.long_min_words))
+            bad = answer(lang, 4)  # one paragraph, ~40 words
+        assert check_programmatic(r.modifier_type, r.modifier_arg, good, lang, None)[0] is True, (r.id, good)
+        assert check_programmatic(r.modifier_type, r.modifier_arg, bad, lang, None)[0] is False, (r.id, bad)
+
+
+def test_long_threshold_is_per_language():
+    """A Russian answer as long as a 150-word English one has ~128 words: it fulfils "long" in Russian."""
+    ru = words_answer("ru", 130)
+    n = count_words(ru)
+    assert 128 <= n < 150
+    assert check("long", ru, "ru")[0] is True
+    assert check("long", ru, "en")[0] is False  # the English threshold would have failed it
+    with pytest.raises(ValueError, match="no short/long modifier thresholds for language 'de'"):
+        check("long", ru, "de")
 
 
 @pytest.mark.parametrize("lang", LANGS)
