@@ -88,6 +88,10 @@ SCORE_SCHEMA = pa.schema(
         ("modifier_status", pa.string()),  # "ok" | "failed" | "skipped" | null (no modifier)
         ("modifier_detail", pa.string()),  # what the check found, or the LLM's raw reply
         ("judge_helpfulness_mod", pa.int8()),  # helpfulness capped at 1 if the modifier is not fulfilled
+        # probability-weighted scores (G-Eval style) when the endpoint returned token log-probs, else null:
+        # expected score 0..2 over the rating tokens of each criterion, P(relevant) for relevance
+        *[(f"judge_{c}_expected", pa.float32()) for c in JUDGE_CRITERIA],
+        ("relevance_expected", pa.float32()),
     ]
 )
 

@@ -9,6 +9,12 @@ field; the scores may also be nested under one key ("scores": {...}) or given as
 Every one of the six criteria must be present exactly once with a value 1..3 (stars); the score is
 stars - 1 (0..2). Anything else raises ParseError and the runner retries, then records the item as failed
 with its raw reply.
+
+Probability-weighted scores (G-Eval style, `expected_scores`): the judge is asked for token log-probs
+(`logprobs=true, top_logprobs=5`); at the token that carries a criterion's star digit (the first digit 1-3
+after that criterion's key), the probabilities of the alternatives "1", "2", "3" among the top log-probs are
+renormalised and the expected stars minus 1 is stored in judge_<criterion>_expected (0..2, float). A reply
+without log-probs, or a criterion whose digit is not found, gives null.
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from beam_pipelines.schemas import JUDGE_CRITERIA
-from evalsuite.llm import ChatOutcome, ChatRequest, ChatRunner, ParseError
+from evalsuite.llm import (
+    ChatOutcome,
+    ChatRequest,
+    ChatRunner,
+    ParseError,
+    expected_value,
+    rating_distribution,
+)
 from evalsuite.prompts import judge_prompt
 
 ALIASES = {
@@ -67,12 +80,18 @@ def binary_schema_format() -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": schema}}
 
 
-def judge_params(max_tokens: int | None = 200, schema: bool = False) -> dict[str, Any]:
-    """Request parameters for the judge (paper: JSON mode, temperature 0; `schema`: the demo judge's)."""
+TOP_LOGPROBS = 5  # alternatives per token asked for with logprobs (the three star digits fit easily)
+
+
+def judge_params(max_tokens: int | None = 200, schema: bool = False, logprobs: bool = True) -> dict[str, Any]:
+    """Request parameters for the judge (paper: JSON mode, temperature 0; `schema`: the demo judge's;
+    `logprobs`: also ask for token log-probs, for the probability-weighted scores)."""
     fmt = judge_schema_format() if schema else {"type": "json_object"}
     params: dict[str, Any] = {"temperature": 0, "response_format": fmt}
     if max_tokens:
         params["max_tokens"] = max_tokens
+    if logprobs:
+        params.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
     return params
 
 
@@ -190,6 +209,46 @@ def parse_judge_reply(text: str) -> dict[str, int]:
     return scores
 
 
+_STAR_TOKEN = re.compile(r'^\s*"?([1-3])(?![\d.])')
+_KEY_BEFORE = re.compile(r'"([^"\n]{1,60})"\s*:\s*"?\s*$|([A-Za-z][A-Za-z _-]{0,40}?)\s*[:=]\s*"?\s*\**\s*$')
+_QUOTED_KEY = re.compile(r'"([^"\n]{1,60})"\s*:')
+
+
+def _criterion_before(text: str) -> str | None:
+    """The criterion whose value starts right after `text` (a key then ':' at its end), or None."""
+    m = _KEY_BEFORE.search(text)
+    if not m:
+        return None
+    key = m.group(1) or m.group(2)
+    c = criterion_of(key)
+    if c is not None:
+        return c
+    if _norm_key(key) in _SCORE_FIELDS:  # {"Language": {"score": 3}}: the key of the enclosing object
+        for k in reversed(_QUOTED_KEY.findall(text[: m.start()])):
+            c = criterion_of(k)
+            if c is not None:
+                return c
+    return None
+
+
+def expected_scores(logprobs: Sequence[dict[str, Any]] | None) -> dict[str, float | None]:
+    """Expected score 0..2 per criterion from a judge reply's token log-probs (None where not found)."""
+    out: dict[str, float | None] = dict.fromkeys(JUDGE_CRITERIA)
+    if not logprobs:
+        return out
+    text = ""
+    for entry in logprobs:
+        token = entry["token"]
+        m = _STAR_TOKEN.match(token)
+        if m:
+            c = _criterion_before(text + token[: m.start(1)])
+            if c is not None and out[c] is None:
+                ev = expected_value(rating_distribution(entry, _STAR_TOKEN))
+                out[c] = None if ev is None else ev - 1
+        text += token
+    return out
+
+
 def task_text(messages: Sequence[dict[str, str]]) -> str:
     """The instruction shown to the judge: the last user message."""
     for m in reversed(messages):
@@ -199,26 +258,37 @@ def task_text(messages: Sequence[dict[str, str]]) -> str:
 
 
 def judge_request(
-    task: str, response: str, variant: str = "paper", max_tokens: int | None = 200, schema: bool = False
+    task: str,
+    response: str,
+    variant: str = "paper",
+    max_tokens: int | None = 200,
+    schema: bool = False,
+    logprobs: bool = True,
 ) -> ChatRequest:
-    """The ChatRequest for one response (JSON mode, temperature 0; `schema`: see judge_schema_format)."""
+    """The ChatRequest for one response (JSON mode, temperature 0; `schema`: see judge_schema_format;
+    `logprobs`: ask for token log-probs, see expected_scores)."""
     prompt = judge_prompt(task, response, variant)
-    params = judge_params(max_tokens, schema)
+    params = judge_params(max_tokens, schema, logprobs)
     return ChatRequest([{"role": "user", "content": prompt}], params, parse_judge_reply, 80)
 
 
 def judge_columns(outcome: ChatOutcome | None) -> dict[str, Any]:
-    """Score columns for one item: judge_<criterion> (0..2 or None), judge_status, judge_raw, judge_error."""
+    """Score columns for one item: judge_<criterion> (0..2 or None), judge_status, judge_raw, judge_error,
+    judge_<criterion>_expected (probability-weighted 0..2, or None without log-probs)."""
     if outcome is None:
         return {
             **{f"judge_{c}": None for c in JUDGE_CRITERIA},
             "judge_status": "skipped",
             "judge_raw": None,
             "judge_error": None,
+            **{f"judge_{c}_expected": None for c in JUDGE_CRITERIA},
         }
-    values = outcome.value if outcome.status == "ok" else {}
+    ok = outcome.status == "ok"
+    values = outcome.value if ok else {}
     cols: dict[str, Any] = {f"judge_{c}": values.get(c) for c in JUDGE_CRITERIA}
     cols.update(judge_status=outcome.status, judge_raw=outcome.raw, judge_error=outcome.error)
+    expected = expected_scores(outcome.logprobs if ok else None)
+    cols.update({f"judge_{c}_expected": expected[c] for c in JUDGE_CRITERIA})
     return cols
 
 

@@ -9,7 +9,12 @@ One engine (`ChatRunner`) provides what every LLM-based metric needs:
   * bounded concurrency (a thread pool), retries with exponential backoff and jitter on 429, 5xx, timeouts,
     connection errors and malformed bodies (Retry-After honoured, capped), and separate retries when the
     reply cannot be parsed;
-  * token and cost accounting, a cost estimate before starting and a hard cap (`max_cost_usd`).
+  * token and cost accounting, a cost estimate before starting and a hard cap (`max_cost_usd`);
+  * token log-probabilities: a request whose params ask for `logprobs` gets the reply's
+    `choices[0].logprobs.content` (token, logprob, top_logprobs) in `ChatOutcome.logprobs`, cached with the
+    reply; an endpoint that answers 400 to the `logprobs` parameter is asked again without it (and the
+    runner stops sending it), the outcome then has no log-probs;
+  * `bypass_cache`: replies are neither read from nor written to the cache (repeatability checks).
 An item whose reply stays unparseable is returned as failed with the raw reply (and cached as such, so a
 rerun reproduces it without calls unless `retry_failed`); an item that exhausts transport retries is
 returned as failed and not cached.
@@ -24,6 +29,7 @@ import json
 import math
 import os
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -110,6 +116,9 @@ class ChatOutcome:
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # choices[0].logprobs.content when asked for and returned: [{"token", "logprob", "top_logprobs":
+    # [{"token", "logprob"}, ...]}, ...]; None otherwise
+    logprobs: list[dict[str, Any]] | None = None
 
 
 def cache_key(model: str, messages: Sequence[dict[str, str]], params: dict[str, Any]) -> str:
@@ -134,6 +143,12 @@ class ChatCache:
                 "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, status TEXT, raw TEXT,"
                 " prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
             )
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(replies)")}
+            if "logprobs" not in cols:  # caches written before log-probs were recorded
+                try:
+                    self._db.execute("ALTER TABLE replies ADD COLUMN logprobs TEXT")
+                except sqlite3.OperationalError:  # another process added it meanwhile
+                    pass
             self._db.commit()
 
     def get(self, key: str) -> tuple[str, str, int, int] | None:
@@ -143,13 +158,28 @@ class ChatCache:
             ).fetchone()
         return tuple(row) if row else None
 
+    def get_logprobs(self, key: str) -> list[dict[str, Any]] | None:
+        """The log-probs stored with a reply (None if none were)."""
+        with self._lock:
+            row = self._db.execute("SELECT logprobs FROM replies WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
     def put(
-        self, key: str, model: str, status: str, raw: str, prompt_tokens: int, completion_tokens: int
+        self,
+        key: str,
+        model: str,
+        status: str,
+        raw: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        logprobs: list[dict[str, Any]] | None = None,
     ) -> None:
+        lp = json.dumps(logprobs, ensure_ascii=False) if logprobs is not None else None
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, model, status, raw, prompt_tokens, completion_tokens, time.time()),
+                "INSERT OR REPLACE INTO replies (key, model, status, raw, prompt_tokens, completion_tokens,"
+                " created, logprobs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, model, status, raw, prompt_tokens, completion_tokens, time.time(), lp),
             )
             self._db.commit()
 
@@ -202,6 +232,28 @@ class RunStats:
 
 class _BadReply(Exception):
     """A 200 response whose body is not a chat completion."""
+
+
+LOGPROB_PARAMS = ("logprobs", "top_logprobs")
+
+
+def logprobs_content(choice: Any) -> list[dict[str, Any]] | None:
+    """`choice.logprobs.content` of a chat completion as plain dicts (token, logprob, top_logprobs)."""
+    lp = getattr(choice, "logprobs", None)
+    content = getattr(lp, "content", None) if lp is not None else None
+    if not content:
+        return None
+    out = []
+    for c in content:
+        tops = getattr(c, "top_logprobs", None) or []
+        out.append(
+            {
+                "token": c.token,
+                "logprob": float(c.logprob),
+                "top_logprobs": [{"token": t.token, "logprob": float(t.logprob)} for t in tops],
+            }
+        )
+    return out
 
 
 def _retryable() -> tuple[type[BaseException], ...]:
@@ -283,8 +335,11 @@ class ChatRunner(Estimator):
         budget: Budget | None = None,
         price_per_mtok: tuple[float, float] | None = None,
         retry_failed: bool = False,
+        bypass_cache: bool = False,
     ):
         super().__init__(spec, cache=cache, price_per_mtok=price_per_mtok, retry_failed=retry_failed)
+        self.bypass_cache = bypass_cache
+        self.logprobs_supported = True  # False after the endpoint rejected the logprobs parameter
         self.max_retries = max_retries
         self.parse_retries = parse_retries
         self.backoff_s = backoff_s
@@ -322,8 +377,13 @@ class ChatRunner(Estimator):
         time.sleep(delay)
 
     def _call(self, req: ChatRequest, out: ChatOutcome) -> str | None:
-        """One reply text with transport retries; None (and out.error set) if every attempt failed."""
+        """One reply text with transport retries; None (and out.error set) if every attempt failed.
+
+        The reply's log-probs (when asked for and returned) go to out.logprobs."""
         for attempt in range(self.max_retries + 1):
+            params = req.params
+            if not self.logprobs_supported:
+                params = {k: v for k, v in params.items() if k not in LOGPROB_PARAMS}
             est = self.cost(estimate_tokens(str(req.messages)), req.expected_completion_tokens)
             if not self.budget.try_reserve(est):
                 out.error = f"cost cap ${self.budget.max_cost_usd} reached (${self.budget.spent_usd:.4f} spent); not called"
@@ -333,7 +393,7 @@ class ChatRunner(Estimator):
             out.calls += 1
             try:
                 resp = self._client.chat.completions.create(
-                    model=self.spec.model, messages=req.messages, **req.params
+                    model=self.spec.model, messages=req.messages, **params
                 )
                 if not getattr(resp, "choices", None) or resp.choices[0].message is None:
                     raise _BadReply(f"reply without choices: {str(resp)[:200]}")
@@ -348,9 +408,15 @@ class ChatRunner(Estimator):
             except (self._openai.APIStatusError, TypeError, AttributeError) as e:
                 self.budget.settle(est, 0.0)
                 out.error = self._scrub(f"{type(e).__name__}: {e}")[:500]
+                rejected = isinstance(e, self._openai.BadRequestError) and "logprobs" in str(e)
+                if rejected and any(k in params for k in LOGPROB_PARAMS):
+                    logging.warning("%s rejects the logprobs parameter; asking without it", self.spec)
+                    self.logprobs_supported = False
+                    continue
                 return None
             usage = getattr(resp, "usage", None)
             text = resp.choices[0].message.content or ""
+            out.logprobs = logprobs_content(resp.choices[0]) if "logprobs" in params else None
             pt = getattr(usage, "prompt_tokens", None) or estimate_tokens(str(req.messages))
             ct = getattr(usage, "completion_tokens", None) or estimate_tokens(text)
             out.prompt_tokens += pt
@@ -365,7 +431,7 @@ class ChatRunner(Estimator):
 
     def run_one(self, req: ChatRequest) -> ChatOutcome:
         """Cache lookup, then up to 1 + parse_retries replies until one parses."""
-        hit = self._cached(req)
+        hit = None if self.bypass_cache else self._cached(req)
         if hit is not None:
             status, raw, pt, ct = hit
             try:
@@ -379,7 +445,8 @@ class ChatRunner(Estimator):
             else:  # also a cached failure that today's parser understands
                 with self._lock:
                     self.stats.cache_hits += 1
-                return ChatOutcome("ok", value, raw, None, True, 0, pt, ct)
+                lp = self.cache.get_logprobs(self._key(req)) if self.cache is not None else None
+                return ChatOutcome("ok", value, raw, None, True, 0, pt, ct, lp)
         out = ChatOutcome("failed")
         for _ in range(self.parse_retries + 1):
             text = self._call(req, out)
@@ -396,9 +463,20 @@ class ChatRunner(Estimator):
             out.status, out.error = "ok", None
             break
         unparseable = out.error is not None and out.error.startswith("unparseable")
-        if self.cache is not None and out.raw is not None and (out.status == "ok" or unparseable):
+        if (
+            self.cache is not None
+            and not self.bypass_cache
+            and out.raw is not None
+            and (out.status == "ok" or unparseable)
+        ):
             self.cache.put(
-                self._key(req), self.spec.model, out.status, out.raw, out.prompt_tokens, out.completion_tokens
+                self._key(req),
+                self.spec.model,
+                out.status,
+                out.raw,
+                out.prompt_tokens,
+                out.completion_tokens,
+                out.logprobs,
             )
         if out.status != "ok":
             with self._lock:
@@ -432,3 +510,26 @@ class ChatRunner(Estimator):
                         s.cost_usd,
                     )
         return [r for r in results if r is not None]
+
+
+def rating_distribution(entry: dict[str, Any], pattern: re.Pattern[str]) -> dict[int, float]:
+    """Probability of each rating value at one generated token, from its top log-probs.
+
+    Candidates are the chosen token and its top_logprobs alternatives; a candidate counts when `pattern`
+    matches it (group 1: the value), and spellings of the same value (" 3", "3") are summed. The result is
+    not normalised (values outside the top-k are missing)."""
+    seen: dict[str, float] = {}
+    for cand in [entry, *entry.get("top_logprobs", [])]:
+        seen.setdefault(cand["token"], float(cand["logprob"]))
+    dist: dict[int, float] = {}
+    for token, lp in seen.items():
+        m = pattern.match(token)
+        if m:
+            dist[int(m.group(1))] = dist.get(int(m.group(1)), 0.0) + math.exp(lp)
+    return dist
+
+
+def expected_value(dist: dict[int, float]) -> float | None:
+    """Mean of a (not normalised) rating distribution; None if empty."""
+    total = sum(dist.values())
+    return sum(v * p for v, p in dist.items()) / total if total > 0 else None

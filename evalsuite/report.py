@@ -1,15 +1,17 @@
 r"""The report: the paper's Figures 2-5 and Table 1 from a runs directory (docs/results.md).
 
   python -m evalsuite.report --runs=runs/ --out=report/ [--human=ratings.parquet] [--rule=judge|fasttext]
-      [--n_boot=1000]
+      [--n_boot=1000] [--lr_metrics=lang_correct,spell_ok_rate]
 
 Reads runs/judge.json, runs/*/run.json and runs/*/scores.parquet (a run without scores is listed as "not
 scored yet") and optional human ratings (evalsuite.human import). Writes into --out: fig*.png, one CSV per
 table (fig2, fig3_surface, fig3_tasks, fig4, table1, fig5, runs), report.md and a self-contained
 index.html. Every file is written atomically (temporary file + rename), index.html last.
 
-Models of Figures 2 and 4 and Table 1 are the runs at the chosen LR of each group (aggregate.select_lr on
-the surface metrics); Figure 3 right is the anchor run (run.json "anchor", else the first model). All
+Models of Figures 2 and 4 and Table 1 are the runs at the chosen LR of each group (aggregate.choose_run_lr on
+the surface metrics: by default the paper's three, each needed for every LR of the group, else the report stops
+with an error naming the metric and the runs; --lr_metrics names the metrics to use instead). The header, the
+summary and the runs table state the LR metrics, the relevance model and each run's protocol. Figure 3 right is the anchor run (run.json "anchor", else the first model). All
 numbers come from evalsuite.aggregate / evalsuite.agreement. Modules: report_data (reading, LR choice),
 report_sections (the figures and tables), figures (matplotlib), report_html (CSV, markdown, HTML).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +31,7 @@ from absl import app, flags
 from beam_pipelines.files import RecordError
 from evalsuite import aggregate as agg
 from evalsuite import report_sections as sec
+from evalsuite.calibrate import card_status
 from evalsuite.report_data import (
     ReportError,
     Row,
@@ -38,6 +42,7 @@ from evalsuite.report_data import (
     load_judge,
     load_rows,
     load_runs,
+    relevance_model,
 )
 from evalsuite.report_html import Section, csv_text, html_page, markdown_report
 
@@ -58,6 +63,13 @@ flags.DEFINE_string("out", None, "Output folder for the report.")
 flags.DEFINE_string("human", None, "Human ratings Parquet (output of `evalsuite.human import`).")
 flags.DEFINE_enum("rule", "judge", ["judge", "fasttext"], "Correct-language decision for the exclusion rule.")
 flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples for the 95% CIs.")
+flags.DEFINE_list(
+    "lr_metrics",
+    None,
+    "Surface metrics of the LR choice (default: the paper's lang_correct, spell_ok_rate, relevance, each "
+    "needed for every LR). Name them to choose without one, e.g. lang_correct,spell_ok_rate when no relevance "
+    "model was run.",
+)
 
 DEMO_BANNER = "demo judge — a small local model, not a real judge; scores illustrate the pipeline only"
 
@@ -77,16 +89,29 @@ def build_report(
     rule: str = "judge",
     n_boot: int = 1000,
     out_dir: Path | None = None,
+    lr_metrics: Sequence[str] | None = None,
 ) -> Report:
-    """Reads the runs directory (and ratings) and lays out every figure and table of the report."""
+    """Reads the runs directory (and ratings) and lays out every figure and table of the report.
+
+    `lr_metrics`: the surface metrics of the LR choice (None: the paper's three, strict; see choose_runs).
+    """
     judge = load_judge(runs_dir)
     runs, notes = load_runs(runs_dir, skip=out_dir)
     by_name = {r.name: r for r in runs}
     rows = [row for r in runs if r.scored for row in load_rows(r)]
     paper = [r for r in rows if is_paper(r)]
     surface = agg.surface_table(paper, ("group", "lr", "lang"), n_boot)
-    chosen, choose_notes = choose_runs(runs, surface)
+    try:
+        lr_metrics = agg.parse_lr_metrics(lr_metrics)
+    except agg.LRChoiceError as e:
+        raise ReportError(str(e)) from None
+    chosen, choose_notes, choices = choose_runs(runs, paper, lr_metrics)
     notes += choose_notes
+    for r in runs:
+        if r.scored:
+            measured = any(x.get("relevance") is not None for x in rows if x["run"] == r.name)
+            r.relevance_model = relevance_model(r, judge, measured)
+    lr_text = agg.lr_rule_text(lr_metrics, lr_metrics is not None)
     chosen_names = {r.name for r in chosen.values()}
     # model order: the anchor group first, then groups by first run
     anchor_groups = {r.group for r in runs if r.anchor}
@@ -112,7 +137,7 @@ def build_report(
     sections = [
         sec.runs_section(runs, chosen_names, rows, notes, labels),
         *sec.fig2_fig4(sources, models, labels, rule, n_boot, judged),
-        sec.fig3_surface(surface, runs, chosen),
+        sec.fig3_surface(surface, runs, chosen, lr_text),
         sec.fig3_tasks(sources, anchor, labels, rule, n_boot),
         sec.table1(
             [r for r in rows if r.get("modifier_type") and r["run"] in chosen_names],
@@ -123,21 +148,58 @@ def build_report(
         ),
         sec.fig5(human_raw, rows, paper, runs_dir),
     ]
+    calibration = ""
+    if judge["kind"] != "none" and judged:  # judge figures count only with a passing calibration card
+        trusted, calibration = card_status(runs_dir, judge["spec"])
+        if not trusted:
+            sections = grey_judge_sections(sections, calibration)
     n_scored = sum(r.scored for r in runs)
     header = [
         ("runs", f"{runs_dir} — {len(runs)} runs, {n_scored} scored, {len(runs) - n_scored} not scored yet"),
         (
             "judge",
-            f"{judge['spec']} (kind: {judge['kind']})" + (f" — {judge['note']}" if judge["note"] else ""),
+            f"{judge['spec']} (kind: {judge['kind']})"
+            + (f" — {judge['note']}" if judge["note"] else "")
+            + (f" — {calibration}" if calibration else ""),
         ),
+        (
+            "relevance model",
+            sec.relevance_models_text(runs, judge["relevance"])
+            + (f" — {judge['relevance_note']}" if judge["relevance_note"] else ""),
+        ),
+        ("protocol", sec.protocols_text(runs)),
+        ("LR choice", lr_text + ("" if choices else " — no group has several scored LRs")),
         ("human ratings", str(human_path) if human_path else "none"),
         ("exclusion rule", sec.rule_text(rule)),
         ("bootstrap", f"95% percentile CIs, {n_boot} resamples, seed 0"),
         ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
     ]
     banner = DEMO_BANNER if judge["kind"] == "demo" else ""
-    summary = sec.summary_text(sections, header, banner)
+    summary = sec.summary_text([s for s in sections if not s.greyed], header, banner)
     return Report("xlit report: zero-shot cross-lingual transfer", banner, header, sections, summary)
+
+
+JUDGE_SECTIONS = ("fig2", "fig4", "fig3_tasks", "table1")  # sections whose figures come from the judge
+
+
+def grey_judge_sections(sections: list[Section], heading: str) -> list[Section]:
+    """The judge's sections moved after the trusted ones, greyed, under `heading` (an untrusted judge:
+    no passing calibration card, see docs/evalsuite.md "Judge calibration")."""
+    judge = [s for s in sections if s.anchor in JUDGE_SECTIONS]
+    if not judge:
+        return sections
+    for s in judge:
+        s.greyed = True
+    note = Section(
+        "untrusted_judge",
+        heading,
+        [
+            "The figures below come from a judge without a passing calibration card "
+            "(<runs>/calibration/card.json, written by python -m evalsuite.calibrate): they are shown for "
+            "inspection only, greyed, and are not results."
+        ],
+    )
+    return [s for s in sections if s.anchor not in JUDGE_SECTIONS] + [note, *judge]
 
 
 _UMASK = os.umask(0)
@@ -177,7 +239,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         human = Path(FLAGS.human) if FLAGS.human else None
-        report = build_report(Path(FLAGS.runs), human, FLAGS.rule, FLAGS.n_boot, Path(FLAGS.out))
+        report = build_report(
+            Path(FLAGS.runs), human, FLAGS.rule, FLAGS.n_boot, Path(FLAGS.out), FLAGS.lr_metrics
+        )
         index = write_report(report, Path(FLAGS.out))
     except (ReportError, RecordError) as e:
         print(f"error: {e}", file=sys.stderr)

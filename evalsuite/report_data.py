@@ -1,5 +1,10 @@
 """Reading a runs directory for evalsuite.report: judge.json, run.json, scores, human ratings, LR choice.
 
+Identity fields read defensively (older runs directories lack them, the report says so instead of guessing):
+run.json "protocol" ("released" | "paper") and "decode" ({"repetition_penalty", "max_new_tokens"}); the
+relevance model from, first found, the scores file's Parquet metadata key RELEVANCE_META_KEY, the run's
+stages/score.json "models"."relevance", runs/judge.json "models"."relevance".
+
 Every error names the file and the field (ReportError). See docs/results.md (the runs-directory contract and
 the Report section).
 """
@@ -9,15 +14,22 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pyarrow.parquet as pq
 
 from beam_pipelines.files import read_table
 from beam_pipelines.schemas import JUDGE_CRITERIA
 from evalsuite import aggregate as agg
 
 Row = dict[str, Any]
+
+NO_PROTOCOL = "unknown (run.json predates protocols)"
+RELEVANCE_META_KEY = b"xlit.relevance_model"
+UNKNOWN_RELEVANCE = "unknown (not recorded: runs/judge.json predates model identities)"
 
 
 class ReportError(ValueError):
@@ -35,6 +47,24 @@ class Run:
     data: str | None
     path: Path
     scored: bool
+    protocol: str | None = None  # run.json "protocol"; None: run.json predates protocols
+    decode: dict[str, Any] | None = None  # run.json "decode"
+    decode_note: str | None = None  # run.json "decode_note" (e.g. a grid flag overriding the protocol)
+    relevance_model: str | None = None  # set by build_report (relevance_model())
+
+    @property
+    def protocol_text(self) -> str:
+        """ "released (repetition_penalty 1.2, max_new_tokens 512)", or the fallback for older runs."""
+        text = protocol_text(self.protocol, self.decode)
+        return f"{text} — {self.decode_note}" if self.decode_note else text
+
+
+def protocol_text(protocol: str | None, decode: dict[str, Any] | None) -> str:
+    if protocol is None and decode is None:
+        return NO_PROTOCOL
+    parts = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in (decode or {}).items()]
+    what = protocol or "unknown protocol"
+    return f"{what} ({', '.join(parts)})" if parts else f"{what} (decode not recorded)"
 
 
 def _read_object(path: Path) -> dict[str, Any]:
@@ -58,7 +88,61 @@ def load_judge(runs_dir: Path) -> dict[str, str]:
         raise ReportError(f"{path}: field 'kind' is {judge.get('kind')!r}, expected 'real', 'demo' or 'none'")
     if not isinstance(judge.get("spec"), str):
         raise ReportError(f"{path}: field 'spec' must be a string")
-    return {"spec": judge["spec"], "kind": judge["kind"], "note": str(judge.get("note") or "")}
+    models = judge.get("models")
+    if models is not None and not isinstance(models, dict):
+        raise ReportError(f"{path}: field 'models' is {models!r}, expected an object")
+    if models is not None:
+        relevance = model_name(models.get("relevance"), judge["spec"])
+    elif "relevance_model" in judge:
+        relevance = model_name(judge["relevance_model"], judge["spec"])
+    else:
+        relevance = UNKNOWN_RELEVANCE
+    return {
+        "spec": judge["spec"],
+        "kind": judge["kind"],
+        "note": str(judge.get("note") or ""),
+        "relevance": relevance,
+        "relevance_note": str(judge.get("relevance_note") or ""),
+    }
+
+
+def model_name(name: Any, judge_spec: str = "") -> str:
+    """A judge.json "models" entry as printed: None → "none", "demo" → the demo judge's spec."""
+    if name is None or name == "none":
+        return "none"
+    if name == "demo":
+        return judge_spec if judge_spec.startswith("demo") else "demo (local model, not a real judge)"
+    return str(name)
+
+
+def relevance_model_of(scores: Path, judge_spec: str = "", fallback: str = UNKNOWN_RELEVANCE) -> str:
+    """Who scored relevance in `scores` (a <run>/scores.parquet): its Parquet metadata RELEVANCE_META_KEY,
+    else <run>/stages/score.json "models"."relevance", else `fallback` (runs/judge.json's, for the report)."""
+    try:
+        meta = pq.read_schema(scores).metadata or {}
+    except (OSError, ValueError):
+        meta = {}
+    if RELEVANCE_META_KEY in meta:
+        return model_name(meta[RELEVANCE_META_KEY].decode("utf-8", "replace"), judge_spec)
+    marker = scores.parent / "stages" / "score.json"
+    if marker.exists():
+        try:
+            models = json.loads(marker.read_text(encoding="utf-8")).get("models")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            models = None
+        if isinstance(models, dict) and "relevance" in models:
+            return model_name(models["relevance"], judge_spec)
+    return fallback
+
+
+def relevance_model(run: Run, judge: dict[str, str], measured: bool) -> str:
+    """The model that scored this run's relevance ("none (relevance not scored)" when no row has one)."""
+    if not measured:
+        return "none (relevance not scored)"
+    name = relevance_model_of(
+        run.path / "scores.parquet", judge["spec"], judge.get("relevance", UNKNOWN_RELEVANCE)
+    )
+    return "unknown (relevance scored, but the record names no model)" if name == "none" else name
 
 
 def _field(info: dict, path: Path, name: str, types: tuple[type, ...], required: bool = True) -> Any:
@@ -94,6 +178,9 @@ def load_runs(runs_dir: Path, skip: Path | None = None) -> tuple[list[Run], list
         if lr is not None and not (math.isfinite(lr) and lr > 0):
             raise ReportError(f"{path}: field 'lr' is {lr!r}, expected a positive number or null")
         anchor = _field(info, path, "anchor", (bool,), required=False)
+        protocol = _field(info, path, "protocol", (str,), required=False)
+        decode = _field(info, path, "decode", (dict,), required=False)
+        decode_note = _field(info, path, "decode_note", (str,), required=False)
         if name != d.name:
             notes.append(f"{path}: field 'run' is {name!r}, the folder is {d.name!r}; using {name!r}")
         runs.append(
@@ -107,6 +194,9 @@ def load_runs(runs_dir: Path, skip: Path | None = None) -> tuple[list[Run], list
                 data=_field(info, path, "data", (str,), required=False),
                 path=d,
                 scored=(d / "scores.parquet").exists(),
+                protocol=protocol,
+                decode=decode,
+                decode_note=decode_note,
             )
         )
     if not runs:
@@ -184,27 +274,46 @@ def load_human(
     return raw, like, notes
 
 
-def choose_runs(runs: list[Run], surface: list[Row]) -> tuple[dict[str, Run], list[str]]:
-    """Per group (scored runs only), the run at the LR aggregate.select_lr picks from the surface table."""
-    chosen, notes = {}, []
+def choose_runs(
+    runs: list[Run], rows: list[Row], lr_metrics: Sequence[str] | None = None
+) -> tuple[dict[str, Run], list[str], dict[str, agg.LRChoice]]:
+    """Per group (scored runs only), the run at the LR aggregate.choose_run_lr picks from the evaluation-set
+    `rows` (tagged with run and lr); the notes; the LR choice per group that had one to make.
+
+    ReportError when a choice cannot be made as asked (e.g. relevance missing for an LR: aggregate's message
+    names the metric and the runs; --lr_metrics chooses without it).
+    """
+    chosen: dict[str, Run] = {}
+    choices: dict[str, agg.LRChoice] = {}
+    notes: list[str] = []
     by_group: dict[str, list[Run]] = {}
     for r in runs:
-        if r.scored:
-            by_group.setdefault(r.group, []).append(r)
-    for group, members in by_group.items():
+        by_group.setdefault(r.group, []).append(r)
+    for group, everyone in by_group.items():
+        members = [r for r in everyone if r.scored]
+        if not members:
+            continue
         with_lr = [r for r in members if r.lr is not None]
         lrs = Counter(r.lr for r in with_lr)
         dup = [lr for lr, k in lrs.items() if k > 1]
         if dup:
             names = [str(r.path / "run.json") for r in with_lr if r.lr == dup[0]]
             raise ReportError(f"{' and '.join(names)}: same field 'group' {group!r} and field 'lr' {dup[0]}")
+        pending = [r.name for r in everyone if not r.scored and r.lr is not None]
+        if pending and with_lr:
+            notes.append(
+                f"group {group!r}: not scored yet, so left out of the LR choice: {', '.join(pending)}"
+            )
         if len(members) == 1 or len(with_lr) < 2:
             chosen[group] = members[0]
             continue
+        names = {r.name for r in with_lr}
         try:
-            lr = agg.select_lr([s for s in surface if s["group"] == group and s["lr"] is not None])
-            chosen[group] = next(r for r in with_lr if r.lr == lr)
-        except ValueError as e:
-            chosen[group] = with_lr[0]
-            notes.append(f"group {group!r}: no LR selection ({e}); showing lr={with_lr[0].lr}")
-    return chosen, notes
+            choice = agg.choose_run_lr(
+                [(r.name, r.lr) for r in with_lr], [x for x in rows if x["run"] in names], lr_metrics
+            )
+        except agg.LRChoiceError as e:
+            raise ReportError(f"group {group!r}: {e}") from None
+        choices[group] = choice
+        chosen[group] = next(r for r in with_lr if r.lr == choice.lr)
+    return chosen, notes, choices

@@ -45,6 +45,7 @@ class Section:
     text: list[str] = field(default_factory=list)
     figure: tuple[str, bytes] | None = None  # (file name, PNG bytes)
     tables: list[Table] = field(default_factory=list)
+    greyed: bool = False  # figures of an untrusted judge (no passing calibration card): shown greyed
 
 
 def _text(c: Any) -> str:
@@ -84,7 +85,7 @@ def markdown_report(
         out += [f"> **{banner}**", ""]
     out += [f"- **{k}**: {v}" for k, v in header] + [""]
     for s in sections:
-        out += [f"## {s.title}", ""]
+        out += [f"## {s.title}", ""] + (["_(greyed: untrusted judge, not a result)_", ""] if s.greyed else [])
         out += [p + "\n" for p in s.text]
         if s.figure:
             out += [f"![{s.title}]({s.figure[0]})", ""]
@@ -103,6 +104,7 @@ table{border-collapse:collapse;font-size:13px;margin:.5em 0}
 th,td{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
 th{background:#f2f2f2} td.f{background:#fde2e2} img{max-width:100%;border:1px solid #eee}
 .note{color:#555;font-size:13px} code{background:#f4f4f4;padding:1px 4px}
+.greyed{opacity:.45;filter:grayscale(1)}
 dl.hdr{display:grid;grid-template-columns:max-content auto;gap:2px 12px} dl.hdr dt{font-weight:bold}
 """
 
@@ -145,11 +147,15 @@ def html_page(title: str, banner: str, header: Sequence[tuple[str, str]], sectio
         "<nav>" + " · ".join(f'<a href="#{e(s.anchor)}">{e(s.title)}</a>' for s in sections) + "</nav>"
     )
     for s in sections:
+        if s.greyed:
+            parts.append('<div class="greyed">')
         parts.append(f'<h2 id="{e(s.anchor)}">{e(s.title)}</h2>')
         parts += [f"<p>{e(p)}</p>" for p in s.text]
         if s.figure:
             data = base64.b64encode(s.figure[1]).decode("ascii")
             parts.append(f'<img alt="{e(s.title)}" src="data:image/png;base64,{data}">')
         parts += [_html_table(t) for t in s.tables]
+        if s.greyed:
+            parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -16,7 +16,7 @@ import numpy as np
 from evalsuite import aggregate as agg
 from evalsuite import figures
 from evalsuite.agreement import agreement_table, fasttext_ratings
-from evalsuite.report_data import Run
+from evalsuite.report_data import NO_PROTOCOL, Run
 from evalsuite.report_html import FAILED_NOTE, Cell, Section, Table
 
 Row = dict[str, Any]
@@ -100,9 +100,11 @@ def runs_section(
         "lr",
         "method",
         "anchor",
+        "protocol (decode)",
         "status",
         "rows",
         "judge ok/failed/skipped",
+        "relevance model",
         "shown",
     ]
     disp, raw = [], []
@@ -119,9 +121,11 @@ def runs_section(
                 _lr(r.lr),
                 r.method or "",
                 "yes" if r.anchor else "",
+                r.protocol_text,
                 status,
                 sum(c.values()) if r.scored else "–",
                 jc,
+                r.relevance_model or "–",
                 shown,
             ]
         )
@@ -134,10 +138,14 @@ def runs_section(
                 "method": r.method,
                 "data": r.data,
                 "anchor": r.anchor,
+                "protocol": r.protocol or NO_PROTOCOL,
+                "repetition_penalty": (r.decode or {}).get("repetition_penalty"),
+                "max_new_tokens": (r.decode or {}).get("max_new_tokens"),
                 "status": status,
                 "rows": sum(c.values()),
                 "judge_ok": c["ok"],
                 "judge_failed": c["failed"],
+                "relevance_model": r.relevance_model,
                 "chosen": r.name in chosen,
             }
         )
@@ -291,7 +299,27 @@ def fig2_fig4(
     return [s2, s4]
 
 
-def fig3_surface(surface: list[Row], runs: list[Run], chosen: dict[str, Run]) -> Section:
+def relevance_models_text(runs: list[Run], default: str) -> str:
+    """The relevance model(s) of the scored runs: one name, or each name with its runs."""
+    by_model: dict[str, list[str]] = {}
+    for r in runs:
+        if r.scored:
+            by_model.setdefault(r.relevance_model or default, []).append(r.name)
+    if not by_model:
+        return default
+    if len(by_model) == 1:
+        return next(iter(by_model))
+    return "; ".join(f"{m} (runs {', '.join(names)})" for m, names in by_model.items())
+
+
+def protocols_text(runs: list[Run]) -> str:
+    """Each protocol (with its decoding) and how many runs used it; a warning when runs differ."""
+    counts = Counter(r.protocol_text for r in runs)
+    text = "; ".join(f"{p}: {n} run{'s' if n > 1 else ''}" for p, n in counts.items())
+    return text + (" — runs differ in protocol: compare them with care" if len(counts) > 1 else "")
+
+
+def fig3_surface(surface: list[Row], runs: list[Run], chosen: dict[str, Run], lr_text: str = "") -> Section:
     s = Section("fig3_surface", "Figure 3 left: surface metrics vs LR")
     if not surface:
         s.text = ["No scored runs yet."]
@@ -330,7 +358,11 @@ def fig3_surface(surface: list[Row], runs: list[Run], chosen: dict[str, Run]) ->
                 *[ci_cell(row[m], row[f"{m}_lo"], row[f"{m}_hi"]) for m in metrics],
             ]
         )
-    lines: dict[str, list[figures.Line]] = {SURFACE_TITLES[m]: [] for m in agg.SURFACE_METRICS}
+    rel = relevance_models_text([r for r in runs if r.scored], "unknown")
+    titles = dict(SURFACE_TITLES)
+    if ";" not in rel:
+        titles["relevance"] = f"relevance ({rel})"
+    lines: dict[str, list[figures.Line]] = {titles[m]: [] for m in agg.SURFACE_METRICS}
     for gi, g in enumerate(groups):
         grows = [r for r in surface if r["group"] == g and r["lr"] is not None]
         base = not grows  # e.g. the untuned base model (lr null): a horizontal line
@@ -345,17 +377,20 @@ def fig3_surface(surface: list[Row], runs: list[Run], chosen: dict[str, Run]) ->
                 name = f"{g} — {'en' if not dashed else 'fr/pt/ru'}"
                 line = figures.Line(name, [] if base else lrs, ys, chosen_lr.get(g), gi, dashed)
                 line.hline = ys[0] if base and ys else None
-                lines[SURFACE_TITLES[m]].append(line)
+                lines[titles[m]].append(line)
     if any(ln.xs for ls in lines.values() for ln in ls):
         s.figure = ("fig3_surface.png", figures.surface_png(lines))
     no_lr = sorted({r["group"] for r in surface if r["lr"] is None})
     s.text = [
         "One line per group: solid = English, dashed = mean of the fr/pt/ru means; ★ = LR chosen by "
-        "aggregate.select_lr (maximise the worst (metric, language) value)."
+        "aggregate.choose_lr (maximise the worst (metric, language) value)"
+        + (f": {lr_text}." if lr_text else "."),
+        f"Relevance scored by: {rel}.",
     ]
     if no_lr:
         s.text.append(f"Without an LR (thin horizontal lines): {', '.join(no_lr)}.")
-    header = ["group", "lr", "lang", "n", "language correct", "spelling ok", "relevance", "code-switching"]
+    rel_head = "relevance" if ";" in rel else f"relevance ({rel})"
+    header = ["group", "lr", "lang", "n", "language correct", "spelling ok", rel_head, "code-switching"]
     s.tables = [
         Table("fig3_surface", "Figure 3 left values (95% CI)", header, disp, raw, collapsed=len(disp) > 24)
     ]
@@ -634,7 +669,9 @@ def fig5(human_raw: list[Row], rows: list[Row], paper: list[Row], runs_dir: Path
 
 
 def summary_text(sections: list[Section], header: list[tuple[str, str]], banner: str) -> str:
-    lines = [f"{k}: {v}" for k, v in header if k in ("runs", "judge")]
+    lines = [
+        f"{k}: {v}" for k, v in header if k in ("runs", "judge", "relevance model", "protocol", "LR choice")
+    ]
     if banner:
         lines.append(f"!! {banner}")
     tables = {t.name: t for s in sections for t in s.tables}

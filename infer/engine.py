@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -44,6 +46,10 @@ class Result:
     prompt_tokens: int
     response_tokens: int
     error: str | None = None
+    # per generated token (when requested): (log-prob of the chosen token, [(token id, log-prob)] of the top
+    # `logprobs` tokens), log-softmax of the model's raw logits at that step (before repetition penalty,
+    # temperature and constraints)
+    logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None
 
 
 class Constraint(Protocol):
@@ -94,6 +100,15 @@ class _Row:
     ids: list[int]
     params: DecodeParams
     constraint: Constraint | None
+    logprobs: int | None = None  # top-k log-probs to record per step (0: the chosen token only)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _step_logprobs(logits: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """log-softmax of raw logits [B,V] and its top-k values / ids (for `logprobs` requests)."""
+    lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    top, idx = jax.lax.top_k(lp, k)
+    return lp, top, idx
 
 
 class Engine:
@@ -202,12 +217,17 @@ class Engine:
         on_delta: DeltaCallback | None = None,
         progress: Callable[[int], None] | None = None,
         errors: dict[int, str] | None = None,
+        logprobs: Sequence[int | None] | None = None,
     ) -> list[Result]:
-        """Like `generate`, from token ids (None = a prompt that failed upstream, see `errors`)."""
+        """Like `generate`, from token ids (None = a prompt that failed upstream, see `errors`).
+
+        logprobs: per prompt, None or how many top log-probs to record per generated token (Result.logprobs).
+        """
         n = len(prompt_ids)
         plist = [params] * n if isinstance(params, DecodeParams) else list(params)
         cons = list(constraints) if constraints is not None else [None] * n
-        if len(plist) != n or len(cons) != n:
+        lps = list(logprobs) if logprobs is not None else [None] * n
+        if len(plist) != n or len(cons) != n or len(lps) != n:
             raise ValueError(f"generate: {n} prompts but {len(plist)} params and {len(cons)} constraints")
         errors = dict(errors or {})
         results: list[Result | None] = [None] * n
@@ -224,7 +244,7 @@ class Engine:
                     f"model's {limit} positions"
                 )
             else:
-                rows.append(_Row(i, list(ids), plist[i], cons[i]))
+                rows.append(_Row(i, list(ids), plist[i], cons[i], lps[i]))
         for i, msg in errors.items():
             size = len(prompt_ids[i] or [])
             results[i] = Result([], "", "error", size, 0, error=msg)
@@ -251,8 +271,10 @@ class Engine:
         row_params = RowParams.build([r.params for r in rows], b)
         constrained = any(r.constraint is not None for r in rows)
         host = _HostRows(self, rows, on_delta)
+        want_lp = [r.logprobs is not None for r in rows]
+        top_k = max([r.logprobs or 0 for r in rows], default=0) if any(want_lp) else None
         needs_host = constrained or on_delta is not None or any(r.params.stop for r in rows)
-        steps = 1 if constrained else HOST_SEGMENT if needs_host else out_len
+        steps = 1 if constrained or top_k is not None else HOST_SEGMENT if needs_host else out_len
         vocab = self.cfg.vocab_size
         while True:
             allowed = None
@@ -263,9 +285,23 @@ class Engine:
                     if r.constraint is not None and not host.done[i]:
                         allowed[i] = r.constraint.allowed(r.params.max_new_tokens - int(n_gen[i]))
             before = int(state.step)
+            if top_k is not None:  # before decode: decode donates the state (and its logits)
+                running = np.asarray(state.finish[:n]) == 0
+                lp, top, idx = _step_logprobs(state.logits, k=max(1, top_k))
             state = self.decoder.decode(state, row_params, steps, allowed)
             finish = np.asarray(state.finish)
             after = int(state.step)
+            if top_k is not None and after > before:
+                tok = np.asarray(state.out[:n, before])
+                chosen = np.asarray(lp[jnp.arange(n), jnp.asarray(tok)])
+                top_np, idx_np = np.asarray(top[:n]), np.asarray(idx[:n])
+                for i, r in enumerate(rows):
+                    if want_lp[i] and running[i]:
+                        k = r.logprobs or 0
+                        pairs = [
+                            (int(t), float(v)) for t, v in zip(idx_np[i, :k], top_np[i, :k], strict=True)
+                        ]
+                        host.logprobs[i].append((float(chosen[i]), pairs))
             if needs_host:
                 new = np.asarray(state.out[:n, before:after])
                 stopped = host.update(new, np.asarray(state.n_gen[:n]), finish[:n])
@@ -292,6 +328,7 @@ class _HostRows:
         self.cut_text: list[str | None] = [None] * len(rows)
         self.sent = [0] * len(rows)  # characters already streamed
         self.done = [False] * len(rows)
+        self.logprobs: list[list[tuple[float, list[tuple[int, float]]]]] = [[] for _ in rows]
 
     def _text(self, ids: list[int]) -> str:
         return self.engine.tokenizer.decode(ids)
@@ -364,7 +401,8 @@ class _HostRows:
                 if self.on_delta is not None and not self.done[i]:
                     self.ids[i] = ids
                     self._stream(i, True)
-            res.append(Result(ids, text, reason, len(r.ids), len(ids)))
+            lp = self.logprobs[i][: len(ids)] if r.logprobs is not None else None
+            res.append(Result(ids, text, reason, len(r.ids), len(ids), logprobs=lp))
         return res
 
 

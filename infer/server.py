@@ -9,6 +9,12 @@ row with its own parameters. `stream=true` answers with server-sent events; `res
 `{"type": "json_schema", ...}` with a flat object of required integer properties (minimum/maximum) decodes
 exactly `{"K1": v1, ...}` with each value in range (what a small local judge needs to give usable scores). Defaults differ
 from OpenAI's in one place: temperature defaults to 0 (greedy), which is what a local judge wants.
+
+Log-probabilities: chat requests with `logprobs=true` (and `top_logprobs=0..20`) get `choices[0].logprobs =
+{"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}, ...]}` as OpenAI returns them; legacy
+completions with `logprobs=0..20` get `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`. Each value is
+the log-softmax of the model's raw logits at that step (before repetition penalty, temperature and any
+response_format mask), so it does not depend on the decoding parameters. Not available with `stream=true`.
 """
 
 from __future__ import annotations
@@ -27,7 +33,13 @@ from absl import app, flags, logging
 
 from infer.decode import DecodeParams, bucket
 from infer.engine import MIN_PROMPT_BUCKET, Constraint, Engine, Result
-from infer.json_constraint import IntObjectConstraint, IntObjectDFA, JsonVocab, parse_int_object_schema
+from infer.json_constraint import (
+    IntObjectConstraint,
+    IntObjectDFA,
+    JsonVocab,
+    parse_int_object_schema,
+    token_bytes,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "embedded", "HF directory, training workdir, .gguf, or 'embedded'.")
@@ -40,6 +52,12 @@ flags.DEFINE_integer("batch_wait_ms", 10, "How long the batcher waits for more r
 flags.DEFINE_integer("max_tokens_default", 512, "max_tokens when a request gives none.")
 flags.DEFINE_string("template", "model", "Chat template: model, llama-2, or Jinja text.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype.")
+flags.DEFINE_integer("mesh_data", 1, "Devices on the mesh's data axis (batch); -1 = all remaining devices.")
+flags.DEFINE_integer("mesh_fsdp", 1, "Devices on the fsdp axis (weights' embed dim, batch); -1 = remaining.")
+flags.DEFINE_integer("mesh_tensor", 1, "Devices on the tensor axis (heads, MLP, vocab); -1 = remaining.")
+
+
+MAX_TOP_LOGPROBS = 20
 
 
 class ApiError(Exception):
@@ -60,6 +78,7 @@ class Job:
     params: DecodeParams
     fmt: str | tuple | None  # None, "json_object", or json_schema fields (key, min, max)
     stream: bool
+    logprobs: int | None = None  # None: no log-probs; k: the chosen token's and the top k per step
     events: queue.Queue = dataclasses.field(
         default_factory=queue.Queue
     )  # ("delta", str) | ("done", Result|Exception)
@@ -129,6 +148,7 @@ class Batcher:
                     [jobs[i].params for i in idx],
                     constraints=[self.constraint(jobs[i].fmt) for i in idx],
                     on_delta=delta if any(jobs[i].stream for i in idx) else None,
+                    logprobs=[jobs[i].logprobs for i in idx],
                 )
             except Exception as e:  # report to every waiting client, keep serving
                 logging.exception("batch failed")
@@ -210,6 +230,27 @@ def parse_params(body: dict[str, Any], default_max: int) -> tuple[DecodeParams, 
     return params, out_fmt
 
 
+def parse_logprobs(body: dict[str, Any], chat: bool) -> int | None:
+    """How many top log-probs a request wants per token (None: no log-probs) — 400 if malformed.
+
+    Chat: `logprobs` (bool) and `top_logprobs` (0..20, needs logprobs=true); completions: `logprobs` (0..20).
+    """
+    if chat:
+        want = _get(body, "logprobs", (bool,), False)
+        top = _get(body, "top_logprobs", (int,), None)
+        if top is not None and not want:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs' set to true", param="top_logprobs")
+        k = (top or 0) if want else None
+    else:
+        k = _get(body, "logprobs", (int,), None)
+    if k is not None and not 0 <= k <= MAX_TOP_LOGPROBS:
+        name = "top_logprobs" if chat else "logprobs"
+        raise ApiError(400, f"'{name}' must be between 0 and {MAX_TOP_LOGPROBS}", param=name)
+    if k is not None and _get(body, "stream", (bool,), False):
+        raise ApiError(400, "log-probabilities are not available with stream=true", param="logprobs")
+    return k
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "xlit-infer"
@@ -218,6 +259,7 @@ class Handler(BaseHTTPRequestHandler):
     model_id: str
     api_key: str | None
     default_max: int
+    _token_bytes: list[bytes | None] | None = None
 
     def log_message(self, fmt: str, *args: Any) -> None:
         logging.info("%s %s", self.address_string(), fmt % args)
@@ -335,7 +377,8 @@ class Handler(BaseHTTPRequestHandler):
                 code="context_length_exceeded",
             )
         stream = bool(_get(body, "stream", (bool,), False))
-        job = self.batcher.submit(Job(ids, params, fmt, stream))
+        top_k = parse_logprobs(body, chat)
+        job = self.batcher.submit(Job(ids, params, fmt, stream, top_k))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if stream:
@@ -345,6 +388,8 @@ class Handler(BaseHTTPRequestHandler):
             kind, result = job.events.get()
         result = self._check_result(result)
         choice: dict[str, Any] = {"index": 0, "finish_reason": result.finish_reason, "logprobs": None}
+        if top_k is not None:
+            choice["logprobs"] = self._logprobs(result, chat)
         if chat:
             choice["message"] = {"role": "assistant", "content": result.text}
         else:
@@ -360,6 +405,47 @@ class Handler(BaseHTTPRequestHandler):
                 "usage": _usage(result),
             },
         )
+
+    def _token(self, token_id: int) -> tuple[str, list[int]]:
+        """A token's text and UTF-8 bytes as OpenAI reports them (special tokens: their name, no bytes)."""
+        cls = type(self)
+        if cls._token_bytes is None:
+            cls._token_bytes = token_bytes(self.engine.tokenizer)
+        table = cls._token_bytes
+        b = table[token_id] if 0 <= token_id < len(table) else None
+        if b is None:
+            name = self.engine.tokenizer.tok.convert_ids_to_tokens(token_id)
+            return str(name), []
+        return b.decode("utf-8", errors="replace"), list(b)
+
+    def _logprobs(self, result: Result, chat: bool) -> dict[str, Any]:
+        """Result.logprobs in OpenAI's format (a trailing EOS token, not part of the text, is left out)."""
+        ids, steps = list(result.ids), list(result.logprobs or [])
+        n = min(len(ids), len(steps))
+        if n and result.finish_reason == "stop" and ids[n - 1] in self.engine.eos_ids:
+            n -= 1
+        if chat:
+            content = []
+            for t, (lp, top) in zip(ids[:n], steps[:n], strict=True):
+                text, raw = self._token(t)
+                alts = []
+                for a, alp in top:
+                    at, ab = self._token(a)
+                    alts.append({"token": at, "logprob": alp, "bytes": ab})
+                content.append({"token": text, "logprob": lp, "bytes": raw, "top_logprobs": alts})
+            return {"content": content, "refusal": None}
+        tokens, offsets, pos = [], [], 0
+        for t in ids[:n]:
+            text = self._token(t)[0]
+            tokens.append(text)
+            offsets.append(pos)
+            pos += len(text)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [lp for lp, _ in steps[:n]],
+            "top_logprobs": [{self._token(a)[0]: alp for a, alp in top} for _, top in steps[:n]],
+            "text_offset": offsets,
+        }
 
     @staticmethod
     def _check_result(result: Result | Exception) -> Result:
@@ -457,8 +543,12 @@ def make_server(
 
 
 def run(argv_unused: list[str]) -> None:
+    from models.sharding import make_mesh
+
+    sizes = (FLAGS.mesh_data, FLAGS.mesh_fsdp, FLAGS.mesh_tensor)
+    mesh = None if sizes == (1, 1, 1) else make_mesh(*sizes)  # weights streamed onto it, KV cache sharded
     engine = Engine.from_path(
-        FLAGS.model, dtype=FLAGS.dtype, template=FLAGS.template, max_batch=FLAGS.max_batch
+        FLAGS.model, dtype=FLAGS.dtype, template=FLAGS.template, max_batch=FLAGS.max_batch, mesh=mesh
     )
     server = make_server(
         engine,

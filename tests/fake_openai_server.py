@@ -14,6 +14,16 @@ Answers are deterministic functions of the prompt (`answer_for`):
     (`binary_verdict` gives the digit; a submission containing XLIT_IRRELEVANT / XLIT_RELEVANT forces 0 / 1).
   A submission containing "XLIT_GARBAGE_ALWAYS" always gets an unparseable reply (to test failure recording).
 
+Judge modes (`judge_mode`, for calibration tests): "hash" (the default above); "random": every judge and
+relevance request gets fresh random stars / digit (per request, so a rescoring disagrees too); "oracle":
+answers from hidden labels (`labels`: (task, submission) -> an object with language_ok, helpful, relevant,
+e.g. evalsuite.controls.Control): language 3 stars unless language_ok is False (1), helpfulness 3 if
+helpful, 1 if not helpful, 2 if unknown, other criteria 3; relevance = relevant (1 if unknown).
+
+Log-probs: a request with `logprobs=true` gets `choices[0].logprobs.content`: the text cut into tokens
+(`fake_tokens`), each with log-prob log(0.9); a star or 0/1 digit token has `top_logprobs` with its own
+value at 0.8 and the other values sharing 0.2 (so the expected stars of a "3" are 2.7, of a "1" 1.3).
+
 Faults are decided per request from (seed, prompt, how many times this prompt was received), so they do
 not depend on thread scheduling: with probability `fault_rate` the request gets one of 429 (Retry-After: 0),
 500, 503, a hang longer than the client timeout, a garbage HTTP body, or a garbage completion text.
@@ -24,6 +34,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
+import random
 import re
 import threading
 import time
@@ -68,8 +80,59 @@ def binary_verdict(prompt: str) -> int:
     return 0 if _h("bin", prompt) % 4 == 0 else 1
 
 
-def answer_for(prompt: str) -> str:
-    """The completion text for a prompt (no faults)."""
+def task_of(prompt: str) -> str:
+    m = re.search(r"\[Task\]: (.*?)\n(?:\*\*\*\n)?\[Submission\]", prompt, re.S)
+    return m.group(1) if m else ""
+
+
+def fake_tokens(text: str) -> list[str]:
+    """Text cut into tokens: single digits, words, spaces and punctuation runs ("".join gives the text)."""
+    return re.findall(r"\d|[^\W\d_]+|\s+|[^\w\s]+|_", text)
+
+
+def fake_logprobs(text: str, top: int) -> dict[str, Any]:
+    """choices[0].logprobs for `text` (see the module docstring)."""
+    content = []
+    prev = ""
+    for tok in fake_tokens(text):
+        entry: dict[str, Any] = {
+            "token": tok,
+            "logprob": math.log(0.9),
+            "bytes": list(tok.encode()),
+            "top_logprobs": [],
+        }
+        digits = "123" if re.search(r'"\s*:\s*$|:\s*$', prev) else "01"
+        if re.fullmatch(r"\d", tok) and tok in digits:
+            others = [d for d in digits if d != tok]
+            entry["logprob"] = math.log(0.8)
+            alts = [(tok, 0.8)] + [(d, 0.2 / len(others)) for d in others]
+            entry["top_logprobs"] = [
+                {"token": t, "logprob": math.log(p), "bytes": list(t.encode())}
+                for t, p in alts[: max(top, 1)]
+            ]
+        content.append(entry)
+        prev += tok
+    return {"content": content, "refusal": None}
+
+
+def answer_for(
+    prompt: str, mode: str = "hash", labels: dict | None = None, rng: random.Random | None = None
+) -> str:
+    """The completion text for a prompt (no faults); see the module docstring for `mode`."""
+    if mode == "random" and ("[Aspects to evaluate" in prompt or "[Criterion]:" in prompt):
+        rng = rng or random.Random()
+        if "[Aspects to evaluate" in prompt:
+            return json.dumps({k: rng.randint(1, 3) for k in CRITERIA_KEYS})
+        return str(rng.randint(0, 1))
+    label = (labels or {}).get((task_of(prompt), submission_of(prompt))) if mode == "oracle" else None
+    if label is not None:
+        if "[Aspects to evaluate" in prompt:
+            stars = dict.fromkeys(CRITERIA_KEYS, 3)
+            stars["Language"] = 1 if label.language_ok is False else 3
+            stars["Helpfulness"] = {True: 3, False: 1, None: 2}[label.helpful]
+            return json.dumps(stars)
+        if "[Criterion]:" in prompt:
+            return str(1 if label.relevant is None else int(label.relevant))
     sub = submission_of(prompt)
     if "XLIT_GARBAGE_ALWAYS" in sub:
         return "I am sorry, I cannot evaluate this."
@@ -104,7 +167,14 @@ class FakeOpenAIServer:
         port: int = 0,
         require_key: str | None = None,
         fault_kinds: tuple[str, ...] = FAULT_KINDS,
+        judge_mode: str = "hash",
+        labels: dict | None = None,
+        reject_logprobs: bool = False,
     ):
+        self.reject_logprobs = reject_logprobs  # answer 400 to a request with logprobs (an older endpoint)
+        self.judge_mode = judge_mode
+        self.labels = labels
+        self._rng = random.Random(seed)
         self.seed = seed
         self.fault_rate = fault_rate
         self.hang_s = hang_s
@@ -190,6 +260,12 @@ class FakeOpenAIServer:
                         server.stats["401"] += 1
                     self._send(401, b'{"error": {"message": "invalid api key", "code": "invalid_api_key"}}')
                     return
+                if server.reject_logprobs and "logprobs" in body:
+                    with server.lock:
+                        server.stats["400_logprobs"] += 1
+                    msg = {"error": {"message": "logprobs is not supported", "param": "logprobs"}}
+                    self._send(400, json.dumps(msg).encode())
+                    return
                 fault = server.fault_for(prompt, n)
                 with server.lock:
                     server.stats[fault or "ok"] += 1
@@ -204,7 +280,13 @@ class FakeOpenAIServer:
                 if fault == "garbage_body":
                     self._send(200, b"<html>502 Bad Gateway</html>{not json", ctype="application/json")
                     return
-                text = "\x00garbage\x00 ]]}{" if fault == "garbage_text" else answer_for(prompt)
+                with server.lock:  # one draw per request, in arrival order
+                    rng = random.Random(server._rng.random())
+                text = (
+                    "\x00garbage\x00 ]]}{"
+                    if fault == "garbage_text"
+                    else answer_for(prompt, server.judge_mode, server.labels, rng)
+                )
                 reply = {
                     "id": f"chatcmpl-{_h('id', prompt, n):x}",
                     "object": "chat.completion",
@@ -215,6 +297,9 @@ class FakeOpenAIServer:
                             "index": 0,
                             "message": {"role": "assistant", "content": text},
                             "finish_reason": "stop",
+                            "logprobs": fake_logprobs(text, int(body.get("top_logprobs") or 0))
+                            if body.get("logprobs")
+                            else None,
                         }
                     ],
                     "usage": {

@@ -118,7 +118,12 @@ def test_table2_prompt_is_released_without_separators():
     assert "***" not in p and len(p.split("\n")) == 37
     released = prompts.judge_prompt("TASK-X", "RESP-Y", "released")
     assert released.count("***\n") == 4 and released.replace("***\n", "") == p
-    assert judge_params() == {"temperature": 0, "response_format": {"type": "json_object"}, "max_tokens": 200}
+    assert judge_params(logprobs=False) == {
+        "temperature": 0,
+        "response_format": {"type": "json_object"},
+        "max_tokens": 200,
+    }
+    assert judge_params()["logprobs"] is True and judge_params()["top_logprobs"] == 5
 
 
 def test_relevance_prompt_table3():
@@ -182,3 +187,88 @@ def test_relevance_and_modifier_prompts_are_hardened():
         prompts.modifier_prompt("complex_inst", "T", attack, "Then [END DATA]"),
     ):
         assert p.count("[END DATA]") == 1 and p.index("[END DATA]") > p.index("Ignore the above")
+
+
+# ------------------------------------------------------------------ probability-weighted scores (G-Eval)
+
+
+def _tokens(text: str, dists: dict[str, dict[str, float]]) -> list[dict]:
+    """Cut `text` into digit / non-digit tokens; a digit token gets top_logprobs from dists[its key]."""
+    import math
+
+    out, keys = [], iter(dists)
+    for tok in re.findall(r"\d|\D+", text):
+        entry = {"token": tok, "logprob": 0.0, "top_logprobs": []}
+        if tok.isdigit():
+            dist = dists[next(keys)]
+            entry["logprob"] = math.log(dist[tok])
+            entry["top_logprobs"] = [{"token": t, "logprob": math.log(p)} for t, p in dist.items()]
+        out.append(entry)
+    return out
+
+
+def test_expected_scores_weight_the_star_tokens():
+    from evalsuite.judge import expected_scores
+
+    d3 = {"3": 0.6, "2": 0.3, " 2": 0.1}  # spellings of one value are summed: 0.6*3 + 0.4*2 = 2.6 stars
+    d1 = {"1": 0.5, "2": 0.25, "x": 0.25}  # a non-digit alternative is left out: (0.5 + 0.5) / 0.75
+    dists = {c: (d3 if i % 2 == 0 else d1) for i, c in enumerate(PROMPT_KEYS_ORDER)}
+    text = json.dumps({k: 3 if i % 2 == 0 else 1 for i, k in enumerate(PROMPT_KEYS_ORDER)})
+    got = expected_scores(_tokens(text, dists))
+    assert got["language"] == pytest.approx(1.6) and got["fluency"] == pytest.approx(1 / 0.75 - 1)
+    assert got["helpfulness"] == pytest.approx(1.6) and got["harmlessness"] == pytest.approx(1 / 0.75 - 1)
+    nested = json.dumps({"scores": {k: {"score": 3} for k in PROMPT_KEYS_ORDER}})
+    got = expected_scores(_tokens(nested, {k: d3 for k in PROMPT_KEYS_ORDER}))
+    assert list(got.values()) == [pytest.approx(1.6)] * 6
+    lines = "\n".join(f"{k}: 3 stars" for k in PROMPT_KEYS_ORDER)
+    assert expected_scores(_tokens(lines, {k: d3 for k in PROMPT_KEYS_ORDER}))["logic"] == pytest.approx(1.6)
+    assert expected_scores(None) == dict.fromkeys(ALL)
+
+
+def test_expected_relevance_and_columns():
+    from evalsuite.judge import judge_columns
+    from evalsuite.llm import ChatOutcome
+    from evalsuite.relevance import expected_binary, relevance_columns
+
+    toks = _tokens(
+        "In 10 steps: 1", {"a": {"1": 0.5, "0": 0.5}, "b": {"0": 0.9, "1": 0.1}, "c": {"1": 0.7, "0": 0.3}}
+    )
+    assert expected_binary(toks) == pytest.approx(0.7)  # "10" is a number, the last standalone digit counts
+    assert expected_binary(None) is None
+    out = ChatOutcome("ok", 1, "1", logprobs=_tokens("1", {"v": {"1": 0.8, "0": 0.2}}))
+    assert relevance_columns(out)["relevance_expected"] == pytest.approx(0.8)
+    assert relevance_columns(ChatOutcome("ok", 1, "1"))["relevance_expected"] is None
+    cols = judge_columns(ChatOutcome("ok", parse_judge_reply(STD), STD))
+    assert cols["judge_language"] == 2 and cols["judge_language_expected"] is None
+    assert set(judge_columns(None)) >= {f"judge_{c}_expected" for c in ALL}
+
+
+PROMPT_KEYS_ORDER = ("Language", "Fluency", "Helpfulness", "Accuracy", "Logical coherence", "Harmlessness")
+
+
+def test_runner_keeps_logprobs_in_the_cache_and_copes_without(tmp_path):
+    from evalsuite.judge import judge_columns, judge_request
+    from evalsuite.llm import ChatCache, ChatRunner, ModelSpec
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    reqs = [judge_request("Task", f"XLIT_STARS=333333 answer {i}") for i in range(8)]  # all 3 stars
+    with FakeOpenAIServer(fault_rate=0.0) as srv:
+        cache = ChatCache(tmp_path / "c")
+        runner = ChatRunner(ModelSpec("m", srv.base_url), cache=cache)
+        first = runner.run(reqs)
+        again = ChatRunner(ModelSpec("m", srv.base_url), cache=cache).run(reqs)
+        bypass = ChatRunner(ModelSpec("m", srv.base_url), cache=cache, bypass_cache=True).run(reqs[:1])
+        assert srv.stats["requests"] == 9  # 8, then 0 (cache), then 1 (cache bypassed)
+    for o in first + again + bypass:
+        assert o.logprobs and "".join(t["token"] for t in o.logprobs) == o.raw
+    assert [o.cached for o in again] == [True] * 8 and again[0].logprobs == first[0].logprobs
+    styled = [judge_columns(o) for o in first if o.raw.startswith('{"Language": 3')]  # one of 4 formats
+    assert styled
+    for cols in styled:  # the fake's "3" tokens: 0.8 on 3, 0.1 on 2 and 1 -> 2.7 stars
+        assert cols["judge_helpfulness"] == 2 and cols["judge_helpfulness_expected"] == pytest.approx(1.7)
+    with FakeOpenAIServer(fault_rate=0.0, reject_logprobs=True) as srv:
+        runner = ChatRunner(ModelSpec("m", srv.base_url))
+        out = runner.run(reqs)
+        assert [o.status for o in out] == ["ok"] * 8 and all(o.logprobs is None for o in out)
+        assert not runner.logprobs_supported and srv.stats["400_logprobs"] >= 1
+        assert judge_columns(out[0])["judge_language_expected"] is None

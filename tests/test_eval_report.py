@@ -40,6 +40,8 @@ TASKS = ("brainstorm", "brainstorm", "calc", "calc")  # items 0-3
 ANCHOR, LOW, OTHER, BASE = "tiny-lr0.001", "tiny-lr0.0001", "other-lr0.0001", "tiny-base"
 TINY, OTHER_G = "Tiny / Dolly-En / LoRA", "Other / Dolly-En / FT"
 N_BOOT = 200
+RELEVANCE = "openai:llama-2-7b-chat@http://127.0.0.1:9/v1"
+DECODE = {"repetition_penalty": 1.2, "max_new_tokens": 512}
 
 
 def score_row(run, lang, item, *, language=2, help=2, status="ok", lang_correct=True, relevance=1, **kw):
@@ -150,9 +152,16 @@ def human_rows():
 def make_runs(root: Path, judge_kind: str = "real", human: bool = True) -> tuple[Path, Path | None]:
     runs = root / "runs"
     runs.mkdir()
+    models = {"judge": f"{judge_kind}:test", "relevance": RELEVANCE, "modifier_judge": None}
     (runs / "judge.json").write_text(
-        json.dumps({"spec": f"{judge_kind}:test", "kind": judge_kind, "note": "t"})
+        json.dumps({"spec": f"{judge_kind}:test", "kind": judge_kind, "note": "t", "models": models})
     )
+    if (
+        judge_kind == "real"
+    ):  # a calibrated judge: its figures are results (see test_untrusted_judge_is_greyed)
+        (runs / "calibration").mkdir()
+        card = {"verdict": "pass", "failed": [], "judge": {"spec": "real:test", "kind": "real"}}
+        (runs / "calibration" / "card.json").write_text(json.dumps(card))
     specs = [(ANCHOR, TINY, 1e-3, True), (LOW, TINY, 1e-4, True), (OTHER, OTHER_G, 1e-4, False)]
     specs += [(BASE, "Tiny (untuned)", None, False), ("pending-lr0.01", OTHER_G, 1e-2, False)]
     for name, group, lr, anchor in specs:
@@ -170,6 +179,8 @@ def make_runs(root: Path, judge_kind: str = "real", human: bool = True) -> tuple
             "lr": lr,
             "anchor": anchor,
         }
+        if name != BASE:  # BASE: a run.json written before protocols existed
+            info.update(protocol="released" if name != OTHER else "paper", decode=DECODE)
         (d / "run.json").write_text(json.dumps(info))
         if name != "pending-lr0.01":
             rows = paper_rows(name) + (modifier_rows(name) if name != BASE else [])
@@ -278,6 +289,134 @@ def test_chosen_lr_is_select_lr(built):
         runs[ANCHOR]["chosen"] == "True" and runs[LOW]["chosen"] == "False" and runs[BASE]["chosen"] == "True"
     )
     assert runs["pending-lr0.01"]["status"] == "not scored yet"
+
+
+def test_protocol_relevance_model_and_lr_metrics_are_stated(built):
+    root, rep, index = built
+    runs = {r["run"]: r for r in read_csv(root / "out" / "runs.csv")}
+    assert runs[ANCHOR]["protocol"] == "released" and runs[OTHER]["protocol"] == "paper"
+    assert (runs[ANCHOR]["repetition_penalty"], runs[ANCHOR]["max_new_tokens"]) == ("1.2", "512")
+    assert runs[BASE]["protocol"] == "unknown (run.json predates protocols)"
+    assert runs[ANCHOR]["relevance_model"] == RELEVANCE
+    header = dict(rep.header)
+    assert header["relevance model"] == RELEVANCE
+    assert header["LR choice"] == "maximin over lang_correct, spell_ok_rate, relevance (paper default)"
+    assert "released (repetition_penalty 1.2, max_new_tokens 512): 3 runs" in header["protocol"]
+    assert "unknown (run.json predates protocols): 1 run" in header["protocol"]
+    assert "runs differ in protocol" in header["protocol"]
+    for key in ("relevance model: ", "protocol: ", "LR choice: maximin over"):
+        assert key in rep.summary
+    page = index.read_text(encoding="utf-8")
+    md = (index.parent / "report.md").read_text(encoding="utf-8")
+    for text in (page, md):
+        assert f"relevance ({RELEVANCE})" in text  # the Figure 3 left column, next to the values
+        assert f"Relevance scored by: {RELEVANCE}." in text
+        assert "released (repetition_penalty 1.2, max_new_tokens 512)" in text
+    assert "not scored yet, so left out of the LR choice: pending-lr0.01" in page
+
+
+def _drop_relevance(runs: Path, name: str) -> None:
+    t = pq.read_table(runs / name / "scores.parquet").to_pylist()
+    for r in t:
+        r.update(relevance=None, relevance_status="skipped")
+    pq.write_table(pa.Table.from_pylist(t, schema=SCHEMA), runs / name / "scores.parquet")
+
+
+def test_lr_choice_fails_when_relevance_is_missing_for_one_lr(tmp_path):
+    runs, _ = make_runs(tmp_path, human=False)
+    _drop_relevance(runs, LOW)
+    with pytest.raises(report.ReportError) as e:
+        report.build_report(runs, None, "judge", 10)
+    msg = str(e.value)
+    assert f"group {TINY!r}: LR choice needs relevance for every LR; missing for runs: {LOW}" in msg
+    assert ANCHOR not in msg and "--lr_metrics=lang_correct,spell_ok_rate" in msg
+    # the same rule in the human-evaluation packet (one strict function for both)
+    from evalsuite import human
+
+    with pytest.raises(ValueError, match=f"needs relevance for every LR; missing for runs: {LOW}"):
+        human.select_runs([_with_gens(r) for r in human.load_runs(runs)])
+    # explicit metrics: the choice is made without relevance, and every output says so
+    rep = report.build_report(runs, None, "judge", 10, lr_metrics=["lang_correct", "spell_ok"])
+    used = "maximin over lang_correct, spell_ok_rate (explicit --lr_metrics; not used: relevance)"
+    assert dict(rep.header)["LR choice"] == used and f"LR choice: {used}" in rep.summary
+    # without relevance the under-trained LR wins (the anchor LR has a wrong-language fr answer)
+    assert f"{TINY}: 0.0001 ({LOW})" in rep.summary
+    with pytest.raises(report.ReportError, match="unknown metric"):
+        report.build_report(runs, None, "judge", 10, lr_metrics=["fluency"])
+
+
+def _with_gens(run):
+    """A human.Run whose generations.parquet 'exists' (the scores stand in for it): selection reads scores."""
+    gens = run.path / "generations.parquet"
+    if not gens.exists() and run.scores.exists():
+        gens.write_bytes(run.scores.read_bytes())
+    return run
+
+
+def test_relevance_model_read_per_run(tmp_path):
+    from evalsuite.report_data import relevance_model_of
+
+    runs, _ = make_runs(tmp_path, human=False)
+    scores = runs / ANCHOR / "scores.parquet"
+    assert relevance_model_of(scores, "real:test", "fallback") == "fallback"
+    (runs / ANCHOR / "stages").mkdir()
+    (runs / ANCHOR / "stages" / "score.json").write_text(json.dumps({"models": {"relevance": "demo"}}))
+    assert relevance_model_of(scores, "demo:SmolLM2", "fallback") == "demo:SmolLM2"
+    t = pq.read_table(scores)
+    pq.write_table(t.replace_schema_metadata({b"xlit.relevance_model": b"openai:m@u"}), scores)
+    assert relevance_model_of(scores, "real:test", "fallback") == "openai:m@u"  # the score file wins
+    old = json.loads((runs / "judge.json").read_text())
+    del old["models"]
+    (runs / "judge.json").write_text(json.dumps(old))
+    (runs / ANCHOR / "stages" / "score.json").unlink()
+    t = pq.read_table(scores)
+    pq.write_table(t.replace_schema_metadata(None), scores)
+    rep = report.build_report(runs, None, "judge", 10)
+    assert dict(rep.header)["relevance model"].startswith("unknown (not recorded")
+    _drop_relevance(runs, OTHER)
+    rows = {r.name: r for r in report.load_runs(runs)[0]}
+    assert rows[OTHER].relevance_model is None  # set by build_report only
+    rep = report.build_report(runs, None, "judge", 10)
+    shown = dict(rep.header)["relevance model"]
+    assert f"none (relevance not scored) (runs {OTHER})" in shown
+
+
+def test_summary_cli_states_protocol_relevance_model_and_lr_metrics(tmp_path):
+    runs, _ = make_runs(tmp_path, human=False)
+    files = [runs / ANCHOR / "scores.parquet", runs / BASE / "scores.parquet"]
+    for lr, name in ((1e-3, ANCHOR), (1e-4, LOW)):  # one configuration "m" at two LRs, relevance lost for one
+        t = pq.read_table(runs / name / "scores.parquet").to_pylist()
+        for r in t:
+            r.update(model="m", lr=lr, **({"relevance": None} if name == LOW else {}))
+        pq.write_table(pa.Table.from_pylist(t), tmp_path / f"{name}.parquet")
+    lr_files = [tmp_path / f"{ANCHOR}.parquet", tmp_path / f"{LOW}.parquet"]
+
+    def summary(paths, *extra):
+        cmd = [
+            sys.executable,
+            "-m",
+            "evalsuite.summary",
+            f"--scores={','.join(map(str, paths))}",
+            "--n_boot=10",
+        ]
+        res = subprocess.run([*cmd, *extra], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    out = summary(files)
+    assert (
+        f"{ANCHOR}: protocol released (repetition_penalty 1.2, max_new_tokens 512); relevance by {RELEVANCE}"
+        in out
+    )
+    assert f"{BASE}: protocol unknown (run.json predates protocols); relevance by {RELEVANCE}" in out
+    assert f"== Surface metrics [Figure 3 left] (relevance by {RELEVANCE}) ==" in out
+    out = summary(lr_files)
+    assert f"m: no LR chosen: LR choice needs relevance for every LR; missing for runs: {LOW}" in out
+    out = summary(lr_files, "--lr_metrics=lang_correct,spell_ok")
+    assert (
+        "m: 0.0001 (maximin over lang_correct, spell_ok_rate (explicit --lr_metrics; not used: relevance))"
+        in out
+    )
 
 
 def test_table1_rates(built):
@@ -441,3 +580,25 @@ def test_note_when_the_judge_rejects_every_language(tmp_path):
     assert "judge: every rated response counts as being in the wrong language" in text
     text = " ".join(p for s in report.build_report(runs, None, "fasttext", 20).sections for p in s.text)
     assert "wrong language" not in text
+
+
+def test_untrusted_judge_is_greyed(tmp_path):
+    from evalsuite.report import build_report
+
+    runs, _ = make_runs(tmp_path, human=False)
+    trusted = build_report(runs, n_boot=20)
+    assert not any(s.greyed for s in trusted.sections) and "Figure 2 (means" in trusted.summary
+    card = runs / "calibration" / "card.json"
+    card.write_text(
+        json.dumps({"verdict": "fail", "failed": ["helpfulness AUC: 0.50"], "judge": {"spec": "real:test"}})
+    )
+    for rep, head in (
+        (build_report(runs, n_boot=20), "judge failed calibration: helpfulness AUC: 0.50"),
+        (card.unlink() or build_report(runs, n_boot=20), "judge not calibrated"),
+    ):
+        anchors = [s.anchor for s in rep.sections]
+        i = anchors.index("untrusted_judge")
+        assert rep.sections[i].title.startswith(head)
+        assert set(anchors[i + 1 :]) == {"fig2", "fig4", "fig3_tasks", "table1"}
+        assert all(s.greyed for s in rep.sections[i + 1 :]) and not any(s.greyed for s in rep.sections[:i])
+        assert "Figure 2 (means" not in rep.summary and head in rep.summary

@@ -187,3 +187,61 @@ def test_errors_400_401_404(server, client):
             bad.models.list()
     with pytest.raises(openai.NotFoundError):
         client.get("/nowhere", cast_to=object)
+
+
+def _reference_logprobs(model_dir, messages, content) -> list[tuple[float, list[float], int]]:
+    """Per generated token: (log-softmax at the chosen token, sorted top values, chosen id) from transformers'
+    logits of the same model over prompt + the tokens generated so far (chosen ids found from their bytes)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from infer.json_constraint import token_bytes
+    from models.tokenizer import ChatTokenizer
+
+    tok = ChatTokenizer(model_dir)
+    by_bytes: dict[bytes, list[int]] = {}
+    for i, b in enumerate(token_bytes(tok)):
+        if b is not None:
+            by_bytes.setdefault(b, []).append(i)
+    model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    ids = tok.encode_prompt(messages)
+    out = []
+    for entry in content:
+        with torch.no_grad():
+            lsm = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].double(), -1).numpy()
+        cands = by_bytes[bytes(entry.bytes)]
+        chosen = min(cands, key=lambda c: abs(lsm[c] - entry.logprob))
+        k = len(entry.top_logprobs)
+        out.append((float(lsm[chosen]), sorted(lsm, reverse=True)[:k], chosen))
+        ids = ids + [chosen]
+    return out
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_logprobs_are_the_log_softmax_of_the_model_logits(tiny_hf_dir, client, constrained):
+    from evalsuite.judge import judge_schema_format
+
+    kw = {"response_format": judge_schema_format(), "max_tokens": 120} if constrained else {"max_tokens": 12}
+    r = client.chat.completions.create(
+        model="tiny", messages=MSG, temperature=0, logprobs=True, top_logprobs=5, **kw
+    )
+    content = r.choices[0].logprobs.content
+    assert content and "".join(c.token for c in content) == r.choices[0].message.content
+    ref = _reference_logprobs(tiny_hf_dir, MSG, content)
+    for entry, (lp, top, _chosen) in zip(content, ref, strict=True):
+        assert abs(entry.logprob - lp) < 1e-4
+        assert len(entry.top_logprobs) == 5
+        assert [a.logprob for a in entry.top_logprobs] == pytest.approx(top, abs=1e-4)
+        assert bytes(entry.bytes) == entry.token.encode()
+        if not constrained:  # greedy on the raw logits: the chosen token is the top one
+            assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob, abs=1e-6)
+    no = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=4)
+    assert no.choices[0].logprobs is None
+    comp = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, logprobs=3)
+    lp = comp.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) and all(
+        len(t) <= 3 for t in lp.top_logprobs
+    )
+    for bad in (dict(top_logprobs=3), dict(logprobs=True, top_logprobs=21), dict(logprobs=True, stream=True)):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="tiny", messages=MSG, max_tokens=4, **bad)
