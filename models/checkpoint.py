@@ -236,6 +236,11 @@ class GGUFSource(TensorSource):
             "llama.expert_count"
         ):
             raise UnsupportedModelError(f"{self.path}: rope scaling / experts are not supported")
+        if "rope_freqs.weight" in self._tensors:  # LLaMA-3.1+: llama3 RoPE scaling as per-frequency factors
+            raise UnsupportedModelError(
+                f"{self.path}: tensor 'rope_freqs.weight' (LLaMA-3.x RoPE scaling) is not supported in GGUF "
+                "files; load the Hugging Face directory (config.json with rope_scaling) instead"
+            )
         return LlamaConfig(
             vocab_size=int(vocab),
             hidden_size=d,

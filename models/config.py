@@ -17,6 +17,45 @@ class UnsupportedModelError(ValueError):
 
 
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "auto")
+ROPE_TYPES = ("llama3",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """LLaMA-3.x RoPE frequency scaling (HF `rope_scaling` / `rope_parameters` with `rope_type: llama3`).
+
+    Each rotary frequency of wavelength w (in positions) is kept when w < original_max_position_embeddings /
+    high_freq_factor, divided by `factor` when w > original_max_position_embeddings / low_freq_factor, and
+    interpolated smoothly between the two in between (see models.modules.rope_inv_freq).
+    """
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+    rope_type: str = "llama3"
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in ROPE_TYPES:
+            raise UnsupportedModelError(
+                f"rope type {self.rope_type!r} is not supported (supported: default, {', '.join(ROPE_TYPES)})"
+            )
+        if not self.factor > 0 or not self.high_freq_factor > self.low_freq_factor > 0:
+            raise ValueError(
+                f"RopeScaling: need factor > 0 and high_freq_factor > low_freq_factor > 0, got {self}"
+            )
+        if self.original_max_position_embeddings <= 0:
+            raise ValueError(f"RopeScaling: original_max_position_embeddings must be positive, got {self}")
+
+    def to_hf(self) -> dict[str, Any]:
+        """The HF `rope_scaling` dict (without rope_theta)."""
+        return {
+            "rope_type": self.rope_type,
+            "factor": self.factor,
+            "low_freq_factor": self.low_freq_factor,
+            "high_freq_factor": self.high_freq_factor,
+            "original_max_position_embeddings": self.original_max_position_embeddings,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +74,7 @@ class LlamaConfig:
     num_kv_heads: int  # K
     head_dim: int  # H
     rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None  # LLaMA-3.x frequency scaling; None = plain RoPE
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = False
     max_position_embeddings: int = 4096
@@ -118,6 +158,24 @@ PRESETS: dict[str, LlamaConfig] = {
         head_dim=64, rope_theta=100000.0, rms_norm_eps=1e-5, tie_embeddings=True, max_position_embeddings=8192,
         bos_token_id=1, eos_token_id=2, pad_token_id=2,
     ),
+    # meta-llama/Llama-3.1-8B(-Instruct) and -70B: GQA 8 KV heads, 128k vocabulary, untied, llama3 RoPE scaling.
+    "llama3_1_8b": LlamaConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8,
+        head_dim=128, rope_theta=500000.0, rope_scaling=RopeScaling(8.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5,
+        max_position_embeddings=131072, bos_token_id=128000, eos_token_id=(128001, 128008, 128009),
+    ),
+    "llama3_1_70b": LlamaConfig(
+        vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_layers=80, num_heads=64, num_kv_heads=8,
+        head_dim=128, rope_theta=500000.0, rope_scaling=RopeScaling(8.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5,
+        max_position_embeddings=131072, bos_token_id=128000, eos_token_id=(128001, 128008, 128009),
+    ),
+    # meta-llama/Llama-3.2-1B(-Instruct): tied embeddings, RoPE scaling factor 32.
+    "llama3_2_1b": LlamaConfig(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32, num_kv_heads=8,
+        head_dim=64, rope_theta=500000.0, rope_scaling=RopeScaling(32.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5,
+        tie_embeddings=True, max_position_embeddings=131072, bos_token_id=128000,
+        eos_token_id=(128001, 128008, 128009),
+    ),
     "llama2_7b": LlamaConfig(
         vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, num_kv_heads=32,
         head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=4096,
@@ -152,7 +210,9 @@ def from_hf_config(src: str | os.PathLike | dict[str, Any], **overrides: Any) ->
     """Builds a LlamaConfig from a Hugging Face `config.json` (path to the file or its folder, or a dict).
 
     Raises UnsupportedModelError naming the file and field for anything this port does not implement
-    (mixture of experts, sliding-window attention, attention/MLP biases, rope scaling, other families).
+    (mixture of experts, sliding-window attention, attention/MLP biases, rope scaling other than LLaMA-3's
+    `llama3`, other families). RoPE settings are read as transformers reads them: `rope_scaling` when set,
+    else `rope_parameters` (transformers >= 5), with `rope_theta` from that dict or the top level.
     """
     if isinstance(src, dict):
         hf, where = src, "config"
@@ -181,14 +241,35 @@ def from_hf_config(src: str | os.PathLike | dict[str, Any], **overrides: Any) ->
         raise bad("sliding_window", "sliding-window attention is not supported")
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise bad("attention_bias" if hf.get("attention_bias") else "mlp_bias", "biases are not supported")
-    rope_scaling = hf.get("rope_scaling") or {}
-    rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
-    if rope_type != "default":
-        raise bad("rope_scaling", f"rope type {rope_type!r} is not supported")
+    rope_field = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
+    rope_params = hf.get(rope_field) or {}
+    if not isinstance(rope_params, dict):
+        raise bad(rope_field, f"expected an object, got {rope_params!r}")
+    rope_type = rope_params.get("rope_type", rope_params.get("type", "default"))
+    if rope_type not in ("default", *ROPE_TYPES):
+        raise bad(rope_field, f"rope type {rope_type!r} is not supported (supported: default, llama3)")
+    if float(rope_params.get("partial_rotary_factor") or hf.get("partial_rotary_factor") or 1.0) != 1.0:
+        raise bad("partial_rotary_factor", "partial rotary embeddings are not supported")
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise bad("hidden_act", f"{act!r} is not supported (LLaMA uses silu)")
-    rope_params = hf.get("rope_parameters") or {}
+    rope_scaling = None
+    if rope_type == "llama3":
+        try:
+            rope_scaling = RopeScaling(
+                factor=float(rope_params["factor"]),
+                low_freq_factor=float(rope_params["low_freq_factor"]),
+                high_freq_factor=float(rope_params["high_freq_factor"]),
+                original_max_position_embeddings=int(
+                    rope_params.get("original_max_position_embeddings")
+                    or hf.get("original_max_position_embeddings")
+                    or hf.get("max_position_embeddings", 4096)
+                ),
+            )
+        except KeyError as e:
+            raise bad(f"{rope_field}.{e.args[0]}", "required for rope type 'llama3'") from None
+        except ValueError as e:
+            raise bad(rope_field, str(e)) from None
     try:
         d = int(hf["hidden_size"])
         n = int(hf["num_attention_heads"])
@@ -200,7 +281,8 @@ def from_hf_config(src: str | os.PathLike | dict[str, Any], **overrides: Any) ->
             num_heads=n,
             num_kv_heads=int(hf.get("num_key_value_heads") or n),
             head_dim=int(hf.get("head_dim") or d // n),
-            rope_theta=float(rope_params.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            rope_theta=float(rope_params.get("rope_theta") or hf.get("rope_theta") or 10000.0),
+            rope_scaling=rope_scaling,
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
@@ -231,7 +313,13 @@ def to_hf_config(cfg: LlamaConfig, torch_dtype: str = "float32") -> dict[str, An
         "max_position_embeddings": cfg.max_position_embeddings,
         "rms_norm_eps": cfg.rms_norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        # both spellings: `rope_scaling` (what released LLaMA-3.x configs, vLLM and transformers < 5 read) and
+        # `rope_parameters` (transformers >= 5, which prefers `rope_scaling` when both are set)
+        "rope_scaling": cfg.rope_scaling.to_hf() if cfg.rope_scaling is not None else None,
+        "rope_parameters": {
+            **(cfg.rope_scaling.to_hf() if cfg.rope_scaling is not None else {"rope_type": "default"}),
+            "rope_theta": cfg.rope_theta,
+        },
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,

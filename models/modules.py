@@ -12,13 +12,14 @@ and out (see `init_cache`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.config import LlamaConfig
+from models.config import LlamaConfig, RopeScaling
 from models.lora import LoRAConfig, LoRAParam, init_lora, lora_delta
 from models.sharding import constrain
 
@@ -43,7 +44,7 @@ def layer_weight_shape(cfg: LlamaConfig, name: str) -> tuple[int, ...]:
 
 
 class Llama(nnx.Module):
-    """LLaMA-architecture causal LM (LLaMA-2, TowerBase, SmolLM2). Optionally with LoRA adapters."""
+    """LLaMA-architecture causal LM (LLaMA-2, LLaMA-3.x, TowerBase, SmolLM2). Optionally with LoRA adapters."""
 
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, lora: LoRAConfig | None = None):
         self.cfg = cfg
@@ -111,10 +112,38 @@ def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
     return w.astype(x.dtype) * y.astype(x.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding, HF convention (rotate_half over the two halves of H). x [B,T,*,H]."""
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> jax.Array:
+    """The H/2 rotary inverse frequencies (float32), with LLaMA-3's `llama3` scaling when given.
+
+    LLaMA-3.x scaling, by the wavelength 2*pi/f (in positions) of each frequency f, with C the original
+    context length: w < C / high_freq_factor keeps f; w > C / low_freq_factor divides it by `factor`; in
+    between, f is interpolated between f / factor and f with weight s = (C / w - low_freq_factor) /
+    (high_freq_factor - low_freq_factor) on f. Computed in float32 in the order transformers uses, so the
+    frequencies are bit-for-bit (or within an ulp of) its own.
+    """
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling is None:
+        return inv_freq
+    context = scaling.original_max_position_embeddings
+    short_wavelen = context / scaling.high_freq_factor  # shorter wavelengths: frequency kept
+    long_wavelen = context / scaling.low_freq_factor  # longer wavelengths: frequency divided by `factor`
+    wavelen = 2 * math.pi / inv_freq
+    divided = jnp.where(wavelen > long_wavelen, inv_freq / scaling.factor, inv_freq)
+    weight = (context / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    blended = (1 - weight) * divided / scaling.factor + weight * divided
+    between = (wavelen >= short_wavelen) & (wavelen <= long_wavelen)
+    return jnp.where(between, blended, divided)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float, scaling: RopeScaling | None = None) -> jax.Array:
+    """Rotary embedding, HF convention (rotate_half over the two halves of H). x [B,T,*,H].
+
+    `scaling`: LLaMA-3.x frequency scaling (see rope_inv_freq); None = plain RoPE.
+    """
     h = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    inv_freq = rope_inv_freq(h, theta, scaling)
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B,T,H/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B,T,1,H]
     cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
@@ -144,8 +173,10 @@ def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_se
     q = _proj(h, w["q"], ab("q"), lora_scale, "btd,dnh->btnh")
     k = _proj(h, w["k"], ab("k"), lora_scale, "btd,dkh->btkh")
     v = _proj(h, w["v"], ab("v"), lora_scale, "btd,dkh->btkh")
-    q = constrain(rope(q, positions, cfg.rope_theta), ("batch", "length", "act_heads", None))
-    k = rope(k, positions, cfg.rope_theta)
+    q = constrain(
+        rope(q, positions, cfg.rope_theta, cfg.rope_scaling), ("batch", "length", "act_heads", None)
+    )
+    k = rope(k, positions, cfg.rope_theta, cfg.rope_scaling)
     if kv is not None:
         # kv = (k_cache [L,B,K,S,H], v_cache, layer): the whole cache is a scan carry, so the new keys and
         # values are written in place (a dynamic_update_slice on a loop carry) instead of the cache being
