@@ -45,6 +45,46 @@ class Line:
     hline: float | None = None  # a run without an LR (untuned base): a horizontal line at this value
 
 
+@dataclass
+class CISeries:
+    """A line with 95% CI bars: `ys[k]` in [`lo[k]`, `hi[k]`] at `xs[k]` (log x axis)."""
+
+    name: str
+    xs: list[float]
+    ys: list[float | None]
+    lo: list[float | None]
+    hi: list[float | None]
+    color_index: int
+    style_index: int = 0
+
+
+def ci_lines_png(series: Sequence[CISeries], hlines: Sequence[tuple[float, int]], ylabel: str) -> bytes:
+    """Lines with CI bars over a log LR axis; `hlines` (value, color index) dashed (runs without an LR)."""
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.subplots()
+    styles = ("-", ":", "-.", "--")
+    for sr in series:
+        ys = np.array([np.nan if y is None else y for y in sr.ys], float)
+        err = np.array(
+            [
+                [0.0 if (y is None or lo is None) else y - lo for y, lo in zip(sr.ys, sr.lo)],
+                [0.0 if (y is None or hi is None) else hi - y for y, hi in zip(sr.ys, sr.hi)],
+            ]
+        )
+        ax.errorbar(sr.xs, ys, yerr=err, marker="o", capsize=3, color=f"C{sr.color_index}",
+                    linestyle=styles[sr.style_index % len(styles)], label=sr.name)  # fmt: skip
+    for value, ci in hlines:
+        ax.axhline(value, color=f"C{ci}", linestyle="--", linewidth=1, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()

@@ -134,7 +134,9 @@ def build_report(
         sources = {"human": [r for r in human_like if is_paper(r) and r["run"] in chosen_names], **sources}
     judged = any(r.get("judge_status") in ("ok", "failed") for r in sources["judge"])
 
+    top = sec.lang_vs_lr(surface, runs)
     sections = [
+        *([top] if top is not None else []),
         sec.runs_section(runs, chosen_names, rows, notes, labels),
         *sec.fig2_fig4(sources, models, labels, rule, n_boot, judged),
         sec.fig3_surface(surface, runs, chosen, lr_text),

@@ -319,6 +319,63 @@ def protocols_text(runs: list[Run]) -> str:
     return text + (" — runs differ in protocol: compare them with care" if len(counts) > 1 else "")
 
 
+def lang_vs_lr(surface: list[Row], runs: list[Run]) -> Section | None:
+    """The paper's Sec. 5.3 question at the top: language correctness per language against LR, per group that
+    was trained at two or more LRs (95% CIs); untuned runs (no LR) are shown as their own rows and as dashed
+    lines. None when no group has two LRs."""
+    lrs_of: dict[str, set[float]] = {}
+    for r in surface:
+        if r["lr"] is not None:
+            lrs_of.setdefault(r["group"], set()).add(r["lr"])
+    groups = [g for g, lrs in lrs_of.items() if len(lrs) >= 2]
+    if not groups:
+        return None
+    untuned = sorted({r["group"] for r in surface if r["lr"] is None})
+    s = Section("lang_vs_lr", "Language correctness vs learning rate (does tuning on English overfit to it?)")
+    langs = sorted({r["lang"] for r in surface}, key=lambda x: (LANGS.index(x) if x in LANGS else 9, x))
+    disp, raw = [], []
+    for g in [*untuned, *groups]:
+        for lr in sorted({r["lr"] for r in surface if r["group"] == g}, key=lambda x: x or 0.0):
+            cells = []
+            for lang in langs:
+                row = next((r for r in surface if (r["group"], r["lr"], r["lang"]) == (g, lr, lang)), None)
+                cells.append(
+                    "–"
+                    if row is None
+                    else ci_cell(row["lang_correct"], row["lang_correct_lo"], row["lang_correct_hi"])
+                )
+                if row is not None:
+                    raw.append(
+                        {"group": g, "lr": lr, "lang": lang, "n": row["n"]}
+                        | {k: row[k] for k in ("lang_correct", "lang_correct_lo", "lang_correct_hi")}
+                    )
+            disp.append([g, _lr(lr), *cells])
+    series = []
+    for gi, g in enumerate(groups):
+        for li, lang in enumerate(langs):
+            pts = sorted((r for r in surface if r["group"] == g and r["lang"] == lang and r["lr"] is not None),
+                         key=lambda r: r["lr"])  # fmt: skip
+            series.append(figures.CISeries(f"{lang}" if len(groups) == 1 else f"{g} — {lang}",
+                                           [r["lr"] for r in pts], [r["lang_correct"] for r in pts],
+                                           [r["lang_correct_lo"] for r in pts], [r["lang_correct_hi"] for r in pts],
+                                           li, gi))  # fmt: skip
+    hlines = []
+    for g in untuned:
+        for li, lang in enumerate(langs):
+            row = next((r for r in surface if r["group"] == g and r["lang"] == lang), None)
+            if row is not None and row["lang_correct"] is not None:
+                hlines.append((row["lang_correct"], li))
+    s.figure = ("lang_vs_lr.png", figures.ci_lines_png(series, hlines, "language correctness (fastText)"))
+    s.text = [
+        "Share of answers fastText finds in the instruction's language, per language, against the training LR "
+        "(bootstrap 95% CIs); dashed: untuned "
+        + (", ".join(untuned) if untuned else "(none run)")
+        + ". The paper (Sec. 5.3): too high an LR lowers language correctness outside English.",
+    ]
+    s.tables = [Table("lang_vs_lr", "Language correctness (95% CI)", ["group", "lr", *langs], disp, raw)]
+    return s
+
+
 def fig3_surface(surface: list[Row], runs: list[Run], chosen: dict[str, Run], lr_text: str = "") -> Section:
     s = Section("fig3_surface", "Figure 3 left: surface metrics vs LR")
     if not surface:

@@ -465,7 +465,7 @@ def test_html_self_contained_and_flags(built):
     assert 'src="http' not in page and 'href="http' not in page and "<link" not in page
     p = _Parser()
     p.feed(page)
-    assert len(p.imgs) == 5 and all(s.startswith("data:image/png;base64,") and len(s) > 1000 for s in p.imgs)
+    assert len(p.imgs) == 6 and all(s.startswith("data:image/png;base64,") and len(s) > 1000 for s in p.imgs)
     assert "n_failed=1: failed judge items left out" in p.flagged
     assert "†" in page and "not scored yet" in page and "trainer-workdir/ has no run.json" in page
     assert report.DEMO_BANNER not in page
@@ -602,3 +602,27 @@ def test_untrusted_judge_is_greyed(tmp_path):
         assert set(anchors[i + 1 :]) == {"fig2", "fig4", "fig3_tasks", "table1"}
         assert all(s.greyed for s in rep.sections[i + 1 :]) and not any(s.greyed for s in rep.sections[:i])
         assert "Figure 2 (means" not in rep.summary and head in rep.summary
+
+
+def test_language_correctness_vs_lr_opens_the_report(built):
+    """The first section: language correctness per language against LR for the group trained at two LRs,
+    the untuned run as its own rows; the same numbers as Figure 3 left's table."""
+    root, rep, _ = built
+    assert rep.sections[0].anchor == "lang_vs_lr"
+    rows = read_csv(root / "out" / "lang_vs_lr.csv")
+    surface = read_csv(root / "out" / "fig3_surface.csv")
+    assert {(r["group"], r["lr"]) for r in rows} == {
+        (TINY, "0.001"),
+        (TINY, "0.0001"),
+        ("Tiny (untuned)", ""),
+    }
+    for r in rows:
+        s = pick(surface, group=r["group"], lr=r["lr"], lang=r["lang"])
+        assert (r["lang_correct"], r["lang_correct_lo"], r["lang_correct_hi"]) == (
+            s["lang_correct"],
+            s["lang_correct_lo"],
+            s["lang_correct_hi"],
+        )
+    assert (root / "out" / "lang_vs_lr.png").stat().st_size > 0
+    md = (root / "out" / "report.md").read_text()
+    assert md.index("Language correctness vs learning rate") < md.index("Figure 3 left")
