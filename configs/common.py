@@ -94,6 +94,9 @@ def base() -> ml_collections.ConfigDict:
             # a record the pre-check cannot use (template fails, no response token left): skip (counted per
             # reason in data_stats.json) or error (the run fails before any work, naming file:line)
             bad_records="skip",
+            # translated records flagged by the translation pipeline's quality checks (non-empty `flags`):
+            # skipped and counted as translation_flagged_skipped in data_stats.json; True trains on them
+            keep_flagged=False,
         )
     )
     c.optimizer = ml_collections.ConfigDict(

@@ -29,7 +29,9 @@ def measure(cfg: ConfigDict, epochs: float = 2.0) -> list[dict[str, Any]]:
     """One row per batching mode: the per-update averages over `epochs` epochs of the config's data."""
     d = cfg.data
     tok = ChatTokenizer(resolve_model(cfg.model.tokenizer or cfg.model.init_from), cfg.model.chat_template)
-    corpus = read_corpus(d.paths, d.format, d.languages, d.empty_response, d.hub_dataset)
+    corpus = read_corpus(
+        d.paths, d.format, d.languages, d.empty_response, d.hub_dataset, keep_flagged=d.keep_flagged
+    )
     memo: dict[int, Any] = {}
 
     def encode(messages: list[dict[str, str]]) -> Any:  # the two loaders share one tokenization

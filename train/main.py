@@ -137,7 +137,12 @@ def run(cfg: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None =
     tok_dir = tokenizer_dir(cfg)
     tok = ChatTokenizer(tok_dir, cfg.model.chat_template)
     corpus = data_lib.read_corpus(
-        cfg.data.paths, cfg.data.format, cfg.data.languages, cfg.data.empty_response, cfg.data.hub_dataset
+        cfg.data.paths,
+        cfg.data.format,
+        cfg.data.languages,
+        cfg.data.empty_response,
+        cfg.data.hub_dataset,
+        keep_flagged=cfg.data.keep_flagged,
     )
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     rows = cfg.data.batch_tokens // cfg.data.seq_len
