@@ -11,7 +11,8 @@ norm 1.0, LoRA α 8 (scale α/r = 0.5) with kaiming-uniform A, over-long example
 micro-batches whose token budget counts padding, repetition penalty 1.2 when generating.
 Paper only: repetition penalty 1.1 (the text says nothing of clipping, LoRA α, batching: released values kept).
 Both: Adam β (0.9, 0.95), decoupled weight decay 0.1, dropout 0, 1000 steps, prompt loss 0,
-bf16 compute with fp32 master weights, last checkpoint = result.
+bf16 compute with fp32 master weights, last checkpoint = result. xlit's addition: paper configs validate every 200
+steps (the yamls' valid_interval) in en/fr/pt/ru (train/validate.py); `:runlocal` does not.
 """
 
 from __future__ import annotations
@@ -113,7 +114,19 @@ def base() -> ml_collections.ConfigDict:
             mu_dtype="float32",  # Adam first moment; bfloat16 saves memory (13B on 2×A100)
         )
     )
-    c.train = ml_collections.ConfigDict(dict(steps=1000, grad_accum=10, log_every=1))
+    c.train = ml_collections.ConfigDict(
+        dict(
+            steps=1000,
+            grad_accum=10,
+            log_every=1,
+            # validation while training (train/validate.py, docs/train.md): every N steps and at the last one,
+            # greedy answers to data/eval/validation.{lang}.jsonl + the loss of their reference answers; 0 = off
+            validate_every=0,
+            validate_langs=("en", "fr", "pt", "ru"),
+            validate_items=0,  # first N items per language (0 = all 24)
+            validate_max_new_tokens=128,  # answer budget (the run's repetition penalty, greedy)
+        )
+    )
     c.checkpoint = ml_collections.ConfigDict(dict(save_every=200, keep=2, async_save=True))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.export = ml_collections.ConfigDict(dict(enabled=True, dtype="float32"))
@@ -160,6 +173,7 @@ def llama_config(
         c.train.grad_accum = 4  # released LoRA yaml: virtual_dp_size 4
         c.mesh.tensor = 1
     c.export.dtype = "bfloat16"
+    c.train.validate_every = 200  # the released yamls' valid_interval
     return apply_args(c, arg)
 
 
@@ -194,6 +208,7 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
             tuple(f"{lang}={SHIPPED_DOLLY}" for lang in langs) if len(langs) > 1 else (SHIPPED_DOLLY,)
         )
     c.train.steps = 2
+    c.train.validate_every = 0  # off (tests turn it on with --config.train.validate_every)
     c.checkpoint.save_every = 2
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
     c.export.dtype = "float32"

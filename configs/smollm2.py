@@ -5,6 +5,8 @@ Variants: `:ft` (full fine-tuning, lr 1e-5), `:lima` (shipped LIMA instead of Do
           model, 2 steps), `:paper` (Appendix B schedule); comma-separated, e.g. `:ft,lima`.
 Hardware: 2 CPU cores, ~2 GB RAM. Time: ~2 minutes (measured 2m09s wall: ~50 s start-up and compilation,
           then ~6 s/step = 0.16 steps/s, ~60 non-padding tokens/s on a shared 2-core machine).
+Validation: at steps 6 and 12 (en/fr/pt/ru, 4 instructions each, 32 tokens; ~20 s each, the first ~40 s with
+          compilation): `"validation"` lines in metrics.jsonl (train/validate.py).
 Result:   runs/smollm2/export/ (HF directory, LoRA merged; transformers and infer/ load it). The per-step
           loss (runs/smollm2/metrics.jsonl) is 1.7-3.5 and noisy: each step sees different examples;
           tests/test_train_smollm2.py checks that the loss on fixed batches falls.
@@ -31,6 +33,8 @@ def get_config(arg: str | None = None):
     c.train.grad_accum = 2
     c.train.steps = 12
     c.checkpoint.save_every = 6
+    # validation at steps 6 and 12: 4 items × 4 languages, 32 tokens (~20 s each on 2 cores, docs/train.md)
+    c.train.validate_every, c.train.validate_items, c.train.validate_max_new_tokens = 6, 4, 32
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
     if "ft" not in names:
         c.lora.enabled = True

@@ -223,3 +223,49 @@ def tasks_png(
     ax.grid(axis="x", alpha=0.3)
     fig.legend(fontsize=8, loc="outside lower center", ncols=2)
     return _png(fig)
+
+
+@dataclass
+class StepCurve:
+    """One line of a step-curve panel: `ys[k]` (None = not measured) at training step `xs[k]`."""
+
+    name: str
+    xs: list[int]
+    ys: list[float | None]
+    color_index: int
+
+
+def step_curves_png(
+    panels: Sequence[tuple[str, list[StepCurve]]], ncols: int, ylabel: str, suptitle: str = ""
+) -> bytes:
+    """Panels (title, curves) of a metric in [0, 1] over training steps, on a grid of `ncols` columns; one
+    shared legend (curve names, first panel that has them)."""
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(3.4 * ncols + 0.6, 2.9 * nrows + 0.9), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    legend: dict[str, Line2D] = {}
+    for k, (ax, (title, curves)) in enumerate(zip(axes.flat, panels)):
+        for c in curves:
+            pts = [(x, y) for x, y in zip(c.xs, c.ys) if y is not None]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            (h,) = ax.plot(xs, ys, marker="o", markersize=3, color=f"C{c.color_index % 10}", label=c.name)
+            legend.setdefault(c.name, h)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="gray")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step", fontsize=8)
+        if k % ncols == 0:
+            ax.set_ylabel(ylabel, fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_axis_off()
+    if legend:
+        fig.legend(
+            handles=list(legend.values()), loc="outside lower center", ncols=min(len(legend), 6), fontsize=8
+        )
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    return _png(fig)

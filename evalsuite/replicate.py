@@ -61,6 +61,7 @@ class Preset:
     max_new_tokens: int
     batch_size: int
     langs: tuple[str, ...] = ("en", "fr", "pt", "ru")
+    validate_every: int = 0  # train.validate_every (language correctness vs step); 0: off
 
     def overrides(self) -> list[str]:
         # one micro-batch per update; save twice per run (a resume point) without writing every few steps
@@ -70,6 +71,7 @@ class Preset:
             f"checkpoint.save_every={max(1, self.steps // 2)}",
             f"data.seq_len={self.seq_len}",
             f"data.batch_tokens={self.batch_tokens}",
+            f"train.validate_every={self.validate_every}",
         ]
 
 
@@ -94,6 +96,7 @@ PRESETS = {
         subset="all",
         max_new_tokens=256,
         batch_size=113,
+        validate_every=25,
     ),
     # one row per micro-batch (no layout cut), 12 tasks × 4 languages in one generation batch: < 10 min
     "demo": Preset(

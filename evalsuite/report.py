@@ -12,8 +12,9 @@ Models of Figures 2 and 4 and Table 1 are the runs at the chosen LR of each grou
 the surface metrics: by default the paper's three, each needed for every LR of the group, else the report stops
 with an error naming the metric and the runs; --lr_metrics names the metrics to use instead). The header, the
 summary and the runs table state the LR metrics, the relevance model and each run's protocol. Figure 3 right is the anchor run (run.json "anchor", else the first model). All
-numbers come from evalsuite.aggregate / evalsuite.agreement. Modules: report_data (reading, LR choice),
-report_sections (the figures and tables), figures (matplotlib), report_html (CSV, markdown, HTML).
+numbers come from evalsuite.aggregate / evalsuite.agreement. Runs whose train/metrics.jsonl has validation lines
+(train/validate.py) add "language correctness vs training step" curves after the top section.
+Modules: report_data (reading, LR choice), report_sections (the figures and tables), figures (matplotlib), report_html (CSV, markdown, HTML).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from evalsuite.report_data import (
     load_judge,
     load_rows,
     load_runs,
+    load_validation,
     relevance_model,
 )
 from evalsuite.report_html import Section, csv_text, html_page, markdown_report
@@ -135,8 +137,10 @@ def build_report(
     judged = any(r.get("judge_status") in ("ok", "failed") for r in sources["judge"])
 
     top = sec.lang_vs_lr(surface, runs)
+    curves = sec.validation_curves([row for r in runs for row in load_validation(r)])
     sections = [
         *([top] if top is not None else []),
+        *([curves] if curves is not None else []),
         sec.runs_section(runs, chosen_names, rows, notes, labels),
         *sec.fig2_fig4(sources, models, labels, rule, n_boot, judged),
         sec.fig3_surface(surface, runs, chosen, lr_text),

@@ -317,3 +317,40 @@ def choose_runs(
         choices[group] = choice
         chosen[group] = next(r for r in with_lr if r.lr == choice.lr)
     return chosen, notes, choices
+
+
+VALIDATION_FIELDS = ("lang_correct", "code_switch_rate", "spell_ok_rate", "answer_tokens", "loss")
+
+
+def load_validation(run: Run) -> list[Row]:
+    """The validation lines of a run's training log (<run>/train/metrics.jsonl, see train/validate.py): one row
+    per (step, language) {run, group, lr, step, lang, lang_correct, code_switch_rate, spell_ok_rate,
+    answer_tokens, loss, validation_s}, by step; [] when the run has no log or no validation line. A step logged
+    twice (a resumed run) keeps its last line."""
+    path = run.path / "train" / "metrics.jsonl"
+    if not path.exists():
+        return []
+    by_step: dict[int, tuple[float | None, list[Any]]] = {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if '"validation"' not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{path}:{i}: not JSON ({e})") from None
+        val = rec.get("validation")
+        if not isinstance(val, list) or not isinstance(rec.get("step"), int):
+            raise ReportError(f"{path}:{i}: field 'validation' must be a list and 'step' an integer")
+        by_step[rec["step"]] = (rec.get("validation_s"), val)
+    rows = []
+    for step in sorted(by_step):
+        seconds, val = by_step[step]
+        for obj in val:
+            if not isinstance(obj, dict) or not isinstance(obj.get("lang"), str):
+                raise ReportError(f"{path}: step {step}: each validation object needs a 'lang'")
+            rows.append(
+                {"run": run.name, "group": run.group, "lr": run.lr, "step": step, "lang": obj["lang"]}
+                | {k: obj.get(k) for k in VALIDATION_FIELDS}
+                | {"validation_s": seconds}
+            )
+    return rows

@@ -747,3 +747,66 @@ def summary_text(sections: list[Section], header: list[tuple[str, str]], banner:
         ]
         lines += [] if chosen else ["  (no scored run yet)"]
     return "\n".join(lines)
+
+
+def validation_curves(val: list[Row]) -> Section | None:
+    """Language correctness against the training step, per language, one line per run (its LR), from the
+    validation lines the trainer logs every `train.validate_every` steps (report_data.load_validation). The CSV
+    holds every (run, step, language) row; the table shows each run's last validation. None when no run has a
+    validation line."""
+    if not val:
+        return None
+    s = Section("validation_curves", "Language correctness vs training step (validation while training)")
+    groups = list(dict.fromkeys(r["group"] for r in val))
+    langs = sorted({r["lang"] for r in val}, key=lambda x: (LANGS.index(x) if x in LANGS else 9, x))
+    runs = list(dict.fromkeys(r["run"] for r in val))
+    lr_of = {r["run"]: r["lr"] for r in val}
+    group_of = {r["run"]: r["group"] for r in val}
+    by_lr = sorted(runs, key=lambda n: (lr_of[n] is None, lr_of[n] or 0.0))
+    name_of = {}  # one curve name (and colour) per LR; runs sharing a group and an LR get their run name too
+    for n in by_lr:
+        same = [m for m in runs if group_of[m] == group_of[n] and lr_of[m] == lr_of[n]]
+        name_of[n] = f"lr {_lr(lr_of[n])}" + (f" [{n}]" if len(same) > 1 else "")
+    names = list(dict.fromkeys(name_of[n] for n in by_lr))
+    panels = []
+    for g in groups:
+        members = [n for n in by_lr if group_of[n] == g]
+        for lang in langs:
+            curves = []
+            for n in members:
+                pts = sorted((r for r in val if r["run"] == n and r["lang"] == lang), key=lambda r: r["step"])
+                curves.append(figures.StepCurve(name_of[n], [r["step"] for r in pts],
+                                                [r["lang_correct"] for r in pts], names.index(name_of[n])))  # fmt: skip
+            panels.append((lang if len(groups) == 1 else f"{g} — {lang}", curves))
+    s.figure = (
+        "validation_curves.png",
+        figures.step_curves_png(panels, len(langs), "language correctness (fastText)"),
+    )
+    s.text = [
+        "Every train.validate_every steps the trainer answers a fixed validation set of instructions in each "
+        "language (data/eval/validation.*.jsonl, greedy, the run's repetition penalty, a short token budget) and "
+        "logs the share of answers fastText finds in the instruction's language (train/validate.py). A line "
+        "falling outside English while English stays high is overfitting to English as it happens; compare LRs "
+        "within a panel."
+    ]
+    header = ["run", "group", "lr", "step", "lang", "lang correct", "code-switch", "spelling", "answer tokens",
+              "loss", "seconds"]  # fmt: skip
+    disp = []
+    for n in runs:
+        last = max(r["step"] for r in val if r["run"] == n)
+        for r in val:
+            if r["run"] == n and r["step"] == last:
+                disp.append([n, r["group"], _lr(r["lr"]), last, r["lang"], _f(r["lang_correct"], True),
+                             _f(r["code_switch_rate"], True), _f(r["spell_ok_rate"], True),
+                             _f(r["answer_tokens"]), _f(r["loss"]), _f(r["validation_s"])])  # fmt: skip
+    s.tables = [
+        Table(
+            "validation_curves",
+            "Last validation of each run",
+            header,
+            disp,
+            [dict(r) for r in val],
+            note="validation_curves.csv holds every validation step of every run (the curves' data).",
+        )
+    ]
+    return s

@@ -143,17 +143,26 @@ def pick_tokens(logits: jax.Array, row: RowParams, n_gen: jax.Array) -> jax.Arra
     return jax.lax.cond(jnp.any(row.temperature > 0), sample, lambda: greedy)
 
 
-def unstack_params(model: nnx.Module) -> dict[str, Any]:
-    """The model's weights with the layer axis split into a list (one dict per layer)."""
+def unstack_params(model: nnx.Module, dtype: Any = None) -> dict[str, Any]:
+    """The model's weights with the layer axis split into a list (one dict per layer).
+
+    dtype: cast the floating weights to it, slice by slice (e.g. a trainer's fp32 master weights decoded in
+    bf16 without a second full copy in fp32); None keeps the model's dtypes."""
+
+    def cast(a: jax.Array) -> jax.Array:
+        if dtype is None or not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype == dtype:
+            return a
+        return a.astype(dtype)
+
     n = model.cfg.num_layers
     layers = {k: v[...] for k, v in model.layers.items()}
     lora = {k: v[...] for k, v in model.lora.items()}
     return {
-        "embed": model.embed[...],
-        "final_norm": model.final_norm[...],
-        "lm_head": None if model.lm_head is None else model.lm_head[...],
-        "layers": [{k: v[i] for k, v in layers.items()} for i in range(n)],
-        "lora": [{k: v[i] for k, v in lora.items()} for i in range(n)],
+        "embed": cast(model.embed[...]),
+        "final_norm": cast(model.final_norm[...]),
+        "lm_head": None if model.lm_head is None else cast(model.lm_head[...]),
+        "layers": [{k: cast(v[i]) for k, v in layers.items()} for i in range(n)],
+        "lora": [{k: cast(v[i]) for k, v in lora.items()} for i in range(n)],
     }
 
 
@@ -270,11 +279,13 @@ class Decoder:
     one device decodes over several.
     """
 
-    def __init__(self, model: nnx.Module, eos_ids: list[int], pad_id: int, mesh: Mesh | None = None):
+    def __init__(
+        self, model: nnx.Module, eos_ids: list[int], pad_id: int, mesh: Mesh | None = None, dtype: Any = None
+    ):
         self.cfg = model.cfg
         lora_scale = model.lora_cfg.scale if model.lora_cfg is not None else 0.0
         self.graphdef = (model.cfg, lora_scale)  # static part of the jitted programs
-        self.params = unstack_params(model)
+        self.params = unstack_params(model, dtype)  # dtype: see unstack_params
         self.eos_ids = jnp.asarray(sorted(set(eos_ids)) or [-1], jnp.int32)
         self.pad_id = int(pad_id)
         self.mesh = mesh

@@ -126,14 +126,17 @@ class Engine:
         name: str,
         max_batch: int = 16,
         mesh: Mesh | None = None,
+        dtype: Any = None,
     ):
+        """dtype: cast the model's floating weights to it while unstacking them (None: keep them as they are;
+        train/validate.py decodes a trainer's fp32 master weights in the compute dtype this way)."""
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch = max_batch
         self.eos_ids = eos_ids
         self.cfg = model.cfg
         self.mesh = mesh
-        self.decoder = Decoder(model, eos_ids, tokenizer.pad_token_id, mesh=mesh)
+        self.decoder = Decoder(model, eos_ids, tokenizer.pad_token_id, mesh=mesh, dtype=dtype)
         self._json_vocab = None
 
     def derive(

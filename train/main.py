@@ -7,7 +7,8 @@ checkpoint resumes from it exactly; a workdir holding `done.json` is a finished 
 What lands in the workdir:
   config.json         the resolved config (written before training starts)
   checkpoints/<step>/ orbax checkpoints (state + data position), last `checkpoint.keep` kept
-  metrics.jsonl, tb/  per-step metrics (JSONL, TensorBoard)
+  metrics.jsonl, tb/  per-step metrics (JSONL, TensorBoard); with train.validate_every, per-language
+                      validation lines {"step", "validation": [...], "validation_s"} (train/validate.py)
   data_stats.json     records read; used, skipped (per reason) and truncated; layout cuts
   export/             HF directory (LoRA merged) that transformers and infer/ load
   done.json           written last: {"steps", "final_loss", "export", "wall_s", ...}
@@ -30,6 +31,7 @@ from ml_collections import ConfigDict, config_flags
 
 from beam_pipelines.files import atomic_write_text
 from configs.common import ENUMS, base
+from infer.engine import eos_ids_of
 from models.checkpoint import CheckpointError, export_hf
 from models.sharding import make_mesh
 from models.tokenizer import ChatTokenizer
@@ -39,6 +41,7 @@ from .checkpoint import Checkpointer
 from .metrics import MetricsWriter
 from .optim import make_optimizer
 from .state import build_state, jit_train_step, merged_model, put_batch, tokenizer_dir
+from .validate import ValidationError, Validator, load_validation_set, should_validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (configs/*.py[:args]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes if it holds a checkpoint).")
@@ -95,6 +98,15 @@ def validate_config(cfg: ConfigDict) -> None:
     ):
         if got[k] <= 0:
             raise ConfigError(f"config.{k}={got[k]} must be positive")
+    for k in ("train.validate_every", "train.validate_items"):
+        if got[k] < 0:
+            raise ConfigError(f"config.{k}={got[k]} must be >= 0 (0: off / all items)")
+    if got["train.validate_max_new_tokens"] <= 0:
+        raise ConfigError(
+            f"config.train.validate_max_new_tokens={got['train.validate_max_new_tokens']} must be positive"
+        )
+    if got["train.validate_every"] and not got["train.validate_langs"]:
+        raise ConfigError("config.train.validate_langs is empty while train.validate_every > 0")
     if not cfg.model.init_from and not cfg.model.preset:
         raise ConfigError("model.init_from is empty: set it to the base model (HF dir, .gguf or 'embedded')")
 
@@ -109,6 +121,11 @@ def check_inputs(cfg: ConfigDict) -> None:
             raise FileNotFoundError(f"model.init_from={cfg.model.init_from!r}: {p} does not exist")
     if not cfg.data.hub_dataset:
         data_lib.check_paths(cfg.data.paths)
+    if cfg.train.validate_every > 0:
+        try:
+            load_validation_set(tuple(cfg.train.validate_langs), cfg.train.validate_items)
+        except ValidationError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _summary_path(workdir: Path) -> Path:
@@ -186,6 +203,12 @@ def run(cfg: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None =
         )
         total = cfg.train.steps
         last = stop_after if stop_after is not None else total
+        validator = None
+        if cfg.train.validate_every > 0 and jax.process_count() > 1:
+            logging.warning("train.validate_every: validation runs single-process only; skipped on %d processes",
+                            jax.process_count())  # fmt: skip
+        elif cfg.train.validate_every > 0:
+            validator = Validator(cfg, built, tok, eos_ids_of(tok_dir, tok))
         loss = math.nan
         t_log, tokens_log, n_log = time.perf_counter(), 0, 0
         for step in range(start, min(total, last)):
@@ -201,6 +224,10 @@ def run(cfg: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None =
                 row = writer.write(done, row, total)
                 loss = float(m["loss"])
                 t_log, tokens_log, n_log = time.perf_counter(), 0, 0
+            if validator is not None and should_validate(done, cfg.train.validate_every, total):
+                rows, seconds = validator(state)
+                writer.write_validation(done, rows, seconds)
+                t_log += seconds  # the next training line's rates leave the validation out
             if done % cfg.checkpoint.save_every == 0 or done == total:
                 ckpt.save(done, state, loader.state)
         ckpt.close()
@@ -255,7 +282,7 @@ def main(argv: list[str]) -> None:
     try:
         validate_config(cfg)
         check_inputs(cfg)
-    except (ConfigError, CheckpointError, data_lib.DataError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, data_lib.DataError, FileNotFoundError, ValidationError) as e:
         raise app.UsageError(str(e)) from None
     try:
         summary = run(cfg, _WORKDIR.value)

@@ -96,6 +96,32 @@ class MetricsWriter:
         )
         return row
 
+    def write_validation(self, step: int, rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+        """One validation (train/validate.py): a metrics.jsonl line {"step", "time", "validation": [one object
+        per language], "validation_s"} and TensorBoard scalars validation/<lang>/<metric>, validation/seconds."""
+        line = {"step": step, "time": time.time(), "validation": rows, "validation_s": seconds}
+        if not self.enabled:
+            return line
+        self._f.write(json.dumps(line) + "\n")
+        self._f.flush()
+        for r in rows:
+            for k, v in r.items():
+                if k != "lang" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"validation/{r['lang']}/{k}", v, step)
+        self._tb.add_scalar("validation/seconds", seconds, step)
+        self._tb.flush()
+        logging.info(
+            "step %d validation (%.1f s): %s",
+            step,
+            seconds,
+            "  ".join(
+                f"{r['lang']} lang {_pct(r['lang_correct'])} spell {_pct(r['spell_ok_rate'])} "
+                f"loss {r['loss'] if r['loss'] is None else round(r['loss'], 3)}"
+                for r in rows
+            ),
+        )
+        return line
+
     def close(self) -> None:
         if self.enabled and self._tb is not None:
             self._tb.close()
@@ -109,3 +135,7 @@ def _num(v: Any) -> Any:
     if a.ndim or a.dtype.kind not in "biuf":
         return v
     return int(a) if a.dtype.kind in "biu" else float(a)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
