@@ -169,6 +169,8 @@ def load_runs(runs_dir: Path, skip: Path | None = None) -> tuple[list[Run], list
         path = d / "run.json"
         if skip is not None and d.resolve() == skip.resolve():
             continue  # the report's own folder (e.g. runs/demo/report)
+        if d.name == "calibration" and (d / "card.json").exists():
+            continue  # the judge's calibration card (evalsuite.calibrate), read by the report itself
         if not path.exists():
             notes.append(f"{d.name}/ has no run.json: ignored")
             continue
