@@ -6,7 +6,7 @@ What it runs: the `demo` preset of `python -m evalsuite.replicate` (docs/replica
 layout of docs/results.md, stage by stage:
   train     SmolLM2-135M-Instruct, full fine-tuning on the shipped English Dolly subset at a moderate and a
             high LR (1e-4, 1e-3; released protocol: clip 1.0, linear decay, length-sorted padded batches),
-            4 steps of 1024 tokens each;
+            6 steps of 1024 tokens each;
   generate  for both runs and the untuned SmolLM2 (`smollm2-ft-base`), one item of each of 8 of the 25 tasks
             in en/fr/pt/ru (32 prompts, one batch), greedy, repetition penalty 1.2 (the protocol's), 32 new
             tokens;
