@@ -25,6 +25,7 @@ from models.config import (
 )
 from models.modules import rope_inv_freq
 from models.tokenizer import ChatTokenizer
+from tests.infer_helpers import hf_greedy
 from tests.test_models_parity import hf_logits, padded_batch, run
 
 # Head dim 32 with LLaMA-3's theta gives rotary wavelengths 6.3, 14.3, 32.4, 73.5, 167, 379, ... positions.
@@ -205,22 +206,10 @@ def test_llama3_kv_cache_greedy_decoding_equals_hf_generate(llama3_dir):
     new = 10
     results = engine.generate_ids(prompts, DecodeParams(max_new_tokens=new))
     hm = AutoModelForCausalLM.from_pretrained(llama3_dir).eval()
-    width = max(map(len, prompts))
-    ids = torch.tensor([[2] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    with torch.no_grad():
-        ref = hm.generate(
-            ids,
-            attention_mask=mask,
-            do_sample=False,
-            max_new_tokens=new,
-            eos_token_id=[1, 4, 5],
-            pad_token_id=2,
-        )[:, width:].tolist()
+    ref = hf_greedy(hm, prompts, new, 1.0, eos=[1, 4, 5], pad_id=2)  # rows cut after their first EOS
     for res, want in zip(results, ref, strict=True):
-        stop = next((i + 1 for i, t in enumerate(want) if t in (1, 4, 5)), new)
-        assert res.ids == want[:stop]
-        assert res.finish_reason == ("stop" if stop < new or want[new - 1] in (1, 4, 5) else "length")
+        assert res.ids == want
+        assert res.finish_reason == ("stop" if want and want[-1] in (1, 4, 5) else "length")
 
 
 def test_llama3_chat_template_and_eot(llama3_dir):
