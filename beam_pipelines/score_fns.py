@@ -36,7 +36,7 @@ class LLMConfig:
     retry_failed: bool = False
 
     def any(self) -> bool:
-        from evalsuite.llm import parse_model_spec
+        from chat.client import parse_model_spec
 
         specs = (self.judge, self.relevance, self.modifier_judge)
         return any(parse_model_spec(s) for s in specs if s != "same")
@@ -108,7 +108,7 @@ class LLMScoreFn(beam.DoFn):
         self.llm_failed = Metrics.counter(NS, "llm_failed")
 
     def setup(self) -> None:
-        from evalsuite.llm import Budget, ChatCache, ChatRunner, parse_model_spec
+        from chat.client import Budget, ChatCache, ChatRunner, parse_model_spec
 
         c = self.cfg
         self.judge = parse_model_spec(c.judge)

@@ -32,7 +32,6 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from beam_pipelines.files import RecordError
 from beam_pipelines.io import (
     Output,
     check_files,
@@ -43,8 +42,9 @@ from beam_pipelines.io import (
     run_and_commit,
 )
 from beam_pipelines.quality import FLAGS, LENGTH_BAND, translation_flags
-from beam_pipelines.schemas import TRANSLATION_SCHEMA
 from beam_pipelines.translators import ChatTranslatorHandler, Seq2SeqHandler, split_segments
+from records.files import RecordError
+from records.schemas import TRANSLATION_SCHEMA
 
 NS = "xlit.translate"
 FIELDS = ("instruction", "context", "response")
@@ -137,7 +137,7 @@ class SplitFn(beam.DoFn):
             tok = AutoTokenizer.from_pretrained(self.tokenizer_path)
             self.count = lambda s: len(tok(s, add_special_tokens=True)["input_ids"])
         else:
-            from evalsuite.llm import estimate_tokens
+            from chat.client import estimate_tokens
 
             self.count = estimate_tokens
 
@@ -294,7 +294,7 @@ def make_handler(args: argparse.Namespace) -> tuple[ModelHandler, str | None]:
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    from evalsuite.llm import DEFAULT_CACHE_DIR
+    from chat.client import DEFAULT_CACHE_DIR
 
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--input", required=True, help="Dolly JSONL glob, or TRANSLATION_SCHEMA Parquet glob.")

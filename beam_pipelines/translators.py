@@ -168,7 +168,7 @@ def translation_prompt(text: str, src: str, tgt: str) -> str:
 
 
 def _parse_translation(reply: str) -> str:
-    from evalsuite.llm import ParseError
+    from chat.client import ParseError
 
     text = reply.strip()
     if not text:
@@ -197,7 +197,7 @@ class ChatTranslatorHandler(ModelHandler[dict, PredictionResult, Any]):
         return {"model": self.spec, "temperature": 0, "prompt": "translation_prompt"}
 
     def load_model(self) -> Any:
-        from evalsuite.llm import ChatCache, ChatRunner, parse_model_spec
+        from chat.client import ChatCache, ChatRunner, parse_model_spec
 
         cache = ChatCache(self.cache_dir) if self.cache_dir else None
         return ChatRunner(parse_model_spec(self.spec), cache=cache, **self.runner_kwargs)
@@ -205,7 +205,7 @@ class ChatTranslatorHandler(ModelHandler[dict, PredictionResult, Any]):
     def run_inference(
         self, batch: Sequence[dict], model: Any, inference_args: dict[str, Any] | None = None
     ) -> Iterator[PredictionResult]:
-        from evalsuite.llm import ChatRequest
+        from chat.client import ChatRequest
 
         reqs = [
             ChatRequest(

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from beam_pipelines.files import atomic_write_text
 from models.config import LlamaConfig, preset
+from records.files import atomic_write_text
 
 Case = tuple[str, tuple[Any, ...]]  # ("train" | "decode", arguments)
 

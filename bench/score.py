@@ -10,7 +10,7 @@ before timing. Each timed run scores all 452 responses; "warm" keeps the spell c
 previous passes (a long-running worker), "cold" clears it before every run. With `--one_core` the process is
 pinned to CPU 0 (the goal is ≥ 5,000 responses/s on one core).
 
-Judge: `evalsuite.judge.judge_all` through `evalsuite.llm.ChatRunner` against `tests/fake_openai_server.py`
+Judge: `evalsuite.judge.judge_all` through `chat.client.ChatRunner` against `tests/fake_openai_server.py`
 started in-process on 127.0.0.1 with no faults, for `--judge_items` (task, response) pairs: cache off, and cache
 on (a fresh sqlite cache: first pass = misses that fill it, later passes = all hits). Server and client share
 this process (and its GIL), so the figure is a lower bound on the client's own overhead. Wall-clock rates
@@ -106,8 +106,8 @@ def bench_surface() -> list[dict[str, Any]]:
 
 
 def judge_pass(base_url: str, items: list[tuple[str, str]], cache_dir: str | None) -> dict[str, Any]:
+    from chat.client import ChatCache, ChatRunner, ModelSpec
     from evalsuite.judge import judge_all
-    from evalsuite.llm import ChatCache, ChatRunner, ModelSpec
 
     cache = ChatCache(cache_dir) if cache_dir else None
     runner = ChatRunner(ModelSpec("gpt-3.5-turbo-0125", base_url), cache=cache, concurrency=FLAGS.concurrency)

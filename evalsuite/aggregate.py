@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from beam_pipelines.schemas import JUDGE_CRITERIA
+from records.schemas import JUDGE_CRITERIA
 
 NON_EN = ("fr", "pt", "ru")
 SURFACE_METRICS = ("lang_correct", "spell_ok_rate", "relevance")

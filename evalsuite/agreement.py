@@ -2,7 +2,7 @@
 
 A pair is (judge score, human score) for one response and one criterion, both on the 0/1/2 scale. The
 judge score comes from a scores row (`judge_<criterion>`, only when `judge_status == "ok"`); human scores
-from evalsuite.human's ratings (column `<criterion>`). A response rated by several annotators gives one pair
+from reporting.human's ratings (column `<criterion>`). A response rated by several annotators gives one pair
 per annotator. `matrix[x, y]` is the percentage of pairs the judge rated x and the human rated y, as in
 Figure 5. Cohen's kappa with linear weights w_ij = |i - j| / 2:
     kappa = 1 - sum(w * observed) / sum(w * expected),  expected = outer(judge marginal, human marginal).
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from beam_pipelines.schemas import JUDGE_CRITERIA
+from records.schemas import JUDGE_CRITERIA
 
 LEVELS = 3  # scores 0, 1, 2
 Row = dict[str, Any]

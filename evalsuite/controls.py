@@ -1,4 +1,4 @@
-"""Built-in calibration controls for the judge and the relevance model (see evalsuite.calibrate).
+"""Built-in calibration controls for the judge and the relevance model (see study.calibrate).
 
 Each control is an (instruction, response) pair whose correct verdict is known ("hidden labels"):
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from beam_pipelines.files import RecordError, iter_jsonl
-from beam_pipelines.schemas import INSTRUCTION_SCHEMA
+from records.files import RecordError, iter_jsonl
+from records.schemas import INSTRUCTION_SCHEMA
 
 LANGS = ("en", "fr", "pt", "ru")
 N_EVAL = 113

@@ -25,8 +25,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from beam_pipelines.schemas import JUDGE_CRITERIA
-from evalsuite.llm import (
+from chat.client import (
     ChatOutcome,
     ChatRequest,
     ChatRunner,
@@ -35,6 +34,7 @@ from evalsuite.llm import (
     rating_distribution,
 )
 from evalsuite.prompts import judge_prompt
+from records.schemas import JUDGE_CRITERIA
 
 ALIASES = {
     "language": ("language", "correctlanguage", "languagecorrectness", "lang", "correctlang"),

@@ -38,9 +38,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import NamedTuple
 
+from chat.client import ChatRequest
 from evalsuite.data import LANGS, MODIFIER_TYPES, load_eval
 from evalsuite.langid import LangId
-from evalsuite.llm import ChatRequest
 from evalsuite.prompts import modifier_prompt
 from evalsuite.relevance import parse_binary_reply
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from beam_pipelines.files import RecordError, iter_jsonl, read_table
-from beam_pipelines.schemas import SCORE_SCHEMA
+from records.files import RecordError, iter_jsonl, read_table
+from records.schemas import SCORE_SCHEMA
 
 REQUIRED = ("id", "lang", "messages", "response")
 OPTIONAL_STR = ("task", "modifier_type", "modifier_arg")

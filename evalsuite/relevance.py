@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from evalsuite.llm import (
+from chat.client import (
     ChatOutcome,
     ChatRequest,
     ChatRunner,

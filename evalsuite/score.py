@@ -6,7 +6,7 @@ r"""Scores a generations file: surface metrics, relevance, the 6-criterion judge
 
 Input: Parquet or JSONL with at least id, lang, messages, response (task, modifier_type, modifier_arg,
 base_instruction used when present; every other column passed through). Output: the input plus the
-columns of beam_pipelines.schemas.SCORE_SCHEMA (see docs/evalsuite.md), written atomically.
+columns of records.schemas.SCORE_SCHEMA (see docs/evalsuite.md), written atomically.
 The API key is read from the environment variable named by --api_key_env (default OPENAI_API_KEY).
 """
 
@@ -18,9 +18,7 @@ import time
 
 from absl import app, flags, logging
 
-from beam_pipelines.files import RecordError, atomic_write_parquet
-from beam_pipelines.schemas import SchemaError
-from evalsuite.llm import (
+from chat.client import (
     DEFAULT_CACHE_DIR,
     Budget,
     ChatCache,
@@ -33,6 +31,8 @@ from evalsuite.records import read_generations
 from evalsuite.scoring import attach_scores, plan_llm, score_rows
 from evalsuite.spelling import DEFAULT_DICT_DIRS
 from evalsuite.surface import SurfaceScorer
+from records.files import RecordError, atomic_write_parquet
+from records.schemas import SchemaError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("generations", None, "Parquet or JSONL file of responses to score.")

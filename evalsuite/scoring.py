@@ -14,13 +14,13 @@ from typing import Any
 import pyarrow as pa
 from absl import logging
 
-from beam_pipelines.schemas import SCORE_SCHEMA, SchemaError, validate
+from chat.client import ChatCache, ChatOutcome, ChatRequest, ChatRunner, Estimator, ModelSpec
 from evalsuite.judge import binary_schema_format, judge_columns, judge_request, task_text
-from evalsuite.llm import ChatCache, ChatOutcome, ChatRequest, ChatRunner, Estimator, ModelSpec
 from evalsuite.modifiers import LLM_TYPES, helpfulness_with_modifier, modifier_request
 from evalsuite.records import score_columns
 from evalsuite.relevance import relevance_columns, relevance_request
 from evalsuite.surface import SurfaceScorer
+from records.schemas import SCORE_SCHEMA, SchemaError, validate
 
 
 @dataclasses.dataclass

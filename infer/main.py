@@ -22,10 +22,10 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from beam_pipelines.files import RecordError, atomic_write_text
 from infer.decode import DecodeParams
 from infer.records import ResumableOutput, read_prompts
 from infer.run_settings import fill_unset
+from records.files import RecordError, atomic_write_text
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

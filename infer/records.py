@@ -2,7 +2,7 @@
 
 Input rows hold chat messages and an id: the shipped evaluation files (one `[{"role", "content"}]` list per
 line, id = 0-based line number) or objects with `messages` (or a `prompt` string) and optional `id`; any
-other field is passed through. Output follows `beam_pipelines.schemas.GENERATION_SCHEMA`.
+other field is passed through. Output follows `records.schemas.GENERATION_SCHEMA`.
 
 Resume: finished rows are appended as Parquet parts (`<output>.parts/part-*.parquet`, each written through
 a temporary file and a rename); at the end the parts and any earlier output are merged into `<output>`
@@ -19,8 +19,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from beam_pipelines.files import RecordError, atomic_write_parquet, iter_jsonl, read_table
-from beam_pipelines.schemas import GENERATION_SCHEMA, MESSAGES
+from records.files import RecordError, atomic_write_parquet, iter_jsonl, read_table
+from records.schemas import GENERATION_SCHEMA, MESSAGES
 
 OUTPUT_FIELDS = [*GENERATION_SCHEMA.names, "error"]
 

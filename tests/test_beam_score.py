@@ -14,12 +14,12 @@ from fake_openai_server import FakeOpenAIServer
 
 from beam_pipelines import score
 from beam_pipelines.io import Output, metric_totals, read_outputs
-from beam_pipelines.schemas import SchemaError
 from beam_pipelines.score_fns import NS, LLMConfig
+from chat.client import Budget, ChatCache, ChatRunner, parse_model_spec
 from evalsuite import data
-from evalsuite.llm import Budget, ChatCache, ChatRunner, parse_model_spec
 from evalsuite.scoring import attach_scores, plan_llm, score_rows
 from evalsuite.surface import SurfaceScorer
+from records.schemas import SchemaError
 
 
 def gen_rows() -> list[dict]:

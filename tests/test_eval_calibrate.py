@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from evalsuite import calibrate as cal
+from evalsuite import calibration as cal
 from evalsuite.controls import KINDS, build_controls
+from study import calibration_run
 from tests.fake_openai_server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,14 +120,14 @@ def _run(tmp_path: Path, mode: str, per_kind: int = 4, repeat: int = 4) -> dict:
     controls = build_controls(per_kind)
     labels = {(c.instruction, c.response): c for c in controls}
     with FakeOpenAIServer(seed=1, fault_rate=0.0, judge_mode=mode, labels=labels) as srv:
-        setup = cal.Setup(
+        setup = calibration_run.Setup(
             judge=f"openai:fake-judge@{srv.base_url}",
             per_kind=per_kind,
             repeat=repeat,
             cache_dir=str(tmp_path / "cache"),
         )
-        card = cal.run_calibration(setup, tmp_path / f"card-{mode}", log=lambda *_: None)
-        again = cal.run_calibration(setup, tmp_path / f"card-{mode}", log=lambda *_: None)
+        card = calibration_run.run_calibration(setup, tmp_path / f"card-{mode}", log=lambda *_: None)
+        again = calibration_run.run_calibration(setup, tmp_path / f"card-{mode}", log=lambda *_: None)
         requests = srv.stats["requests"]
     assert again == card  # an up-to-date card is reused: no call
     n = len(controls)
@@ -163,7 +164,7 @@ def test_oracle_judge_passes_calibration(tmp_path):
 
 
 def test_cli_dry_run_and_usage(tmp_path):
-    cmd = [sys.executable, "-m", "evalsuite.calibrate", f"--out={tmp_path}", f"--cache_dir={tmp_path / 'c'}"]
+    cmd = [sys.executable, "-m", "study.calibrate", f"--out={tmp_path}", f"--cache_dir={tmp_path / 'c'}"]
     p = subprocess.run(
         [*cmd, "--judge=openai:gpt-4o-mini", "--dry_run", "--per_kind=2", "--repeat=2"],
         cwd=ROOT,
@@ -192,7 +193,7 @@ def test_card_status(tmp_path):
 
 
 def test_demo_summary_hides_helpfulness_of_an_untrusted_judge():
-    from evalsuite.demo import summary_table
+    from study.demo import summary_table
 
     rows = [
         {
@@ -212,7 +213,7 @@ def test_demo_summary_hides_helpfulness_of_an_untrusted_judge():
 
 
 def test_demo_calibration_stage_writes_the_card_the_report_reads(tmp_path, capsys):
-    from evalsuite.demo import calibrate_judge
+    from study.demo import calibrate_judge
 
     labels = {(c.instruction, c.response): c for c in build_controls(8)}  # the CLI's default size
     with FakeOpenAIServer(fault_rate=0.0, judge_mode="oracle", labels=labels) as srv:

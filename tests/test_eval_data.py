@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from beam_pipelines.files import RecordError
-from beam_pipelines.schemas import INSTRUCTION_SCHEMA
 from evalsuite import data
+from records.files import RecordError
+from records.schemas import INSTRUCTION_SCHEMA
 
 
 def test_eval_set_counts_ids_and_alignment():

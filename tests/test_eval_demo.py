@@ -1,8 +1,8 @@
-"""evalsuite.demo's summary: the one-screen table and the judge parse-success line, on hand-made rows."""
+"""study.demo's summary: the one-screen table and the judge parse-success line, on hand-made rows."""
 
 from __future__ import annotations
 
-from evalsuite.demo import judge_rates, summary_table
+from study.demo import judge_rates, summary_table
 
 
 def row(model: str, lang: str, ok: bool, helpful: int | None, status: str = "ok", **kw) -> dict:

@@ -1,4 +1,4 @@
-"""evalsuite.grid end to end on the tiny random config (2 LRs, 4 prompts, fake OpenAI judge): layout of
+"""study.grid end to end on the tiny random config (2 LRs, 4 prompts, fake OpenAI judge): layout of
 docs/results.md, a SIGKILL mid-run resumed, a second invocation that reruns nothing, stale detection,
 the dry run over the seven paper configs, and bad flags."""
 
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from fake_openai_server import FakeOpenAIServer
 
-from beam_pipelines.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA
+from records.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ("smollm2-runlocal-lr0.0001", "smollm2-runlocal-lr0.001")
@@ -39,7 +39,7 @@ def env() -> dict[str, str]:
 
 def grid_args(workdir: Path, cache: Path, judge: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "evalsuite.grid", "--configs=configs/smollm2.py:runlocal", "--lrs=1e-4,1e-3",
+        sys.executable, "-m", "study.grid", "--configs=configs/smollm2.py:runlocal", "--lrs=1e-4,1e-3",
         f"--workdir={workdir}", "--eval=paper", "--langs=en,fr", "--subset=tasks=2", "--max_new_tokens=8",
         f"--judge={judge}", f"--cache_dir={cache}", *extra,
     ]  # fmt: skip
@@ -163,7 +163,7 @@ def test_dry_run_paper_configs_offline(tmp_path):
         [
             sys.executable,
             "-m",
-            "evalsuite.grid",
+            "study.grid",
             f"--configs={configs}",
             "--lrs=1e-6,1e-5,1e-4",
             f"--workdir={tmp_path / 'runs'}",
@@ -195,7 +195,7 @@ def test_dry_run_paper_configs_offline(tmp_path):
     ],
 )
 def test_bad_flags_exit_2(tmp_path, flag, message):
-    args = [sys.executable, "-m", "evalsuite.grid", "--configs=configs/smollm2.py", "--lrs=1e-4", "--dry_run"]
+    args = [sys.executable, "-m", "study.grid", "--configs=configs/smollm2.py", "--lrs=1e-4", "--dry_run"]
     key = flag.split("=")[0]
     args = [a for a in args if not a.startswith(key + "=")] + [flag, f"--workdir={tmp_path}"]
     out = run(args)
@@ -204,7 +204,7 @@ def test_bad_flags_exit_2(tmp_path, flag, message):
 
 
 def test_bad_values_name_the_flag():
-    from evalsuite import grid_plan as gp
+    from study import grid_plan as gp
 
     cases = [
         (lambda: gp.parse_subset("tasks=x"), "--subset: 'tasks=x': 'x' is not an integer"),
@@ -231,7 +231,7 @@ def test_bad_values_name_the_flag():
 
 
 def test_subset_is_task_balanced_and_aligned():
-    from evalsuite import grid_plan as gp
+    from study import grid_plan as gp
 
     recs = gp.select_records(["paper", "modifiers"], ["en", "ru"], gp.parse_subset("tasks=6,modifiers=2"))
     assert len(recs) == 2 * (6 + 2)
@@ -250,7 +250,7 @@ def test_dry_run_decodes_each_run_by_its_protocol_and_config_lr_grid(tmp_path):
         [
             sys.executable,
             "-m",
-            "evalsuite.grid",
+            "study.grid",
             f"--configs={','.join(specs)}",
             f"--workdir={tmp_path / 'runs'}",
             f"--cache_dir={tmp_path / 'c'}",
@@ -273,7 +273,7 @@ def test_dry_run_decodes_each_run_by_its_protocol_and_config_lr_grid(tmp_path):
 
 
 def test_config_arguments_with_commas_and_own_lrs():
-    from evalsuite import grid_plan as gp
+    from study import grid_plan as gp
 
     specs = gp.split_config_list(
         "configs/smollm2.py:ft,lima@1e-4,configs/smollm2.py:ft@1e-5+1e-3,configs/a.py"
@@ -296,7 +296,7 @@ def test_config_arguments_with_commas_and_own_lrs():
 
 
 def test_relevance_defaults_to_the_papers_model_when_configured():
-    from evalsuite.grid_run import resolve_judges, resolve_relevance
+    from study.grid_run import resolve_judges, resolve_relevance
 
     spec, note = resolve_relevance("paper", env={})
     assert spec == "same" and "LLaMA-2-chat-7B is not configured" in note

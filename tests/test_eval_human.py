@@ -15,10 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipelines.files import atomic_write_parquet
-from beam_pipelines.schemas import JUDGE_CRITERIA
-from evalsuite import agreement, human
+from evalsuite import agreement
 from evalsuite.data import LANGS, N_EVAL, load_eval, load_modifiers, load_tasks
+from records.files import atomic_write_parquet
+from records.schemas import JUDGE_CRITERIA
+from reporting import human
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {  # run name -> run.json fields
@@ -296,7 +297,7 @@ def test_import_errors_on_scores_and_files(packet, tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "evalsuite.human", *args],
+        [sys.executable, "-m", "reporting.human", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

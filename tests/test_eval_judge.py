@@ -8,9 +8,9 @@ import re
 
 import pytest
 
+from chat.client import ParseError
 from evalsuite import prompts
 from evalsuite.judge import judge_params, parse_judge_reply
-from evalsuite.llm import ParseError
 from evalsuite.relevance import parse_binary_reply
 
 ALL = ("language", "helpfulness", "fluency", "factuality", "logic", "harmlessness")
@@ -226,8 +226,8 @@ def test_expected_scores_weight_the_star_tokens():
 
 
 def test_expected_relevance_and_columns():
+    from chat.client import ChatOutcome
     from evalsuite.judge import judge_columns
-    from evalsuite.llm import ChatOutcome
     from evalsuite.relevance import expected_binary, relevance_columns
 
     toks = _tokens(
@@ -247,8 +247,8 @@ PROMPT_KEYS_ORDER = ("Language", "Fluency", "Helpfulness", "Accuracy", "Logical 
 
 
 def test_runner_keeps_logprobs_in_the_cache_and_copes_without(tmp_path):
+    from chat.client import ChatCache, ChatRunner, ModelSpec
     from evalsuite.judge import judge_columns, judge_request
-    from evalsuite.llm import ChatCache, ChatRunner, ModelSpec
     from tests.fake_openai_server import FakeOpenAIServer
 
     reqs = [judge_request("Task", f"XLIT_STARS=333333 answer {i}") for i in range(8)]  # all 3 stars

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from fake_openai_server import CRITERIA_KEYS, FakeOpenAIServer, judge_stars
 
-from evalsuite.judge import judge_request
-from evalsuite.llm import (
+from chat.client import (
     Budget,
     ChatCache,
     ChatRunner,
@@ -15,6 +14,7 @@ from evalsuite.llm import (
     cache_key,
     parse_model_spec,
 )
+from evalsuite.judge import judge_request
 
 FAST = dict(timeout_s=0.5, backoff_s=0.005, backoff_max_s=0.02)
 KEY_ORDER = dict(

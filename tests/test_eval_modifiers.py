@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from fake_openai_server import FakeOpenAIServer
 
+from chat.client import ChatRunner, ModelSpec
 from evalsuite.data import load_modifiers
 from evalsuite.langid import get_langid
-from evalsuite.llm import ChatRunner, ModelSpec
 from evalsuite.modifiers import (
     THRESHOLDS,
     Thresholds,

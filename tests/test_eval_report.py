@@ -1,4 +1,4 @@
-"""evalsuite.report on a synthetic runs directory: exact values of every table, LR choice, failed-item flags,
+"""reporting.report on a synthetic runs directory: exact values of every table, LR choice, failed-item flags,
 a self-contained page, the demo banner, errors naming the file and field."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipelines.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA, JUDGE_CRITERIA, SCORE_SCHEMA
 from evalsuite import aggregate as agg
-from evalsuite import report
 from evalsuite.agreement import weighted_kappa
+from records.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA, JUDGE_CRITERIA, SCORE_SCHEMA
+from reporting import report
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS: dict[str, pa.Field] = {}
@@ -331,7 +331,7 @@ def test_lr_choice_fails_when_relevance_is_missing_for_one_lr(tmp_path):
     assert f"group {TINY!r}: LR choice needs relevance for every LR; missing for runs: {LOW}" in msg
     assert ANCHOR not in msg and "--lr_metrics=lang_correct,spell_ok_rate" in msg
     # the same rule in the human-evaluation packet (one strict function for both)
-    from evalsuite import human
+    from reporting import human
 
     with pytest.raises(ValueError, match=f"needs relevance for every LR; missing for runs: {LOW}"):
         human.select_runs([_with_gens(r) for r in human.load_runs(runs)])
@@ -354,7 +354,7 @@ def _with_gens(run):
 
 
 def test_relevance_model_read_per_run(tmp_path):
-    from evalsuite.report_data import relevance_model_of
+    from reporting.report_data import relevance_model_of
 
     runs, _ = make_runs(tmp_path, human=False)
     scores = runs / ANCHOR / "scores.parquet"
@@ -395,7 +395,7 @@ def test_summary_cli_states_protocol_relevance_model_and_lr_metrics(tmp_path):
         cmd = [
             sys.executable,
             "-m",
-            "evalsuite.summary",
+            "reporting.summary",
             f"--scores={','.join(map(str, paths))}",
             "--n_boot=10",
         ]
@@ -482,7 +482,7 @@ def test_demo_banner_and_no_human(tmp_path):
     rep = report.build_report(runs, None, "fasttext", 50)
     page = report.write_report(rep, tmp_path / "out").read_text(encoding="utf-8")
     assert report.DEMO_BANNER in page and "--rule=fasttext" in page
-    assert "python -m evalsuite.human export --runs=" in page
+    assert "python -m reporting.human export --runs=" in page
     # no human panels; fastText still rates the language criterion of every judged paper response
     assert (tmp_path / "out" / "fig5.png").exists()
     fig5 = read_csv(tmp_path / "out" / "fig5.csv")
@@ -528,7 +528,7 @@ def test_cli(tmp_path, capsys):
     cmd = [
         sys.executable,
         "-m",
-        "evalsuite.report",
+        "reporting.report",
         f"--runs={runs}",
         f"--out={out}",
         f"--human={ratings}",
@@ -542,7 +542,7 @@ def test_cli(tmp_path, capsys):
     (runs / ANCHOR / "run.json").write_text("{not json")  # the same main(), in-process (no second start-up)
     report.FLAGS([cmd[2], *cmd[3:]])
     with pytest.raises(SystemExit) as e:
-        report.main(["evalsuite.report"])
+        report.main(["reporting.report"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and str(runs / ANCHOR / "run.json") in err and "invalid JSON" in err
 
@@ -583,7 +583,7 @@ def test_note_when_the_judge_rejects_every_language(tmp_path):
 
 
 def test_untrusted_judge_is_greyed(tmp_path):
-    from evalsuite.report import build_report
+    from reporting.report import build_report
 
     runs, _ = make_runs(tmp_path, human=False)
     trusted = build_report(runs, n_boot=20)

@@ -1,4 +1,4 @@
-"""End to end: `python -m evalsuite.score` and `python -m evalsuite.summary` as subprocesses, the judge
+"""End to end: `python -m evalsuite.score` and `python -m reporting.summary` as subprocesses, the judge
 and relevance against the fault-injecting server on 127.0.0.1."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from fake_openai_server import CRITERIA_KEYS, FakeOpenAIServer, binary_verdict, judge_stars
 
-from beam_pipelines.files import RecordError, atomic_write_parquet
 from evalsuite import data
 from evalsuite.prompts import judge_prompt, relevance_prompt
 from evalsuite.records import read_generations
+from records.files import RecordError, atomic_write_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-xlit-e2e-SECRET-987654321"
@@ -147,7 +147,7 @@ def test_judge_end_to_end_with_faults_then_cache_only(tmp_path):
     with_lr = tmp_path / "with_lr.parquet"
     atomic_write_parquet(scored.append_column("lr", lrs), with_lr)
     js = tmp_path / "tables.json"
-    p = run("evalsuite.summary", f"--scores={with_lr}", "--n_boot=100", f"--output_json={js}")
+    p = run("reporting.summary", f"--scores={with_lr}", "--n_boot=100", f"--output_json={js}")
     assert p.returncode == 0, p.stderr[-2000:]
     for header in (
         "en vs mean(fr,pt,ru)",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from beam_pipelines.schemas import GENERATION_SCHEMA, validate
+from records.schemas import GENERATION_SCHEMA, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from evalsuite import grid_plan as gp
 from infer.run_settings import DEFAULTS, fill_unset, run_settings
+from study import grid_plan as gp
 
 
 def workdir(tmp_path: Path, spec: str) -> Path:

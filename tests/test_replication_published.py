@@ -1,7 +1,7 @@
 """docs/replication/: the committed generations give back the committed table.
 
 Language correctness, code-switching and spelling are recomputed from `generations.parquet` with the real
-fastText / Hunspell scorer (evalsuite.surface), tabulated by evalsuite.replicate.table, and compared with
+fastText / Hunspell scorer (evalsuite.surface), tabulated by study.replicate.table, and compared with
 `table.csv` as committed; the published scores must equal the recomputed ones row by row.
 """
 
@@ -14,18 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from beam_pipelines.files import read_table
-from evalsuite import replicate
 from evalsuite.surface import SurfaceScorer
+from records.files import read_table
+from study import replicate
 
 PUBLISHED = Path(__file__).resolve().parent.parent / "docs" / "replication"
 
 
 def test_published_replication_recomputes():
     if not (PUBLISHED / "generations.parquet").exists():
-        pytest.fail(
-            f"{PUBLISHED}/generations.parquet is missing: run python -m evalsuite.replicate --publish"
-        )
+        pytest.fail(f"{PUBLISHED}/generations.parquet is missing: run python -m study.replicate --publish")
     gens = read_table(PUBLISHED / "generations.parquet").to_pylist()
     meta = {r["run"]: r for r in json.loads((PUBLISHED / "runs.json").read_text())}
     scorer = SurfaceScorer()

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipelines.schemas import TRANSLATION_SCHEMA
 from models.tokenizer import TEMPLATES, ChatTokenizer
+from records.schemas import TRANSLATION_SCHEMA
 from train.data import DataError, Loader, _dolly_messages, budget_groups, read_corpus
 
 

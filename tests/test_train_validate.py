@@ -244,7 +244,7 @@ def _add_training_logs(runs: Path) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def val_report(tmp_path_factory):
-    from evalsuite import report
+    from reporting import report
     from tests.test_eval_report import make_runs
 
     root = tmp_path_factory.mktemp("val_report")
@@ -282,7 +282,7 @@ def test_report_draws_validation_curves_from_the_metrics_lines(val_report):
 
 
 def test_report_without_validation_lines_has_no_curves(tmp_path):
-    from evalsuite import report
+    from reporting import report
     from tests.test_eval_report import make_runs
 
     runs, ratings = make_runs(tmp_path)

@@ -50,8 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from beam_pipelines.files import RecordError, iter_jsonl, read_table
-from beam_pipelines.schemas import TRANSLATION_SCHEMA, validate
+from records.files import RecordError, iter_jsonl, read_table
+from records.schemas import TRANSLATION_SCHEMA, validate
 
 FORMATS = ("dolly", "lima")
 LANG_SAMPLING = ("uniform", "proportional")

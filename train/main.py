@@ -29,12 +29,12 @@ import jax
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from beam_pipelines.files import atomic_write_text
 from configs.common import ENUMS, base
 from infer.engine import eos_ids_of
 from models.checkpoint import CheckpointError, export_hf
 from models.sharding import make_mesh
 from models.tokenizer import ChatTokenizer
+from records.files import atomic_write_text
 
 from . import data as data_lib
 from .checkpoint import Checkpointer

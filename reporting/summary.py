@@ -1,6 +1,6 @@
 r"""Prints the paper's tables from one or more score files (output of evalsuite.score).
 
-  python -m evalsuite.summary --scores=a.parquet,b.parquet [--rule=judge|fasttext] [--output_json=t.json]
+  python -m reporting.summary --scores=a.parquet,b.parquet [--rule=judge|fasttext] [--output_json=t.json]
       [--lr_metrics=lang_correct,spell_ok_rate]
 
 Rows are grouped by the `model` column (or the file name when there is none). Main-criteria, task and
@@ -22,10 +22,10 @@ from typing import Any
 
 from absl import app, flags
 
-from beam_pipelines.files import RecordError, atomic_write_text, read_table
 from evalsuite import aggregate as agg
-from evalsuite.calibrate import card_status
-from evalsuite.report_data import (
+from evalsuite.calibration import card_status
+from records.files import RecordError, atomic_write_text, read_table
+from reporting.report_data import (
     NO_PROTOCOL,
     model_name,
     protocol_text,

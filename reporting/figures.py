@@ -1,7 +1,7 @@
-"""Matplotlib figures of the report (evalsuite.report), rendered to PNG bytes.
+"""Matplotlib figures of the report (reporting.report), rendered to PNG bytes.
 
 Uses `matplotlib.figure.Figure` with the Agg canvas directly (no pyplot, no global backend state), so it
-works headless and in threads. Every function takes plain numbers prepared by evalsuite.report.
+works headless and in threads. Every function takes plain numbers prepared by reporting.report.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 r"""The paper's LR finding at small scale (Sec. 5.3), on the embedded SmolLM2: train, generate, score, tabulate.
 
-    python -m evalsuite.replicate [--preset=cpu|gpu|demo] [--workdir=runs/replicate] [--publish=DIR]
+    python -m study.replicate [--preset=cpu|gpu|demo] [--workdir=runs/replicate] [--publish=DIR]
 
-What it runs (one `evalsuite.grid`, so every stage resumes after an interruption):
+What it runs (one `study.grid`, so every stage resumes after an interruption):
   * the untuned SmolLM2-135M-Instruct (`smollm2-ft-base`);
   * full fine-tuning on the shipped English Dolly subset at three LRs (preset `lrs`: under-training →
     overfitting), released protocol (clip 1.0, linear decay to lr/10, length-sorted padded batches,
@@ -13,7 +13,7 @@ then greedy answers to the same evaluation prompts in en/fr/pt/ru (`subset`: tas
 The table (per run × language: language correctness, code-switch rate, spelling, each with a bootstrap 95% CI)
 and the figure (those metrics against LR, one line per language, untuned model dashed, LIMA as a star) are
 written to `<workdir>/replication/`; `--publish=DIR` also copies the generations and scores there (Parquet), so
-the table can be recomputed from them (`python -m evalsuite.replicate --table_from=DIR`).
+the table can be recomputed from them (`python -m study.replicate --table_from=DIR`).
 
 Presets (docs/replication.md says why these sizes): `cpu` is the committed run (2-core machine, about an
 hour); `gpu` the same experiment with more steps and the whole evaluation set for one lent GPU (< 10 min);
@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from beam_pipelines.files import atomic_write_bytes, atomic_write_parquet, atomic_write_text, read_table
 from evalsuite import aggregate as agg
-from evalsuite import grid_plan as gp
-from evalsuite.grid_run import Grid, GridOptions
+from records.files import atomic_write_bytes, atomic_write_parquet, atomic_write_text, read_table
+from study import grid_plan as gp
+from study.grid_run import Grid, GridOptions
 
 CONFIG = "configs/smollm2.py:ft"
 LIMA_CONFIG = "configs/smollm2.py:ft,lima"
@@ -50,7 +50,7 @@ METRIC_NAMES = {
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """Sizes of one replication run. `subset` is evalsuite.grid's --subset (per language)."""
+    """Sizes of one replication run. `subset` is study.grid's --subset (per language)."""
 
     lrs: tuple[float, ...]
     lima_lr: float | None

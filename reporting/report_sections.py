@@ -1,4 +1,4 @@
-"""The sections of evalsuite.report (figures + tables), laid out from rows read by evalsuite.report_data.
+"""The sections of reporting.report (figures + tables), laid out from rows read by reporting.report_data.
 
 Numbers come from evalsuite.aggregate / evalsuite.agreement only; this module selects rows, arranges them
 as the paper's Figures 2-5 and Table 1, and formats cells as "mean [lo, hi] n=N" with † for failed items.
@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from evalsuite import aggregate as agg
-from evalsuite import figures
 from evalsuite.agreement import agreement_table, fasttext_ratings
-from evalsuite.report_data import NO_PROTOCOL, Run
-from evalsuite.report_html import FAILED_NOTE, Cell, Section, Table
+from reporting import figures
+from reporting.report_data import NO_PROTOCOL, Run
+from reporting.report_html import FAILED_NOTE, Cell, Section, Table
 
 Row = dict[str, Any]
 CRITERIA = ("helpfulness", "language", "fluency", "factuality", "logic", "harmlessness")  # paper's order
@@ -684,8 +684,8 @@ def fig5(human_raw: list[Row], rows: list[Row], paper: list[Row], runs_dir: Path
     if not human_raw:
         s.text.append(
             "No human ratings given (--human), so the human panels are absent. To produce them: "
-            f"python -m evalsuite.human export --runs={runs_dir} --out=human/ ; have the human/annotate_<lang>.html "
-            "pages rated; python -m evalsuite.human import --key=human/key.json --ratings=FILES "
+            f"python -m reporting.human export --runs={runs_dir} --out=human/ ; have the human/annotate_<lang>.html "
+            "pages rated; python -m reporting.human import --key=human/key.json --ratings=FILES "
             "--out=human/ratings.parquet ; then rerun this report with --human=human/ratings.parquet."
         )
     s.text.append(

@@ -1,6 +1,6 @@
 """Planning a grid (docs/results.md): configs × LRs → runs, run.json, config hashes, stage keys, markers.
 
-Nothing here loads weights or imports the trainer; `evalsuite.grid_run` executes the plan.
+Nothing here loads weights or imports the trainer; `study.grid_run` executes the plan.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from beam_pipelines.files import atomic_write_text
 from evalsuite.data import LANGS, MODIFIER_TYPES, EvalRecord, load_eval, load_modifiers, load_tasks
+from records.files import atomic_write_text
 
 STAGES = ("train", "generate", "score")
 ANCHOR_STEMS = ("llama2_13b_dolly_en_ft", "anchor")

@@ -1,4 +1,4 @@
-"""Reading a runs directory for evalsuite.report: judge.json, run.json, scores, human ratings, LR choice.
+"""Reading a runs directory for reporting.report: judge.json, run.json, scores, human ratings, LR choice.
 
 Identity fields read defensively (older runs directories lack them, the report says so instead of guessing):
 run.json "protocol" ("released" | "paper") and "decode" ({"repetition_penalty", "max_new_tokens"}); the
@@ -21,9 +21,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from beam_pipelines.files import read_table
-from beam_pipelines.schemas import JUDGE_CRITERIA
 from evalsuite import aggregate as agg
+from records.files import read_table
+from records.schemas import JUDGE_CRITERIA
 
 Row = dict[str, Any]
 
@@ -170,7 +170,7 @@ def load_runs(runs_dir: Path, skip: Path | None = None) -> tuple[list[Run], list
         if skip is not None and d.resolve() == skip.resolve():
             continue  # the report's own folder (e.g. runs/demo/report)
         if d.name == "calibration" and (d / "card.json").exists():
-            continue  # the judge's calibration card (evalsuite.calibrate), read by the report itself
+            continue  # the judge's calibration card (study.calibrate), read by the report itself
         if not path.exists():
             notes.append(f"{d.name}/ has no run.json: ignored")
             continue
@@ -214,7 +214,7 @@ def load_runs(runs_dir: Path, skip: Path | None = None) -> tuple[list[Run], list
 def load_rows(run: Run) -> list[Row]:
     """scores.parquet of a run, each row tagged with the run's name, group and LR.
 
-    (Not evalsuite.summary.load_scores: importing summary would define its absl flags here too.)
+    (Not reporting.summary.load_scores: importing summary would define its absl flags here too.)
     """
     path = run.path / "scores.parquet"
     table = read_table(path)
@@ -228,7 +228,7 @@ def load_rows(run: Run) -> list[Row]:
 
 
 def is_paper(r: Row) -> bool:
-    """A row of the paper's evaluation set (as evalsuite.summary decides)."""
+    """A row of the paper's evaluation set (as reporting.summary decides)."""
     return r.get("eval_set") == "paper" if "eval_set" in r else not r.get("modifier_type")
 
 

@@ -1,37 +1,23 @@
-"""Judge calibration: run the judge and the relevance model on built-in controls and write a card.
-
-    python -m evalsuite.calibrate --judge=SPEC [--relevance=same|none|SPEC] --out=DIR
-                                  [--per_kind=8 --repeat=8 --seed=0] [--dry_run] [--force]
-                                  [--cache_dir=~/.cache/xlit/judge --max_cost_usd=1.0 --concurrency=8]
-
-SPEC is `demo` (the demo judge `make demo` uses: SmolLM2 behind infer.server, decoding under the judge's
-JSON schema), `demo:MODEL_DIR`, or `openai[:MODEL[@BASE_URL]]`. The controls (evalsuite.controls: good, null,
-wrong-language and mismatched answers, in en/fr/pt/ru) are judged once through the reply cache; a sample of
-`--repeat` controls is judged again with the cache bypassed (repeatability). `DIR/card.json` (top-level
-`"verdict": "pass" | "fail"`), `DIR/card.md` and `DIR/controls.jsonl` (every control with its scores) are
-written; the thresholds and the card format are in docs/evalsuite.md ("Judge calibration"). A card whose
-identity (judge, relevance model, prompt, controls, thresholds) matches is reused without any call unless
---force. `--dry_run` prints the calls still needed and their estimated cost, and calls nothing.
-Exit status: 0 when the verdict is pass, 3 when it is fail, 2 on a usage error.
+"""Judge calibration, the statistics: the card (AUC with bootstrap CIs per criterion, fastText agreement,
+repeatability) computed from scored controls, its Markdown rendering, and the card status the report and
+the summary show. Running the judge on the controls is `study.calibrate` (python -m study.calibrate).
+Thresholds and the card format: docs/evalsuite.md ("Judge calibration").
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import math
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from beam_pipelines.schemas import JUDGE_CRITERIA
-from evalsuite.controls import GROUPS, KINDS, NULL_KINDS, Control, build_controls, controls_hash
+from evalsuite.controls import KINDS, NULL_KINDS
+from records.schemas import JUDGE_CRITERIA
 
 CARD_VERSION = 1
 DEMO_PER_KIND = 2  # the demo judge answers a batch in minutes on a CPU: a small card by default
@@ -365,224 +351,6 @@ def render_md(card: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-# ------------------------------------------------------------------------------------------- running
-
-
-@dataclasses.dataclass
-class Setup:
-    """What a calibration run judges with (resolved from --judge/--relevance)."""
-
-    judge: str
-    relevance: str = "same"
-    per_kind: int = 8
-    repeat: int = 8
-    seed: int = 0
-    judge_prompt: str = "paper"
-    cache_dir: str = "~/.cache/xlit/judge"
-    max_cost_usd: float | None = 1.0
-    concurrency: int = 8
-    thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
-
-
-def _judges(setup: Setup) -> Any:
-    from evalsuite.grid_run import resolve_judges
-
-    judges = resolve_judges(setup.judge, setup.relevance, "none")
-    if judges.kind == "none":
-        raise ValueError("--judge: a judge is needed (demo, demo:MODEL_DIR or openai[:MODEL[@URL]])")
-    return judges
-
-
-def identity(setup: Setup, controls: list[Control]) -> dict[str, Any]:
-    """What a card depends on: reused when all of it matches."""
-    j = _judges(setup)
-    return {
-        "models": j.identity(),
-        "demo_model": j.demo_model,
-        "judge_prompt": setup.judge_prompt,
-        "controls": controls_hash(controls),
-        "repeat": setup.repeat,
-        "thresholds": setup.thresholds.key(),
-        "card_version": CARD_VERSION,
-    }
-
-
-def _rows(controls: list[Control]) -> list[dict[str, Any]]:
-    from evalsuite.langid import get_langid
-
-    lid = get_langid()
-    rows = []
-    for c in controls:
-        row = c.to_row()
-        row["lang_pred"] = lid.predict(c.response)[0]
-        rows.append(row)
-    return rows
-
-
-def _repeat_sample(n: int, total: int) -> list[int]:
-    """Indices spread over all controls (every kind), deterministic."""
-    n = min(n, total)
-    return sorted({int(i) for i in np.linspace(0, total - 1, n)}) if n > 0 else []
-
-
-def dry_run(setup: Setup) -> dict[str, Any]:
-    """Calls still needed (not cached) and their estimated cost, without a key or network."""
-    import os
-
-    from evalsuite.llm import ChatCache
-    from evalsuite.scoring import estimate_llm
-
-    j = _judges(setup)
-    specs = j.specs()
-    controls = build_controls(setup.per_kind, setup.seed)
-    rows = [c.to_row() for c in controls]
-    cache_file = Path(os.path.expanduser(setup.cache_dir)) / "chat_cache.sqlite"
-    cache = ChatCache(setup.cache_dir) if cache_file.exists() else None
-    kw = dict(judge_variant=setup.judge_prompt, judge_schema=j.kind == "demo")
-    first = estimate_llm(
-        rows, judge=specs["judge"], relevance=specs["relevance"], modifier_judge=None, cache=cache, **kw
-    )
-    sample = [rows[i] for i in _repeat_sample(setup.repeat, len(rows))]
-    again = estimate_llm(
-        sample, judge=specs["judge"], relevance=specs["relevance"], modifier_judge=None, cache=None, **kw
-    )
-    if cache is not None:
-        cache.close()
-    total = {
-        k: sum(e[k] for e in [*first.values(), *again.values()])
-        for k in ("calls", "prompt_tokens", "completion_tokens", "cost_usd")
-    }
-    return {"controls": len(rows), "first_pass": first, "repeatability": again, "total": total}
-
-
-def run_calibration(setup: Setup, out: str | Path, force: bool = False, log: Any = print) -> dict[str, Any]:
-    """Runs (or reuses) the calibration and writes DIR/card.json, card.md, controls.jsonl; returns the card."""
-    from beam_pipelines.files import atomic_write_text
-    from evalsuite.judge_server import JudgeServer
-    from evalsuite.llm import Budget, ChatCache, ChatRunner
-    from evalsuite.scoring import plan_llm, score_rows
-
-    out = Path(out)
-    j = _judges(setup)
-    controls = build_controls(setup.per_kind, setup.seed)
-    ident = identity(setup, controls)
-    card_path = out / "card.json"
-    if card_path.exists() and not force:
-        try:
-            old = json.loads(card_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        if old.get("identity") == ident and old.get("verdict") in ("pass", "fail"):
-            log(f"calibration card up to date: {card_path}")
-            return old
-    t0 = time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    server = None
-    url = None
-    try:
-        if "demo" in j.names.values():
-            server = JudgeServer(j.demo_model or "embedded", out / "judge_server.log")
-            url = server.start()
-        specs = {k: v for k, v in _specs_with_url(j, url).items()}
-        cache = ChatCache(setup.cache_dir)
-        budget = Budget(setup.max_cost_usd)
-        local = url is not None
-        kw = dict(
-            cache=cache,
-            budget=budget,
-            concurrency=setup.concurrency,
-            **({"timeout_s": 1800, "max_retries": 2, "parse_retries": 0} if local else {}),
-        )
-
-        def runners(bypass: bool) -> dict[str, Any]:
-            made: dict[Any, ChatRunner] = {}
-            res = {}
-            for role in ("judge", "relevance"):
-                s = specs[role]
-                if s is not None:
-                    if s not in made:
-                        made[s] = ChatRunner(s, bypass_cache=bypass, **kw)
-                    res[role] = made[s]
-                else:
-                    res[role] = None
-            return res
-
-        rows = _rows(controls)
-        surface = _NoSurface()
-        first = runners(False)
-        demo = j.kind == "demo"
-        log(f"calibration: {len(rows)} controls, judge {j.spec}, relevance {j.names['relevance'] or 'none'}")
-        plan = plan_llm(
-            rows,
-            judge=first["judge"],
-            relevance=first["relevance"],
-            judge_variant=setup.judge_prompt,
-            judge_schema=demo,
-        )
-        scored = [{**r, **s} for r, s in zip(rows, score_rows(rows, surface, plan), strict=True)]
-        idx = _repeat_sample(setup.repeat, len(rows))
-        repeats = []
-        if idx:
-            again = runners(True)
-            sample = [rows[i] for i in idx]
-            plan2 = plan_llm(
-                sample,
-                judge=again["judge"],
-                relevance=again["relevance"],
-                judge_variant=setup.judge_prompt,
-                judge_schema=demo,
-            )
-            rescored = [{**r, **s} for r, s in zip(sample, score_rows(sample, surface, plan2), strict=True)]
-            repeats = list(zip([scored[i] for i in idx], rescored, strict=True))
-        else:
-            again = {}
-        calls: dict[str, Any] = {}
-        for phase, rs in (("first", first), ("repeat", again)):
-            for rn in {id(v): v for v in rs.values() if v is not None}.values():
-                roles = "+".join(k for k, v in rs.items() if v is rn)
-                st = rn.stats
-                calls[f"{phase}:{roles}"] = {
-                    "http_calls": st.http_calls,
-                    "cache_hits": st.cache_hits,
-                    "cost_usd": round(st.cost_usd, 6),
-                }
-        cache.close()
-    finally:
-        if server is not None:
-            server.stop()
-    meta = {
-        "judge": {"spec": j.spec, "kind": j.kind, "model": j.names["judge"]},
-        "relevance": {"spec": j.names["relevance"]} if j.names["relevance"] else None,
-        "identity": ident,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "per_kind": setup.per_kind,
-    }
-    card = compute_card(
-        scored, repeats, setup.thresholds, has_relevance=specs["relevance"] is not None, meta=meta
-    )
-    card["seconds"] = round(time.time() - t0, 1)
-    card["calls"] = calls
-    lines = [json.dumps(r, ensure_ascii=False, default=str) for r in scored]
-    atomic_write_text("\n".join(lines) + "\n", out / "controls.jsonl")
-    atomic_write_text(render_md(card), out / "card.md")
-    atomic_write_text(json.dumps(card, indent=1, ensure_ascii=False), card_path)
-    return card
-
-
-class _NoSurface:
-    """score_rows needs a surface scorer; calibration computes fastText itself and needs nothing else."""
-
-    def score(self, **_: Any) -> dict[str, Any]:
-        return {}
-
-
-def _specs_with_url(judges: Any, url: str | None) -> dict[str, Any]:
-    from evalsuite.llm import parse_model_spec
-
-    flags = judges.flags(url)
-    return {"judge": parse_model_spec(flags["judge"]), "relevance": parse_model_spec(flags["relevance"])}
-
-
 def load_card(runs_dir: str | Path) -> dict[str, Any] | None:
     """`<runs>/calibration/card.json` (where the grid and the demo write it), or None."""
     path = Path(runs_dir) / "calibration" / "card.json"
@@ -599,7 +367,7 @@ def card_status(runs_dir: str | Path, judge_spec: str | None = None) -> tuple[bo
     ("judge not calibrated ..." / "judge failed calibration: ...")."""
     card = load_card(runs_dir)
     if card is None:
-        return False, "judge not calibrated (no calibration/card.json: see python -m evalsuite.calibrate)"
+        return False, "judge not calibrated (no calibration/card.json: see python -m study.calibrate)"
     spec = (card.get("judge") or {}).get("spec")
     if judge_spec is not None and spec is not None and spec != judge_spec:
         return False, f"judge not calibrated (calibration/card.json is for {spec}, not {judge_spec})"
@@ -607,74 +375,3 @@ def card_status(runs_dir: str | Path, judge_spec: str | None = None) -> tuple[bo
         return True, f"judge passed calibration ({spec or '?'})"
     failed = "; ".join(card.get("failed", [])[:3]) or "see calibration/card.md"
     return False, f"judge failed calibration: {failed}"
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("judge", None, "demo | demo:MODEL_DIR | openai[:MODEL[@BASE_URL]]")
-    flags.DEFINE_string("relevance", "same", "same (as the judge) | none | demo | openai:...")
-    flags.DEFINE_string("out", None, "Output directory (card.json, card.md, controls.jsonl).")
-    flags.DEFINE_integer(
-        "per_kind", None, f"Controls per group {GROUPS} (default 8; {DEMO_PER_KIND} for demo)."
-    )
-    flags.DEFINE_integer(
-        "repeat", None, f"Controls rescored with the cache bypassed (default 8; {DEMO_REPEAT} for demo)."
-    )
-    flags.DEFINE_integer("seed", 0, "Seed of the control selection.")
-    flags.DEFINE_string("judge_prompt", "paper", "paper | released")
-    flags.DEFINE_string("cache_dir", "~/.cache/xlit/judge", "LLM reply cache.")
-    flags.DEFINE_float("max_cost_usd", 1.0, "Cost cap of the whole calibration (USD).")
-    flags.DEFINE_integer("concurrency", 8, "Concurrent requests per model.")
-    flags.DEFINE_bool(
-        "dry_run", False, "Print the calls still needed and their estimated cost; call nothing."
-    )
-    flags.DEFINE_bool("force", False, "Recompute even if DIR/card.json matches.")
-    flags.mark_flags_as_required(["judge", "out"])
-
-
-def main(argv: list[str]) -> None:
-    from absl import flags
-
-    del argv
-    f = flags.FLAGS
-    demo = f.judge.strip().startswith("demo")
-    setup = Setup(
-        judge=f.judge,
-        relevance=f.relevance,
-        per_kind=f.per_kind if f.per_kind is not None else (DEMO_PER_KIND if demo else 8),
-        repeat=f.repeat if f.repeat is not None else (DEMO_REPEAT if demo else 8),
-        seed=f.seed,
-        judge_prompt=f.judge_prompt,
-        cache_dir=f.cache_dir,
-        max_cost_usd=f.max_cost_usd,
-        concurrency=16 if demo else f.concurrency,
-    )
-    try:
-        if f.dry_run:
-            est = dry_run(setup)
-            t = est["total"]
-            print(
-                f"calibration dry run: {est['controls']} controls (+ {setup.repeat} rescored); "
-                f"{int(t['calls'])} calls still needed, ~{int(t['prompt_tokens'])} prompt + "
-                f"{int(t['completion_tokens'])} completion tokens, ~${t['cost_usd']:.2f}"
-            )
-            print(json.dumps(est, default=float))
-            return
-        card = run_calibration(setup, f.out, force=f.force)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(verdict_line(card))
-    print(f"card: {Path(f.out) / 'card.json'} ({Path(f.out) / 'card.md'})")
-    sys.exit(0 if card["verdict"] == "pass" else 3)
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)

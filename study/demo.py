@@ -1,8 +1,8 @@
 """The main job on the embedded default (what `make demo` runs): the paper's LR finding, small, scored and reported.
 
-    python -m evalsuite.demo [--workdir=runs/demo] [--judge=auto|none|openai:MODEL] [--max_cost_usd=0.5]
+    python -m study.demo [--workdir=runs/demo] [--judge=auto|none|openai:MODEL] [--max_cost_usd=0.5]
 
-What it runs: the `demo` preset of `python -m evalsuite.replicate` (docs/replication.md), one evalsuite.grid in the
+What it runs: the `demo` preset of `python -m study.replicate` (docs/replication.md), one study.grid in the
 layout of docs/results.md, stage by stage:
   train     SmolLM2-135M-Instruct, full fine-tuning on the shipped English Dolly subset at a moderate and a
             high LR (1e-4, 1e-3; released protocol: clip 1.0, linear decay, length-sorted padded batches),
@@ -13,9 +13,9 @@ layout of docs/results.md, stage by stage:
   score     surface metrics (fastText language and code-switching, Hunspell spelling); with $OPENAI_API_KEY
             set also the paper's judge (gpt-3.5-turbo-0125, cost capped by --max_cost_usd);
   calibrate the judge a user without a key would get (SmolLM2 behind `python -m infer.server`, the "demo
-            judge") is run on evalsuite.calibrate's controls; its verdict is printed, and a judge without a
+            judge") is run on study.calibrate's controls; its verdict is printed, and a judge without a
             passing card never has its scores shown as results;
-  report    `python -m evalsuite.report --runs=runs/demo --out=runs/demo/report`; then one screen here:
+  report    `python -m reporting.report --runs=runs/demo --out=runs/demo/report`; then one screen here:
             language correctness per language against LR with 95% CIs (the paper's Sec. 5.3 question).
 Rerunning skips every finished stage (a crash resumes); --workdir elsewhere starts afresh.
 
@@ -38,11 +38,12 @@ from typing import Any
 
 from absl import app, flags
 
-from beam_pipelines.files import read_table
 from evalsuite import aggregate as agg
-from evalsuite import calibrate, replicate
-from evalsuite import grid_plan as gp
-from evalsuite.grid_run import Grid, GridOptions, StageResult
+from evalsuite import calibration
+from records.files import read_table
+from study import grid_plan as gp
+from study import replicate
+from study.grid_run import Grid, GridOptions, StageResult
 
 FLAGS = flags.FLAGS
 
@@ -80,16 +81,16 @@ def options() -> GridOptions:
 
 
 def run_report(workdir: Path, rule: str = "judge") -> tuple[str, float]:
-    """evalsuite.report into <workdir>/report if the module exists; (message, seconds).
+    """reporting.report into <workdir>/report if the module exists; (message, seconds).
 
     With the demo judge the correct-language decision of the exclusion rule is fastText's (`rule`
     "fasttext"): SmolLM2 as a judge rates nearly every answer as being in the wrong language, which under
     the paper's rule would leave every other criterion empty."""
-    if importlib.util.find_spec("evalsuite.report") is None:
-        return "evalsuite/report.py is not there yet: report skipped (the runs are complete)", 0.0
+    if importlib.util.find_spec("reporting.report") is None:
+        return "reporting/report.py is not there yet: report skipped (the runs are complete)", 0.0
     out = workdir / "report"
     t0 = time.time()
-    cmd = [sys.executable, "-m", "evalsuite.report", f"--runs={workdir}", f"--out={out}", f"--rule={rule}"]
+    cmd = [sys.executable, "-m", "reporting.report", f"--runs={workdir}", f"--out={out}", f"--rule={rule}"]
     cmd.append(f"--lr_metrics={','.join(LR_METRICS)}")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     dt = time.time() - t0
@@ -146,7 +147,7 @@ def judge_rates(rows: list[dict[str, Any]]) -> str:
 
 
 def calibrate_judge(workdir: Path, judge_kind: str, judge_spec: str, cache_dir: str) -> StageResult:
-    """`python -m evalsuite.calibrate` into <workdir>/calibration (where the report looks for the card): the
+    """`python -m study.calibrate` into <workdir>/calibration (where the report looks for the card): the
     grid's judge, or the demo judge (SmolLM2 behind infer.server) when the grid has none. Prints the verdict
     and the failed controls; reuses an up-to-date card without a call."""
     judge = "demo" if judge_kind in ("none", "demo") else judge_spec
@@ -154,7 +155,7 @@ def calibrate_judge(workdir: Path, judge_kind: str, judge_spec: str, cache_dir: 
     cmd = [
         sys.executable,
         "-m",
-        "evalsuite.calibrate",
+        "study.calibrate",
         f"--judge={judge}",
         f"--out={out}",
         f"--cache_dir={cache_dir}",
@@ -184,8 +185,8 @@ def main(argv: list[str]) -> None:
     )
     results = grid.run()
     results.append(calibrate_judge(grid.workdir, grid.judges.kind, grid.judges.spec, grid.opts.cache_dir))
-    card = calibrate.load_card(grid.workdir)
-    judge_trusted = calibrate.card_status(grid.workdir, grid.judges.spec)[0] and grid.judges.kind != "none"
+    card = calibration.load_card(grid.workdir)
+    judge_trusted = calibration.card_status(grid.workdir, grid.judges.spec)[0] and grid.judges.kind != "none"
     rule = "fasttext" if grid.judges.kind in ("demo", "none") else "judge"
     report_msg, report_s = run_report(grid.workdir, rule)
     results.append(StageResult("(all)", "report", "ran" if report_s else "skipped", report_s))
@@ -199,11 +200,11 @@ def main(argv: list[str]) -> None:
     print(f"\n== Per run and language (judge: {grid.judges.spec}, {grid.judges.kind}) ==")
     print(summary_table(rows, rule, judge_trusted))
     print(f"judge: {judge_rates(rows)}")
-    print("\n== Judge calibration (evalsuite.calibrate; docs/evalsuite.md) ==")
+    print("\n== Judge calibration (study.calibrate; docs/evalsuite.md) ==")
     if card is None:
         print("no calibration card: judge scores are not results")
     else:
-        print(calibrate.verdict_line(card))
+        print(calibration.verdict_line(card))
         print(f"card: {grid.workdir / 'calibration' / 'card.md'}")
         if not judge_trusted:
             print("judge scores are not shown as results: no judge with a passing calibration card")

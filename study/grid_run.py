@@ -22,13 +22,13 @@ from typing import Any
 import pyarrow as pa
 from absl import logging
 
-from beam_pipelines.files import atomic_write_parquet, atomic_write_text, read_table
-from beam_pipelines.schemas import INSTRUCTION_SCHEMA
-from evalsuite import grid_plan as gp
+from chat.client import DEFAULT_CACHE_DIR, ChatCache, LLMConfigError, ModelSpec, parse_model_spec
 from evalsuite.data import LANGS, instructions_table
-from evalsuite.judge_server import JudgeServer, demo_model_name
-from evalsuite.llm import DEFAULT_CACHE_DIR, ChatCache, LLMConfigError, ModelSpec, parse_model_spec
 from evalsuite.scoring import estimate_llm
+from records.files import atomic_write_parquet, atomic_write_text, read_table
+from records.schemas import INSTRUCTION_SCHEMA
+from study import grid_plan as gp
+from study.judge_server import JudgeServer, demo_model_name
 
 SCORE_FORMAT = 3  # part of the score key: bump when the requests evalsuite.score makes change
 DEMO_NOTE = (

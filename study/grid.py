@@ -1,6 +1,6 @@
 r"""The grid runner: train → generate → score for every config × learning rate (docs/results.md).
 
-  python -m evalsuite.grid --configs=configs/A.py[:args][@LR+LR],configs/B.py [--lrs=1e-6,1e-5,1e-4] --workdir=runs/ \
+  python -m study.grid --configs=configs/A.py[:args][@LR+LR],configs/B.py [--lrs=1e-6,1e-5,1e-4] --workdir=runs/ \
       [--judge=none|demo|openai:MODEL[@BASE_URL]] [--relevance=same|none|demo|openai:...] \
       [--eval=paper,modifiers] [--langs=en,fr,pt,ru] [--subset=tasks=8,modifiers=4] [--max_new_tokens=512] \
       [--include_base] [--set=train.steps=4] [--max_cost_usd=5] [--dry_run]
@@ -20,10 +20,10 @@ import sys
 
 from absl import app, flags
 
-from evalsuite import grid_plan as gp
+from chat.client import DEFAULT_CACHE_DIR
 from evalsuite.data import LANGS
-from evalsuite.grid_run import Grid, GridOptions
-from evalsuite.llm import DEFAULT_CACHE_DIR
+from study import grid_plan as gp
+from study.grid_run import Grid, GridOptions
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

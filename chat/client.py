@@ -273,7 +273,7 @@ def _retryable() -> tuple[type[BaseException], ...]:
 class Estimator:
     """Price, cache lookup and the call/cost estimate of one model -- no client, no API key needed.
 
-    ChatRunner extends it; `evalsuite.grid --dry_run` uses it alone to estimate without a key or network.
+    ChatRunner extends it; `study.grid --dry_run` uses it alone to estimate without a key or network.
     """
 
     def __init__(

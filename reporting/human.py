@@ -11,9 +11,9 @@ never into a page.
 `import` merges the JSON files exported by the annotators, validates them against the key and writes the
 ratings Parquet of docs/results.md (one row per annotator x rated response), atomically.
 
-    python -m evalsuite.human export --runs=runs/ --out=human/ [--n_items=30] [--langs=en,fr,pt,ru]
+    python -m reporting.human export --runs=runs/ --out=human/ [--n_items=30] [--langs=en,fr,pt,ru]
         [--select=chosen|all] [--lr_metrics=lang_correct,spell_ok_rate] [--anchor=RUN] [--seed=0]
-    python -m evalsuite.human import --key=human/key.json --ratings=a.json,b.json --out=human/ratings.parquet
+    python -m reporting.human import --key=human/key.json --ratings=a.json,b.json --out=human/ratings.parquet
         [--runs=runs/]   # also prints human/judge agreement (weighted kappa) when the runs have scores
 """
 
@@ -32,10 +32,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from beam_pipelines.files import RecordError, atomic_write_parquet, atomic_write_text, read_table
-from beam_pipelines.schemas import JUDGE_CRITERIA
 from evalsuite import aggregate, agreement
 from evalsuite.data import LANGS, load_tasks, task_of_item
+from records.files import RecordError, atomic_write_parquet, atomic_write_text, read_table
+from records.schemas import JUDGE_CRITERIA
 
 # Criteria in the order of the annotators' guidelines; keys are the judge's criteria without "judge_".
 CRITERIA: tuple[dict[str, Any], ...] = (
@@ -481,7 +481,7 @@ def _script_json(obj: Any) -> str:
 
 
 def render_page(packet_id: str, lang: str, entries: list[dict[str, str]], guidelines: str) -> str:
-    """The self-contained annotation page of one language (template evalsuite/human_page.html)."""
+    """The self-contained annotation page of one language (template reporting/human_page.html)."""
     data = {
         "packet": packet_id,
         "lang": lang,
@@ -539,7 +539,7 @@ def load_key(path: str | Path) -> dict[str, Any]:
         or not isinstance(key.get("packet"), str)
         or not isinstance(key.get("responses"), dict)
     ):
-        raise RatingsError(f"{path}: not a key.json of evalsuite.human export (no 'packet'/'responses')")
+        raise RatingsError(f"{path}: not a key.json of reporting.human export (no 'packet'/'responses')")
     return key
 
 
@@ -685,7 +685,7 @@ def judge_scores(runs_dir: str | Path, run_names: Iterable[str]) -> list[dict[st
 
 
 def _define_flags() -> None:
-    # Defined only when run as a program, so that importing evalsuite.human (e.g. from the report) defines no
+    # Defined only when run as a program, so that importing reporting.human (e.g. from the report) defines no
     # flag that could clash with the importer's.
     from absl import flags
 
@@ -711,7 +711,7 @@ def _define_flags() -> None:
     flags.DEFINE_list("ratings", None, "import: ratings JSON files exported from the annotation pages.")
 
 
-USAGE = "usage: python -m evalsuite.human export --runs=DIR --out=DIR | import --key=KEY --ratings=F[,F] --out=FILE"
+USAGE = "usage: python -m reporting.human export --runs=DIR --out=DIR | import --key=KEY --ratings=F[,F] --out=FILE"
 
 
 def main(argv: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Rendering of the report (evalsuite.report): tables as CSV / markdown / HTML, one self-contained page.
+"""Rendering of the report (reporting.report): tables as CSV / markdown / HTML, one self-contained page.
 
 The page embeds every figure as a base64 `data:image/png` URI and its CSS inline: no external asset, so
 `index.html` can be mailed or opened from anywhere.

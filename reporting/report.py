@@ -1,10 +1,10 @@
 r"""The report: the paper's Figures 2-5 and Table 1 from a runs directory (docs/results.md).
 
-  python -m evalsuite.report --runs=runs/ --out=report/ [--human=ratings.parquet] [--rule=judge|fasttext]
+  python -m reporting.report --runs=runs/ --out=report/ [--human=ratings.parquet] [--rule=judge|fasttext]
       [--n_boot=1000] [--lr_metrics=lang_correct,spell_ok_rate]
 
 Reads runs/judge.json, runs/*/run.json and runs/*/scores.parquet (a run without scores is listed as "not
-scored yet") and optional human ratings (evalsuite.human import). Writes into --out: fig*.png, one CSV per
+scored yet") and optional human ratings (reporting.human import). Writes into --out: fig*.png, one CSV per
 table (fig2, fig3_surface, fig3_tasks, fig4, table1, fig5, runs), report.md and a self-contained
 index.html. Every file is written atomically (temporary file + rename), index.html last.
 
@@ -29,11 +29,11 @@ from pathlib import Path
 
 from absl import app, flags
 
-from beam_pipelines.files import RecordError
 from evalsuite import aggregate as agg
-from evalsuite import report_sections as sec
-from evalsuite.calibrate import card_status
-from evalsuite.report_data import (
+from evalsuite.calibration import card_status
+from records.files import RecordError
+from reporting import report_sections as sec
+from reporting.report_data import (
     ReportError,
     Row,
     Run,
@@ -46,7 +46,7 @@ from evalsuite.report_data import (
     load_validation,
     relevance_model,
 )
-from evalsuite.report_html import Section, csv_text, html_page, markdown_report
+from reporting.report_html import Section, csv_text, html_page, markdown_report
 
 __all__ = [
     "DEMO_BANNER",
@@ -62,7 +62,7 @@ __all__ = [
 FLAGS = flags.FLAGS
 flags.DEFINE_string("runs", None, "Runs directory (docs/results.md).")
 flags.DEFINE_string("out", None, "Output folder for the report.")
-flags.DEFINE_string("human", None, "Human ratings Parquet (output of `evalsuite.human import`).")
+flags.DEFINE_string("human", None, "Human ratings Parquet (output of `reporting.human import`).")
 flags.DEFINE_enum("rule", "judge", ["judge", "fasttext"], "Correct-language decision for the exclusion rule.")
 flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples for the 95% CIs.")
 flags.DEFINE_list(
@@ -201,7 +201,7 @@ def grey_judge_sections(sections: list[Section], heading: str) -> list[Section]:
         heading,
         [
             "The figures below come from a judge without a passing calibration card "
-            "(<runs>/calibration/card.json, written by python -m evalsuite.calibrate): they are shown for "
+            "(<runs>/calibration/card.json, written by python -m study.calibrate): they are shown for "
             "inspection only, greyed, and are not results."
         ],
     )

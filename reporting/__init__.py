@@ -1,0 +1,1 @@
+"""The report and human evaluation: tables, figures, HTML/Markdown, annotation packets."""
