@@ -1,11 +1,13 @@
 r"""Generation pipeline: `RunInference` around our JAX engine (the Beam version of `python -m infer.main`).
 
-  python -m beam_pipelines.generate --model=DIR --eval=paper|modifiers --langs=en,fr,pt,ru \
-      --output=out/gen [--max_new_tokens=N --repetition_penalty=P --batch_size=16] [--overwrite]
+  python -m beam_pipelines.generate --model=DIR --eval=paper|modifiers [--langs=de,en] [--eval_dir=DIR] \
+      [--limit=N] --output=out/gen [--max_new_tokens=N --repetition_penalty=P --batch_size=16] [--overwrite]
       (decoding defaults: the run's protocol for a training workdir, else 512 / 1.2; infer.run_settings)
   python -m beam_pipelines.generate --model=DIR --input='prompts/*.parquet' --output=out/gen
 
-Rows: the evaluation set (`--eval`) or any Parquet with INSTRUCTION_SCHEMA's id and messages (`--input`).
+Rows: the evaluation set (`--eval`: every language of `--eval_dir`, default the shipped data/eval, or those
+of `--langs`; `--limit`: the first N instructions of each) or any Parquet with INSTRUCTION_SCHEMA's id and
+messages (`--input`). A translated evaluation folder (docs/languages.md) adds its languages.
 Output: `PREFIX-SSSSS-of-NNNNN.parquet` with the input columns + GENERATION_SCHEMA + error, the same
 records `infer.main` writes for the same rows and decoding flags; `PREFIX.SUCCESS` when complete.
 Unknown flags are Beam pipeline options (`--runner`, `--direct_running_mode`, ...).
@@ -108,11 +110,23 @@ class ToRecord(beam.DoFn):
         }
 
 
-def eval_rows(eval_set: str, langs: Sequence[str]) -> list[dict[str, Any]]:
+def eval_rows(
+    eval_set: str, langs: Sequence[str] | None = None, eval_dir: str | None = None, limit: int = 0
+) -> list[dict[str, Any]]:
+    """INSTRUCTION_SCHEMA rows of `eval_set` ("paper" | "modifiers") in `langs` (default: every language of
+    `eval_dir`, the shipped data/eval by default), the first `limit` of each language (0: all)."""
     from evalsuite import data
 
-    load = data.load_eval if eval_set == "paper" else data.load_modifiers
-    return [r.to_row() for lang in langs for r in load(lang)]
+    modifiers = eval_set == "modifiers"
+    if not langs:
+        langs = data.modifier_langs(eval_dir) if modifiers else data.eval_langs(eval_dir)
+    data.check_langs(list(langs), eval_dir, modifiers=modifiers)
+    load = data.load_modifiers if modifiers else data.load_eval
+    out = []
+    for lang in langs:
+        recs = load(lang, eval_dir)
+        out += [r.to_row() for r in (recs[:limit] if limit > 0 else recs)]
+    return out
 
 
 def output_schema(input_schema: pa.Schema) -> pa.Schema:
@@ -158,7 +172,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     src = a.add_mutually_exclusive_group(required=True)
     src.add_argument("--eval", choices=["paper", "modifiers"])
     src.add_argument("--input", help="Parquet glob with id and messages (INSTRUCTION_SCHEMA).")
-    a.add_argument("--langs", default="en,fr,pt,ru")
+    a.add_argument("--langs", default="", help="Comma-separated; default: every language of --eval_dir.")
+    a.add_argument("--eval_dir", default=None, help="Evaluation folder (default: the shipped data/eval).")
+    a.add_argument(
+        "--limit", type=int, default=0, help="--eval: the first N instructions per language (0: all)."
+    )
     a.add_argument("--output", required=True)
     a.add_argument("--overwrite", action="store_true")
     # None: the run's protocol for a training workdir, else the released defaults (infer.run_settings)
@@ -188,7 +206,8 @@ def run(argv: Sequence[str]) -> dict:
     handler = EngineHandler(
         args.model, params, dtype=args.dtype, template=args.template, batch_size=args.batch_size
     )
-    rows = eval_rows(args.eval, args.langs.split(",")) if args.eval else None
+    langs = [x for x in args.langs.split(",") if x]
+    rows = eval_rows(args.eval, langs, args.eval_dir, args.limit) if args.eval else None
     t0 = time.perf_counter()
     p = beam.Pipeline(options=pipeline_options(beam_args))
     build(p, out, handler, rows=rows, input_pattern=args.input, model_name=args.model_name)

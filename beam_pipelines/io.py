@@ -148,10 +148,6 @@ def metric_totals(result: beam.runners.runner.PipelineResult, namespace: str) ->
     return totals
 
 
-def arrow_fields(schema: pa.Schema, names: Iterable[str]) -> list[pa.Field]:
-    return [schema.field(n) for n in names]
-
-
 def run_and_commit(
     p: beam.Pipeline, out: Output, namespace: str, t0: float, counters: Sequence[str] = ()
 ) -> dict:

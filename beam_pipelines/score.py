@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
@@ -64,6 +65,8 @@ def build(
     dict_dirs: Sequence[str] | None = None,
     code_switch_min_chars: int = 20,
     batch_size: int = 64,
+    eval_dir: str | None = None,
+    spelling: str = "require",
 ) -> dict[str, beam.PCollection]:
     """Adds the scoring transforms to `p`; returns the scored and dead-letter PCollections."""
     from evalsuite.spelling import DEFAULT_DICT_DIRS
@@ -71,7 +74,7 @@ def build(
     schema = output_schema(input_schema(generations))
     rows = read_parquet(p, "ReadGenerations", generations)
     surf = rows | "SurfaceMetrics" >> beam.ParDo(
-        SurfaceFn(lid_model, tuple(dict_dirs or DEFAULT_DICT_DIRS), code_switch_min_chars)
+        SurfaceFn(lid_model, tuple(dict_dirs or DEFAULT_DICT_DIRS), code_switch_min_chars, eval_dir, spelling)
     ).with_outputs(DEAD, main="ok")
     batches = surf.ok | "BatchForLLM" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_size)
     llm = batches | "LLMMetrics" >> beam.ParDo(LLMScoreFn(cfg)).with_outputs(DEAD, main="ok")
@@ -95,6 +98,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     a.add_argument("--lid_model", default=None)
     a.add_argument("--dict_dir", default=None, help="Comma-separated Hunspell folders.")
     a.add_argument("--code_switch_min_chars", type=int, default=20)
+    a.add_argument("--eval_dir", default=None, help="Evaluation folder of the rows' languages (thresholds).")
+    a.add_argument(
+        "--spelling",
+        default="require",
+        choices=["require", "skip"],
+        help="skip: languages without a Hunspell dictionary get a null spell_ok_rate (docs/languages.md).",
+    )
     a.add_argument("--cache_dir", default=DEFAULT_CACHE_DIR)
     a.add_argument("--nocache", action="store_true")
     a.add_argument("--retry_failed", action="store_true")
@@ -143,6 +153,7 @@ def run(argv: Sequence[str]) -> dict:
     t0 = time.perf_counter()
     p = beam.Pipeline(options=pipeline_options(beam_args))
     dirs = args.dict_dir.split(",") if args.dict_dir else None
+    scorer = check_languages(args.generations, args, dirs)
     build(
         p,
         args.generations,
@@ -152,8 +163,39 @@ def run(argv: Sequence[str]) -> dict:
         dict_dirs=dirs,
         code_switch_min_chars=args.code_switch_min_chars,
         batch_size=args.batch_size,
+        eval_dir=args.eval_dir,
+        spelling=args.spelling,
     )
-    return run_and_commit(p, out, NS, t0, COUNTERS)
+    summary = run_and_commit(p, out, NS, t0, COUNTERS)
+    if scorer.spelling_note():
+        summary["spelling_skipped"] = scorer.spelling_note()
+    return summary
+
+
+def check_languages(pattern: str, args: argparse.Namespace, dirs: Sequence[str] | None) -> Any:
+    """Fails before the pipeline starts when a language of the generations cannot be scored (no fastText
+    label; no Hunspell dictionary unless --spelling=skip); returns the SurfaceScorer that checked them."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    from beam_pipelines.io import match
+    from evalsuite.spelling import DEFAULT_DICT_DIRS
+    from evalsuite.surface import SurfaceScorer
+
+    scorer = SurfaceScorer(
+        args.lid_model,
+        tuple(dirs or DEFAULT_DICT_DIRS),
+        args.code_switch_min_chars,
+        eval_dir=args.eval_dir,
+        spelling=args.spelling,
+    )
+    for path in match(pattern):
+        with FileSystems.open(path) as f:
+            names = pq.read_schema(f).names
+        with FileSystems.open(path) as f:
+            cols = [c for c in ("lang", "modifier_type", "modifier_arg") if c in names]
+            scorer.check_rows(pq.read_table(f, columns=cols).to_pylist())
+    return scorer
 
 
 def main() -> None:

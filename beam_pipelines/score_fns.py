@@ -35,12 +35,6 @@ class LLMConfig:
     price_per_mtok: tuple[float, float] | None = None
     retry_failed: bool = False
 
-    def any(self) -> bool:
-        from chat.client import parse_model_spec
-
-        specs = (self.judge, self.relevance, self.modifier_judge)
-        return any(parse_model_spec(s) for s in specs if s != "same")
-
 
 def dead_letter(row: dict[str, Any], stage: str, reason: str) -> dict[str, Any]:
     keep = {k: v for k, v in row.items() if k != SURFACE_KEY}
@@ -55,15 +49,23 @@ def dead_letter(row: dict[str, Any], stage: str, reason: str) -> dict[str, Any]:
 class SurfaceFn(beam.DoFn):
     """fastText language id, code-switching, Hunspell, programmatic modifier checks (loaded in setup)."""
 
-    def __init__(self, lid_model: str | None, dict_dirs: tuple[str, ...], min_chars: int):
+    def __init__(
+        self,
+        lid_model: str | None,
+        dict_dirs: tuple[str, ...],
+        min_chars: int,
+        eval_dir: str | None = None,
+        spelling: str = "require",
+    ):
         self.args = (lid_model, tuple(dict_dirs), min_chars)
+        self.kwargs = {"eval_dir": eval_dir, "spelling": spelling}
         self.items = Metrics.counter(NS, "items")
         self.failures = Metrics.counter(NS, "failures")
 
     def setup(self) -> None:
         from evalsuite.surface import SurfaceScorer
 
-        self.scorer = SurfaceScorer(*self.args)
+        self.scorer = SurfaceScorer(*self.args, **self.kwargs)
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
         self.items.inc()

@@ -1,6 +1,6 @@
 """A tiny random M2M100 with a tiny NLLB tokenizer, built offline — the translation model of tests and benches.
 
-    python -m beam_pipelines.tiny_nllb --out=DIR
+    python -m beam_pipelines.tiny_nllb --out=DIR [--codes=eng_Latn,deu_Latn]
 
 No NLLB tokenizer can be downloaded here, so the tokenizer is transformers' NllbTokenizer over a character
 vocabulary (BPE without merges) plus the four language-code special tokens; the M2M100 model is random
@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 CODES = ["eng_Latn", "fra_Latn", "por_Latn", "rus_Cyrl"]
 
 
-def make_tiny_nllb(dst: Path) -> Path:
+def make_tiny_nllb(dst: Path, codes: Sequence[str] = CODES) -> Path:
+    """Writes the tiny model and its tokenizer to `dst`, with the language-code tokens `codes`."""
     import torch
     from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
 
@@ -32,7 +34,7 @@ def make_tiny_nllb(dst: Path) -> Path:
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
     for c in chars:
         vocab.setdefault(c, len(vocab))
-    tok = NllbTokenizer(vocab=vocab, merges=[], additional_special_tokens=CODES, src_lang="eng_Latn")
+    tok = NllbTokenizer(vocab=vocab, merges=[], additional_special_tokens=list(codes), src_lang=codes[0])
     tok.save_pretrained(dst)
     torch.manual_seed(0)
     cfg = M2M100Config(
@@ -57,7 +59,9 @@ def make_tiny_nllb(dst: Path) -> Path:
 def main() -> None:
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--out", required=True, help="Directory to write the model and tokenizer to.")
-    print(make_tiny_nllb(Path(a.parse_args().out)))
+    a.add_argument("--codes", default=",".join(CODES), help="NLLB language codes, the source's first.")
+    args = a.parse_args()
+    print(make_tiny_nllb(Path(args.out), args.codes.split(",")))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ r"""Translation pipeline: Dolly (JSONL or TRANSLATION_SCHEMA Parquet) → Dolly-
   python -m beam_pipelines.translate --input=dolly.jsonl --src=en --tgt=fr,pt,ru \
       --model=facebook/nllb-200-3.3B --output=out/dolly_dt [--num_beams=4 --batch_size=16 --device=cuda]
   python -m beam_pipelines.translate ... --model=openai:Unbabel/TowerInstruct-7B-v0.2@http://host:8000/v1
+  python -m beam_pipelines.translate --eval_set=data/eval --src=en --tgt=de --model=... --output=eval_de/
 
 Instruction, context and response are split into sentence groups under --max_input_tokens (NLLB: 512),
 translated, and joined back keeping line breaks. Ids (the record's `id`, else `dolly-<sha1 of the record>`)
@@ -15,6 +16,10 @@ Every translation is checked (`FlagTranslations`, beam_pipelines.quality: wrong 
 and its translator's `decoding` settings (JSON). Flagged records go to `PREFIX.review-00000-of-00001.parquet`
 and are left out of the main output, unless --keep_flagged (then they are in both, with their flags; the
 trainer still skips them unless `data.keep_flagged`).
+
+`--eval_set=DIR` translates the evaluation set and its modifiers of --src in DIR instead (every translation
+kept, flagged or not, since every line is needed) and writes an evaluation folder for the targets into
+--output (a folder): beam_pipelines.eval_translation, docs/languages.md.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from beam_pipelines.io import (
     cli_main,
     match,
     pipeline_options,
+    read_outputs,
     read_parquet,
     run_and_commit,
 )
@@ -230,7 +236,7 @@ class FlagTranslations(beam.DoFn):
 
 def build(
     p: beam.Pipeline,
-    input_pattern: str,
+    input_pattern: str | None,
     out: Output,
     handler: ModelHandler,
     *,
@@ -241,15 +247,23 @@ def build(
     keep_flagged: bool = False,
     length_band: tuple[float, float] = LENGTH_BAND,
     lid_model: str | None = None,
+    rows: list[dict[str, Any]] | None = None,
 ) -> dict[str, beam.PCollection]:
     """Builds the pipeline; returns the main output ("dt": sources + translations, flagged ones only with
-    keep_flagged), the flagged translations ("review") and the dead letters ("dead")."""
-    if input_pattern.endswith(".parquet"):
+    keep_flagged), the flagged translations ("review") and the dead letters ("dead"). The input: the files of
+    `input_pattern`, or Dolly-like `rows` in memory (input_pattern None)."""
+    if input_pattern is None:
+        raw = p | "SourceRows" >> beam.Create(rows or [])
+    elif input_pattern.endswith(".parquet"):
         check_files(input_pattern, TRANSLATION_SCHEMA, ("instruction", "response"))
         raw = read_parquet(p, "ReadDolly", input_pattern)
     else:
         check_dolly_jsonl(input_pattern)
         raw = p | "ReadDolly" >> beam.io.ReadFromText(input_pattern)
+    if not tgts or not all(tgts):
+        raise ValueError(
+            f"--tgt={','.join(tgts)!r}: name the target languages, e.g. --tgt=de or --tgt=fr,pt,ru"
+        )
     source = raw | "ParseDolly" >> beam.ParDo(ParseDolly(src))
     translated = (
         source
@@ -279,7 +293,11 @@ def build(
 def make_handler(args: argparse.Namespace) -> tuple[ModelHandler, str | None]:
     if args.model.startswith("openai:"):
         h = ChatTranslatorHandler(
-            args.model, batch_size=args.batch_size, cache_dir=args.cache_dir, max_retries=args.max_retries
+            args.model,
+            batch_size=args.batch_size,
+            cache_dir=args.cache_dir,
+            lang_names=parse_mapping(args.lang_names, "--lang_names"),
+            max_retries=args.max_retries,
         )
         return h, None
     h = Seq2SeqHandler(
@@ -289,6 +307,7 @@ def make_handler(args: argparse.Namespace) -> tuple[ModelHandler, str | None]:
         max_input_tokens=args.max_input_tokens,
         device=args.device,
         max_new_tokens=args.max_new_tokens,
+        codes=parse_mapping(args.nllb_codes, "--nllb_codes"),
     )
     return h, args.model
 
@@ -297,9 +316,21 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     from chat.client import DEFAULT_CACHE_DIR
 
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a.add_argument("--input", required=True, help="Dolly JSONL glob, or TRANSLATION_SCHEMA Parquet glob.")
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="Dolly JSONL glob, or TRANSLATION_SCHEMA Parquet glob.")
+    src.add_argument(
+        "--eval_set",
+        help="Evaluation folder (e.g. data/eval): translate its --src evaluation set and modifiers into an "
+        "evaluation folder for each --tgt, written into --output (docs/languages.md).",
+    )
+    a.add_argument(
+        "--eval_items",
+        default="",
+        help="With --eval_set: only these evaluation lines (0-based, e.g. 0-4,38) and the modifier lines built on "
+        "them: a partial evaluation folder (docs/languages.md).",
+    )
     a.add_argument("--src", default="en")
-    a.add_argument("--tgt", default="fr,pt,ru")
+    a.add_argument("--tgt", default="", help="Target languages, comma-separated (e.g. de or fr,pt,ru).")
     a.add_argument("--model", required=True, help="NLLB/M2M100 dir or hub name, or openai:MODEL[@URL].")
     a.add_argument("--output", required=True)
     a.add_argument("--overwrite", action="store_true")
@@ -310,6 +341,18 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     a.add_argument("--device", default="cpu")
     a.add_argument("--cache_dir", default=DEFAULT_CACHE_DIR, help="Reply cache of the chat translator.")
     a.add_argument("--max_retries", type=int, default=6)
+    a.add_argument(
+        "--nllb_codes",
+        default="",
+        help="lang=CODE,... language-code tokens of the NLLB/M2M100 tokenizer for languages it does not "
+        "know by ISO code (e.g. sw=swh_Latn); NLLB_CODES in beam_pipelines/translators.py has the common ones.",
+    )
+    a.add_argument(
+        "--lang_names",
+        default="",
+        help="lang=Name,... language names for the chat translator's prompt (e.g. sw=Swahili); "
+        "LANG_NAMES in beam_pipelines/translators.py has the common ones.",
+    )
     a.add_argument(
         "--keep_flagged",
         action="store_true",
@@ -337,30 +380,76 @@ def parse_band(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def parse_items(text: str) -> list[int] | None:
+    """ "0-4,38" → [0, 1, 2, 3, 4, 38]; "" → None (every line)."""
+    if not text.strip():
+        return None
+    items: set[int] = set()
+    try:
+        for part in filter(None, (x.strip() for x in text.split(","))):
+            lo, dash, hi = part.partition("-")
+            items.update(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    except ValueError:
+        raise ValueError(f"--eval_items={text!r}: expected line indices and ranges, e.g. 0-4,38") from None
+    return sorted(items)
+
+
+def parse_mapping(text: str, flag: str) -> dict[str, str]:
+    """ "a=x,b=y" → {"a": "x", "b": "y"} (ValueError naming the flag otherwise)."""
+    out = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key or not value:
+            raise ValueError(f"{flag}={text!r}: expected lang=value,... (e.g. sw=swh_Latn)")
+        out[key] = value
+    return out
+
+
 def run(argv: Sequence[str]) -> dict:
     args, beam_args = parse_args(argv)
     band = parse_band(args.length_band)
-    out = Output(args.output)
+    tgts = [t for t in args.tgt.split(",") if t]
+    source = None
+    if args.eval_set:
+        from beam_pipelines.eval_translation import PREFIX, EvalSource
+
+        source = EvalSource(args.eval_set, args.src, tgts, parse_items(args.eval_items))
+        out_dir = args.output
+        out = Output(f"{out_dir.rstrip('/')}/{PREFIX}")
+    else:
+        out = Output(args.output)
     if out.skip(args.overwrite):
-        return {"skipped": True}
+        if source is None:
+            return {"skipped": True}
+        from beam_pipelines.eval_translation import write_eval_files
+
+        translated = read_outputs(out.prefix).to_pylist()  # the evaluation files again, from the outputs
+        return {"skipped": True, "eval_set": write_eval_files(source, translated, out_dir, tgts)}
     handler, tokenizer = make_handler(args)
     t0 = time.perf_counter()
     p = beam.Pipeline(options=pipeline_options(beam_args))
     build(
         p,
-        args.input,
+        None if source else args.input,
         out,
         handler,
         src=args.src,
-        tgts=args.tgt.split(","),
+        tgts=tgts,
         tokenizer=tokenizer,
         max_input_tokens=args.max_input_tokens,
-        keep_flagged=args.keep_flagged,
+        keep_flagged=args.keep_flagged or source is not None,  # an evaluation set needs every line
         length_band=band,
         lid_model=args.lid_model,
+        rows=source.rows() if source else None,
     )
     counters = ("items", "failures", "checked", "flagged", *(f"flag_{f}" for f in FLAGS))
-    return run_and_commit(p, out, NS, t0, counters)
+    summary = run_and_commit(p, out, NS, t0, counters)
+    if source is not None:
+        from beam_pipelines.eval_translation import write_eval_files
+
+        translated = read_outputs(out.prefix).to_pylist()
+        summary["eval_set"] = write_eval_files(source, translated, out_dir, tgts)
+    return summary
 
 
 def main() -> None:

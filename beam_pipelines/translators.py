@@ -13,6 +13,8 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+# Common languages; any other: Seq2SeqHandler(codes={lang: token}) / ChatTranslatorHandler(lang_names=...)
+# (translate's --nllb_codes / --lang_names), or the tokenizer's own __xx__ / xx token (M2M100).
 NLLB_CODES = {
     "en": "eng_Latn",
     "fr": "fra_Latn",
@@ -23,6 +25,8 @@ NLLB_CODES = {
     "it": "ita_Latn",
     "zh": "zho_Hans",
     "ja": "jpn_Jpan",
+    "nl": "nld_Latn",
+    "sw": "swh_Latn",
 }
 LANG_NAMES = {
     "en": "English",
@@ -34,6 +38,8 @@ LANG_NAMES = {
     "it": "Italian",
     "zh": "Chinese",
     "ja": "Japanese",
+    "nl": "Dutch",
+    "sw": "Swahili",
 }
 _REFUSAL = re.compile(r"(I am sorry|I'm sorry|I cannot|I can't|As an AI)\b", re.I)
 _SENT = re.compile(r"(?<=[.!?。！？])\s+")
@@ -73,14 +79,17 @@ def _word_chunks(sent: str, count: Callable[[str], int], max_tokens: int) -> lis
     return chunks
 
 
-def lang_token(tokenizer: Any, lang: str) -> str:
-    """The language-code token of `lang` in this tokenizer: NLLB (fra_Latn) or M2M100 (__fr__)."""
+def lang_token(tokenizer: Any, lang: str, codes: dict[str, str] | None = None) -> str:
+    """The language-code token of `lang` in this tokenizer: `codes[lang]`, NLLB (fra_Latn) or M2M100
+    (__fr__)."""
     vocab = tokenizer.get_vocab()
-    for tok in (NLLB_CODES.get(lang, lang), f"__{lang}__", lang):
+    tried = list(dict.fromkeys(((codes or {}).get(lang) or NLLB_CODES.get(lang, lang), f"__{lang}__", lang)))
+    for tok in tried:
         if tok in vocab:
             return tok
     raise ValueError(
-        f"tokenizer has no language code for {lang!r} (tried {NLLB_CODES.get(lang)}, __{lang}__)"
+        f"tokenizer has no language code for {lang!r} (tried {', '.join(tried)}); "
+        f"name its token with --nllb_codes={lang}=CODE (NLLB: e.g. swh_Latn)"
     )
 
 
@@ -96,8 +105,10 @@ class Seq2SeqHandler(ModelHandler[dict, PredictionResult, Any]):
         max_input_tokens: int = 512,
         device: str = "cpu",
         max_new_tokens: int | None = None,
+        codes: dict[str, str] | None = None,
     ):
         super().__init__()
+        self.codes = dict(codes or {})
         self.model_path = model
         self.batch_size = batch_size
         self.num_beams = num_beams
@@ -134,7 +145,7 @@ class Seq2SeqHandler(ModelHandler[dict, PredictionResult, Any]):
         for i, ex in enumerate(batch):
             groups.setdefault((ex["src"], ex["tgt"]), []).append(i)
         for (src, tgt), idx in groups.items():
-            tok.src_lang = lang_token(tok, src)
+            tok.src_lang = lang_token(tok, src, self.codes)
             enc = tok(
                 [batch[i]["text"] for i in idx],
                 return_tensors="pt",
@@ -146,7 +157,7 @@ class Seq2SeqHandler(ModelHandler[dict, PredictionResult, Any]):
             with torch.inference_mode():
                 gen = model.generate(
                     **enc,
-                    forced_bos_token_id=tok.convert_tokens_to_ids(lang_token(tok, tgt)),
+                    forced_bos_token_id=tok.convert_tokens_to_ids(lang_token(tok, tgt, self.codes)),
                     num_beams=self.num_beams,
                     max_new_tokens=limit,
                 )
@@ -159,8 +170,9 @@ class Seq2SeqHandler(ModelHandler[dict, PredictionResult, Any]):
         return {"min_batch_size": 1, "max_batch_size": self.batch_size}
 
 
-def translation_prompt(text: str, src: str, tgt: str) -> str:
-    s, t = LANG_NAMES.get(src, src), LANG_NAMES.get(tgt, tgt)
+def translation_prompt(text: str, src: str, tgt: str, names: dict[str, str] | None = None) -> str:
+    names = {**LANG_NAMES, **(names or {})}
+    s, t = names.get(src, src), names.get(tgt, tgt)
     return (
         f"Translate the following text from {s} to {t}. Reply with the {t} translation only, "
         f"without notes or quotes.\n\n{s}: {text}\n{t}:"
@@ -183,9 +195,16 @@ class ChatTranslatorHandler(ModelHandler[dict, PredictionResult, Any]):
     same cache, retries, concurrency and cost cap as the judge. Spec: openai:MODEL[@BASE_URL]."""
 
     def __init__(
-        self, spec: str, *, batch_size: int = 32, cache_dir: str | None = None, **runner_kwargs: Any
+        self,
+        spec: str,
+        *,
+        batch_size: int = 32,
+        cache_dir: str | None = None,
+        lang_names: dict[str, str] | None = None,
+        **runner_kwargs: Any,
     ):
         super().__init__()
+        self.lang_names = dict(lang_names or {})
         self.spec = spec
         self.batch_size = batch_size
         self.cache_dir = cache_dir
@@ -209,7 +228,12 @@ class ChatTranslatorHandler(ModelHandler[dict, PredictionResult, Any]):
 
         reqs = [
             ChatRequest(
-                [{"role": "user", "content": translation_prompt(ex["text"], ex["src"], ex["tgt"])}],
+                [
+                    {
+                        "role": "user",
+                        "content": translation_prompt(ex["text"], ex["src"], ex["tgt"], self.lang_names),
+                    }
+                ],
                 {"temperature": 0},
                 _parse_translation,
                 expected_completion_tokens=len(ex["text"]) // 3 + 16,

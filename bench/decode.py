@@ -7,6 +7,13 @@ Greedy decoding with repetition penalty on English evaluation prompts. Per batch
 (prefill included) for each side; tokens/s counts generated tokens (up to EOS). The decode phase alone is
 reported too: (tokens - first tokens) / (generate time - time of a 1-token generate). The generated ids of the
 two sides are asserted identical. Prints a table and writes JSON.
+
+The `continuous` case (`--continuous_prompts=64`, 0 skips it): English evaluation prompts of every task plus
+modifier prompts (short / long / lists / ...), so answer lengths vary, `--continuous_max_new_tokens=256`,
+decoded by xlit with static batches (each runs until its longest row ends) and with continuous batching
+(`--continuous_batch` slots refilled as rows end); one warm-up call per mode (compiles), then
+`--continuous_runs` interleaved timed calls; wall time and tokens/s per mode; ids asserted identical.
+Smoke run: `--batch_sizes= --continuous_prompts=6 --continuous_max_new_tokens=8 --continuous_batch=3`.
 """
 
 from __future__ import annotations
@@ -31,6 +38,11 @@ flags.DEFINE_string(
     "prompts", "data/eval/alpacaeval_test_subset.en.jsonl", "Chat prompts, one list per line."
 )
 flags.DEFINE_string("json_out", None, "Write the results as JSON here.")
+flags.DEFINE_enum("batching", "static", ["static", "continuous"], "xlit batching in the transformers cases.")
+flags.DEFINE_integer("continuous_prompts", 64, "Prompts of the static-vs-continuous case (0: skip it).")
+flags.DEFINE_integer("continuous_max_new_tokens", 256, "New tokens per prompt in the continuous case.")
+flags.DEFINE_integer("continuous_batch", 16, "Rows per static batch = decode slots, continuous case.")
+flags.DEFINE_integer("continuous_runs", 1, "Timed runs per mode in the continuous case (median reported).")
 
 
 def hf_generate(
@@ -88,17 +100,13 @@ def matmul_peak_gflops(cfg, batch: int, repeats: int = 200) -> float:
     return 2 * batch * cfg.hidden_size * cfg.intermediate_size * repeats / statistics.median(times) / 1e9
 
 
-def run(argv_unused: list[str]) -> int:
-    import torch
+def hf_cases(engine, model_dir: Path, sizes: list[int]) -> list[dict]:
+    """xlit vs transformers generate at each batch size (the table above the continuous case)."""
     from transformers import AutoModelForCausalLM
 
     from infer.decode import DecodeParams
-    from infer.engine import Engine, resolve_model_dir
 
-    model_dir = resolve_model_dir(FLAGS.model)
     lines = Path(FLAGS.prompts).read_text(encoding="utf-8").splitlines()
-    sizes = [int(b) for b in FLAGS.batch_sizes]
-    engine = Engine.from_path(model_dir, max_batch=max(sizes))
     prompts = [engine.encode(json.loads(x)) for x in lines[: max(sizes)]]
     hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     eos = set(engine.eos_ids)
@@ -107,13 +115,13 @@ def run(argv_unused: list[str]) -> int:
     for b in sizes:
         batch = prompts[:b]
         t = time.perf_counter()
-        ours = engine.generate_ids(batch, params)  # warm-up: compiles this bucket
+        ours = engine.generate_ids(batch, params, batching=FLAGS.batching)  # warm-up: compiles
         compile_s = time.perf_counter() - t
         hf_generate(hf, batch, FLAGS.max_new_tokens, FLAGS.repetition_penalty, eos)  # warm-up
         ours_all, hf_all = [], []
         for _ in range(FLAGS.runs):  # interleaved, so background load hits both sides alike
             t = time.perf_counter()
-            ours = engine.generate_ids(batch, params)
+            ours = engine.generate_ids(batch, params, batching=FLAGS.batching)
             ours_all.append(time.perf_counter() - t)
             t = time.perf_counter()
             ref = hf_generate(hf, batch, FLAGS.max_new_tokens, FLAGS.repetition_penalty, eos)
@@ -121,11 +129,11 @@ def run(argv_unused: list[str]) -> int:
         ours_s, hf_s = statistics.median(ours_all), statistics.median(hf_all)
         # prefill alone (one new token), to report the decode phase separately
         one = DecodeParams(max_new_tokens=1, repetition_penalty=FLAGS.repetition_penalty)
-        engine.generate_ids(batch, one)  # compiles the 1-token bucket
+        engine.generate_ids(batch, one, batching=FLAGS.batching)  # compiles the 1-token bucket
         ours_pre, hf_pre = [], []
         for _ in range(FLAGS.runs):
             t = time.perf_counter()
-            engine.generate_ids(batch, one)
+            engine.generate_ids(batch, one, batching=FLAGS.batching)
             ours_pre.append(time.perf_counter() - t)
             t = time.perf_counter()
             hf_generate(hf, batch, 1, FLAGS.repetition_penalty, eos)
@@ -182,6 +190,91 @@ def run(argv_unused: list[str]) -> int:
             f"{r['speedup']:>5.2f}x {dec:>26} {r['decode_speedup']:>5.2f}x {r['xlit_first_call_s']:>16.1f} "
             f"{r['xlit_decode_gflops']:>11.1f}/{r['hf_decode_gflops']:<11.1f} {r['matmul_peak_gflops']:>12.1f}"
         )
+    return rows
+
+
+def eval_mix(n: int) -> list[list[dict[str, str]]]:
+    """n English prompts: half evaluation instructions spread over the 25 tasks, half modifier
+    instructions spread over the modifier types (short, long, lists of k items, ...)."""
+    from evalsuite.data import load_eval, load_modifiers
+
+    evals, mods = load_eval("en"), load_modifiers("en")
+    k_eval = n - n // 2
+    pick = [evals[i * len(evals) // k_eval] for i in range(k_eval)]
+    pick += [mods[i * len(mods) // (n // 2)] for i in range(n // 2)] if n // 2 else []
+    return [r.messages for r in pick]
+
+
+def continuous_case(engine) -> dict:
+    """Static batches vs continuous batching on the same mixed-length workload (xlit only)."""
+    from infer.decode import DecodeParams
+
+    eng = engine.derive(max_batch=FLAGS.continuous_batch)
+    prompts = [eng.encode(m) for m in eval_mix(FLAGS.continuous_prompts)]
+    params = DecodeParams(
+        max_new_tokens=FLAGS.continuous_max_new_tokens, repetition_penalty=FLAGS.repetition_penalty
+    )
+    modes = ("static", "continuous")
+    first, times, ids = {}, {m: [] for m in modes}, {}
+    for m in modes:  # warm-up: compiles
+        t = time.perf_counter()
+        ids[m] = [r.ids for r in eng.generate_ids(prompts, params, batching=m)]
+        first[m] = time.perf_counter() - t
+    for _ in range(FLAGS.continuous_runs):  # interleaved, so background load hits both alike
+        for m in modes:
+            t = time.perf_counter()
+            got = [r.ids for r in eng.generate_ids(prompts, params, batching=m)]
+            times[m].append(time.perf_counter() - t)
+            assert got == ids[m], f"{m}: ids differ between runs"
+    mismatch = [i for i, (a, b) in enumerate(zip(ids["static"], ids["continuous"], strict=True)) if a != b]
+    assert not mismatch, f"continuous batching changed the generated ids of prompts {mismatch}"
+    lengths = [len(x) for x in ids["static"]]
+    tokens = sum(lengths)
+    # row-steps a static batch spends (every row of a batch runs until its longest row ends)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batches = [order[i : i + eng.max_batch] for i in range(0, len(order), eng.max_batch)]
+    static_row_steps = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    out = {
+        "prompts": len(prompts),
+        "slots": eng.max_batch,
+        "max_new_tokens": params.max_new_tokens,
+        "new_tokens": tokens,
+        "answer_tokens_min_median_max": [min(lengths), statistics.median(lengths), max(lengths)],
+        "prompt_tokens_min_median_max": [
+            min(map(len, prompts)),
+            statistics.median(map(len, prompts)),
+            max(map(len, prompts)),
+        ],
+        "static_row_steps_used": tokens / max(static_row_steps, 1),
+        "identical_tokens": True,
+    }
+    for m in modes:
+        wall = statistics.median(times[m]) if times[m] else first[m]
+        out[m] = {"wall_s": wall, "tok_s": tokens / wall, "runs_s": times[m], "first_call_s": first[m]}
+    out["continuous_speedup"] = out["static"]["wall_s"] / out["continuous"]["wall_s"]
+    print(
+        f"\ncontinuous batching: {len(prompts)} prompts (evaluation + modifiers), {eng.max_batch} slots, "
+        f"max_new_tokens {params.max_new_tokens}, {tokens} tokens (answers {min(lengths)}..{max(lengths)}; "
+        f"static batches use {out['static_row_steps_used']:.0%} of their row-steps)"
+    )
+    print(f"{'mode':>10} {'wall s':>8} {'tok/s':>8} {'first call s':>13}")
+    for m in modes:
+        r = out[m]
+        print(f"{m:>10} {r['wall_s']:>8.1f} {r['tok_s']:>8.1f} {r['first_call_s']:>13.1f}")
+    print(f"continuous / static tokens/s: {out['continuous_speedup']:.2f}x (ids identical)")
+    return out
+
+
+def run(argv_unused: list[str]) -> int:
+    import torch
+
+    from infer.engine import Engine, resolve_model_dir
+
+    model_dir = resolve_model_dir(FLAGS.model)
+    sizes = [int(b) for b in FLAGS.batch_sizes]
+    engine = Engine.from_path(model_dir, max_batch=max(sizes + [FLAGS.continuous_batch]))
+    rows = hf_cases(engine, model_dir, sizes) if sizes else []
+    continuous = continuous_case(engine) if FLAGS.continuous_prompts else None
     report = {
         "model": str(model_dir),
         "machine": platform.processor() or platform.machine(),
@@ -189,6 +282,7 @@ def run(argv_unused: list[str]) -> int:
         "torch_threads": torch.get_num_threads(),
         "load_avg": os.getloadavg(),
         "results": rows,
+        "continuous": continuous,
     }
     if FLAGS.json_out:
         Path(FLAGS.json_out).parent.mkdir(parents=True, exist_ok=True)

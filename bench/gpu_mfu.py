@@ -1,12 +1,16 @@
-"""bf16 train-step MFU (full FT and LoRA, with and without remat) and decode tokens/s on one accelerator.
+"""bf16 train-step MFU (full FT and LoRA, chunked loss on/off, remat and its policy) and decode tokens/s on
+one accelerator.
 
-  python -m bench.gpu_mfu --out=$OUT/gpu_mfu.json [--models=1b,7b_wide --rows=4 --seq_len=2048 --steps=5]
+  python -m bench.gpu_mfu --out=$OUT/gpu_mfu.json [--models=1b,7b_wide --rows=4 --seq_len=2048 --steps=5
+      --loss_chunk_tokens=0,2048 --remat=false --remat_policy=nothing_saveable --decode_batches=64,256]
   python -m bench.gpu_mfu --smoke --out=/tmp/gpu_mfu.json      # CPU dry run, tiny shapes
 
 Random weights from `models.config.LlamaConfig` (no download): "1b" is LLaMA-shaped at ~1.1B parameters
 (TinyLlama's shapes: width 2048, MLP 5632, 22 layers, 32 heads / 4 KV heads), "7b_wide" is LLaMA-2-7B's width
 (4096, MLP 11008, 32 heads, MHA) with `--wide_layers` layers. The step is the trainer's own
-(`train.state.build_state` + `jit_train_step`, AdamW from `train.optim`), bf16 compute on fp32 master weights.
+(`train.state.build_state` + `jit_train_step`, AdamW from `train.optim`), bf16 compute on fp32 master weights,
+with the config's `train.loss_chunk_tokens` (0 = full logits) and `model.remat` / `model.remat_policy`; the step
+is lowered and compiled first, and XLA's own memory analysis of it (temporaries, arguments) is reported.
 MFU = flops_per_token(seq_len) × tokens / step time / peak (train/metrics.py). Decode: `infer.decode.Decoder`
 (greedy, repetition penalty 1.1, no EOS) at each `--decode_batches`, prefill excluded. Each case is guarded:
 an error (e.g. out of memory) is recorded and the next case runs; the JSON is rewritten after every case, and
@@ -27,6 +31,10 @@ flags.DEFINE_bool("smoke", False, "Tiny shapes, 1 timed step: a CPU dry run of e
 flags.DEFINE_list("models", ["1b", "7b_wide"], "Model shapes: 1b, 7b_wide.")
 flags.DEFINE_list("modes", ["ft", "lora"], "Training modes.")
 flags.DEFINE_list("remat", ["false", "true"], "Activation checkpointing settings to measure.")
+flags.DEFINE_list("remat_policy", ["nothing_saveable"], "model.remat_policy values measured with remat on.")
+flags.DEFINE_list(
+    "loss_chunk_tokens", ["0", "2048"], "train.loss_chunk_tokens values (0 = full logits; --smoke: 0, 48)."
+)
 flags.DEFINE_list(
     "attention",
     ["cudnn"],
@@ -36,7 +44,7 @@ flags.DEFINE_integer("wide_layers", 8, "Layers of the 7B-wide model.")
 flags.DEFINE_integer("rows", 4, "Rows per micro-batch.")
 flags.DEFINE_integer("seq_len", 2048, "Tokens per row.")
 flags.DEFINE_integer("steps", 5, "Timed train steps (median reported).")
-flags.DEFINE_list("decode_batches", ["1", "64"], "Decode batch sizes.")
+flags.DEFINE_list("decode_batches", ["64", "256"], "Decode batch sizes.")
 flags.DEFINE_integer("prompt_len", 128, "Decode prompt length.")
 flags.DEFINE_integer("new_tokens", 128, "Decode new tokens per row.")
 flags.DEFINE_string("decode_model", "1b", "Model shape for the decode benchmark.")
@@ -50,7 +58,9 @@ def shapes(name: str):
     return model_shapes(name, smoke=FLAGS.smoke, wide_layers=FLAGS.wide_layers)
 
 
-def train_case(name: str, mode: str, remat: bool, attention: str) -> dict[str, Any]:
+def train_case(
+    name: str, mode: str, remat: bool, attention: str, chunk: int = 0, policy: str = "nothing_saveable"
+) -> dict[str, Any]:
     import jax
     import numpy as np
 
@@ -68,6 +78,8 @@ def train_case(name: str, mode: str, remat: bool, attention: str) -> dict[str, A
     cfg.model.preset = key
     cfg.model.dtype = "float32" if FLAGS.smoke else "bfloat16"
     cfg.model.remat = remat
+    cfg.model.remat_policy = policy
+    cfg.train.loss_chunk_tokens = chunk
     cfg.model.attention = "xla" if FLAGS.smoke and attention == "cudnn" else attention
     cfg.lora.enabled = mode == "lora"
     cfg.data.seq_len, cfg.data.batch_tokens = seq, rows * seq
@@ -86,10 +98,12 @@ def train_case(name: str, mode: str, remat: bool, attention: str) -> dict[str, A
     }
     with jax.set_mesh(mesh):
         built = build_state(cfg, mesh, tx)
-        step = jit_train_step(built, tx, schedule)
         batch = put_batch(np_batch, mesh)
         state = built.state
         t = time.perf_counter()
+        step = jit_train_step(built, tx, schedule).lower(state, batch).compile()
+        compile_s = time.perf_counter() - t
+        mem = step.memory_analysis()
         state, m = step(state, batch)
         jax.block_until_ready((state, m))
         first = time.perf_counter() - t
@@ -107,17 +121,28 @@ def train_case(name: str, mode: str, remat: bool, attention: str) -> dict[str, A
         "model": name,
         "mode": mode,
         "remat": remat,
+        "remat_policy": policy if remat else None,
         "attention": attention,
+        "loss_chunk_tokens": chunk,
         "params": built.model_cfg.num_params(),
         "tokens": tokens,
         "step_s": step_s,
         "tok_s": tokens / step_s,
         "first_call_s": first,
+        "compile_s": compile_s,
+        "temp_gib": _gib(mem, "temp_size_in_bytes"),
+        "argument_gib": _gib(mem, "argument_size_in_bytes"),
         "model_tflops_s": fpt * tokens / step_s / 1e12,
         "mfu": fpt * tokens / step_s / peak if peak else None,
         "loss": float(m["loss"]),
         "runs_s": times,
     }
+
+
+def _gib(mem: Any, field: str) -> float | None:
+    """A field of XLA's compiled memory analysis in GiB (None where the backend gives none)."""
+    value = getattr(mem, field, None) if mem is not None else None
+    return value / 2**30 if value is not None else None
 
 
 def decode_case(batch: int) -> dict[str, Any]:
@@ -172,14 +197,26 @@ def run(argv_unused: list[str]) -> int:
     dev = jax.devices()[0]
     report: dict[str, Any] = {"device": dev.device_kind, "platform": dev.platform, "smoke": FLAGS.smoke}
     cases: list[tuple[str, Any]] = []
+    chunks = [0, 48] if FLAGS.smoke else [int(c) for c in FLAGS.loss_chunk_tokens]
     for name in FLAGS.models:
         for mode in FLAGS.modes:
             for r in FLAGS.remat:
-                for att in FLAGS.attention:
-                    cases.append(("train", (name, mode, r.lower() == "true", att)))
+                remat = r.lower() == "true"
+                for policy in FLAGS.remat_policy if remat else ["nothing_saveable"]:
+                    for att in FLAGS.attention:
+                        for chunk in chunks:
+                            cases.append(("train", (name, mode, remat, att, chunk, policy)))
     cases += [("decode", (int(b),)) for b in FLAGS.decode_batches]
-    # most wanted first, so a short budget drops LoRA rather than the FT MFU or decode figures
-    cases.sort(key=lambda c: 0 if c[0] == "train" and c[1][1] == "ft" else 1 if c[0] == "decode" else 2)
+
+    def rank(case: tuple[str, Any]) -> int:
+        """Most wanted first, so a short budget drops the extra variants rather than the FT MFU (both loss
+        paths), LoRA with the chunked loss (LoRA vs FT) or the decode figures."""
+        kind, args = case
+        if kind == "decode":
+            return 2
+        return 0 if args[1] == "ft" else 1 if args[4] == max(chunks) else 3
+
+    cases.sort(key=rank)  # stable: the flag order within a rank
     return run_cases(
         cases,
         lambda kind, args: train_case(*args) if kind == "train" else decode_case(*args),

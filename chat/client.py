@@ -4,11 +4,12 @@ One engine (`ChatRunner`) provides what every LLM-based metric needs:
   * the official `openai` client against api.openai.com or any base URL (`openai:MODEL@BASE_URL`);
   * the API key only from the environment (OPENAI_API_KEY or the variable named by `api_key_env`); it is
     never logged and is scrubbed from any error text that is recorded;
-  * an on-disk cache (`ChatCache`, sqlite) keyed by sha256 of (model, messages, parameters) -- not the base
-    URL -- so a rerun makes zero HTTP calls;
-  * bounded concurrency (a thread pool), retries with exponential backoff and jitter on 429, 5xx, timeouts,
-    connection errors and malformed bodies (Retry-After honoured, capped), and separate retries when the
-    reply cannot be parsed;
+  * an on-disk cache (`chat.cache.ChatCache`, sqlite) keyed by sha256 of (model, messages, parameters)
+    -- not the base URL -- so a rerun makes zero HTTP calls;
+  * bounded concurrency (a thread pool), retries (tenacity, `chat.retry`) with exponential backoff and
+    jitter on 429, 5xx, timeouts, connection errors and malformed bodies (Retry-After honoured, capped),
+    each attempt passing the cost budget, and separate retries when the reply cannot be parsed;
+  * a progress bar (tqdm, on stderr) over a batch when stderr is a terminal, else a log line every 100;
   * token and cost accounting, a cost estimate before starting and a hard cap (`max_cost_usd`);
   * token log-probabilities: a request whose params ask for `logprobs` gets the reply's
     `choices[0].logprobs.content` (token, logprob, top_logprobs) in `ChatOutcome.logprobs`, cached with the
@@ -24,20 +25,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
-import json
 import math
 import os
-import random
 import re
-import sqlite3
+import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from absl import logging
+from tqdm import tqdm
+
+from chat.cache import ChatCache, cache_key
+from chat.retry import BadReply, LogprobsRejected, retryable_errors, transport_retrying
+from records.errors import InputError
 
 DEFAULT_JUDGE_MODEL = "gpt-3.5-turbo-0125"
 DEFAULT_CACHE_DIR = "~/.cache/xlit/judge"
@@ -58,7 +59,7 @@ class ParseError(ValueError):
     """A reply could not be turned into a verdict."""
 
 
-class LLMConfigError(ValueError):
+class LLMConfigError(InputError):
     """A model spec or key setting is unusable."""
 
 
@@ -121,77 +122,6 @@ class ChatOutcome:
     logprobs: list[dict[str, Any]] | None = None
 
 
-def cache_key(model: str, messages: Sequence[dict[str, str]], params: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of (model, messages, params); the base URL is not part of it."""
-    blob = json.dumps(
-        {"model": model, "messages": list(messages), "params": params}, sort_keys=True, ensure_ascii=False
-    )
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-class ChatCache:
-    """sqlite table key -> (status, raw reply, token counts); safe across threads and processes."""
-
-    def __init__(self, cache_dir: str | os.PathLike):
-        self.path = Path(os.path.expanduser(str(cache_dir))) / "chat_cache.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, status TEXT, raw TEXT,"
-                " prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
-            )
-            cols = {r[1] for r in self._db.execute("PRAGMA table_info(replies)")}
-            if "logprobs" not in cols:  # caches written before log-probs were recorded
-                try:
-                    self._db.execute("ALTER TABLE replies ADD COLUMN logprobs TEXT")
-                except sqlite3.OperationalError:  # another process added it meanwhile
-                    pass
-            self._db.commit()
-
-    def get(self, key: str) -> tuple[str, str, int, int] | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT status, raw, prompt_tokens, completion_tokens FROM replies WHERE key=?", (key,)
-            ).fetchone()
-        return tuple(row) if row else None
-
-    def get_logprobs(self, key: str) -> list[dict[str, Any]] | None:
-        """The log-probs stored with a reply (None if none were)."""
-        with self._lock:
-            row = self._db.execute("SELECT logprobs FROM replies WHERE key=?", (key,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
-
-    def put(
-        self,
-        key: str,
-        model: str,
-        status: str,
-        raw: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        logprobs: list[dict[str, Any]] | None = None,
-    ) -> None:
-        lp = json.dumps(logprobs, ensure_ascii=False) if logprobs is not None else None
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO replies (key, model, status, raw, prompt_tokens, completion_tokens,"
-                " created, logprobs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, model, status, raw, prompt_tokens, completion_tokens, time.time(), lp),
-            )
-            self._db.commit()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
 class Budget:
     """A cost cap shared by several runners (judge, relevance, modifier judge) of one scoring run.
 
@@ -230,8 +160,8 @@ class RunStats:
     failed: int = 0
 
 
-class _BadReply(Exception):
-    """A 200 response whose body is not a chat completion."""
+class _GiveUp(Exception):
+    """An attempt that is not retried (budget refused, 401/4xx, a bad parameter); out.error says why."""
 
 
 LOGPROB_PARAMS = ("logprobs", "top_logprobs")
@@ -254,20 +184,6 @@ def logprobs_content(choice: Any) -> list[dict[str, Any]] | None:
             }
         )
     return out
-
-
-def _retryable() -> tuple[type[BaseException], ...]:
-    import openai  # imported lazily: it takes seconds, and surface-only scoring never needs it
-
-    return (
-        _BadReply,
-        openai.RateLimitError,
-        openai.InternalServerError,
-        openai.APITimeoutError,
-        openai.APIConnectionError,
-        openai.APIResponseValidationError,
-        json.JSONDecodeError,
-    )
 
 
 class Estimator:
@@ -340,10 +256,7 @@ class ChatRunner(Estimator):
         super().__init__(spec, cache=cache, price_per_mtok=price_per_mtok, retry_failed=retry_failed)
         self.bypass_cache = bypass_cache
         self.logprobs_supported = True  # False after the endpoint rejected the logprobs parameter
-        self.max_retries = max_retries
         self.parse_retries = parse_retries
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
         self.concurrency = max(1, concurrency)
         self.budget = budget or Budget(max_cost_usd)
         self.stats = RunStats()
@@ -357,7 +270,9 @@ class ChatRunner(Estimator):
         import openai
 
         self._openai = openai
-        self._retryable = _retryable()
+        self._retryable = retryable_errors()
+        self._retrying = transport_retrying(max_retries, backoff_s, backoff_max_s, self._retryable)
+        # the client's own retries stay off: each attempt must pass the budget and be counted
         self._client = openai.OpenAI(api_key=key, base_url=spec.base_url, timeout=timeout_s, max_retries=0)
 
     def __repr__(self) -> str:
@@ -366,68 +281,62 @@ class ChatRunner(Estimator):
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret != "EMPTY" else text
 
-    def _backoff(self, attempt: int, err: Exception | None = None) -> None:
-        delay = min(self.backoff_max_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
-        resp = getattr(err, "response", None)
-        if resp is not None:
-            try:
-                delay = min(self.backoff_max_s, max(delay, float(resp.headers.get("retry-after", 0))))
-            except ValueError:
-                pass
-        time.sleep(delay)
-
-    def _call(self, req: ChatRequest, out: ChatOutcome) -> str | None:
-        """One reply text with transport retries; None (and out.error set) if every attempt failed.
+    def _attempt(self, req: ChatRequest, out: ChatOutcome) -> str:
+        """One HTTP call within the cost budget: the reply text, or an exception with out.error set.
 
         The reply's log-probs (when asked for and returned) go to out.logprobs."""
-        for attempt in range(self.max_retries + 1):
-            params = req.params
-            if not self.logprobs_supported:
-                params = {k: v for k, v in params.items() if k not in LOGPROB_PARAMS}
-            est = self.cost(estimate_tokens(str(req.messages)), req.expected_completion_tokens)
-            if not self.budget.try_reserve(est):
-                out.error = f"cost cap ${self.budget.max_cost_usd} reached (${self.budget.spent_usd:.4f} spent); not called"
-                return None
+        params = req.params
+        if not self.logprobs_supported:
+            params = {k: v for k, v in params.items() if k not in LOGPROB_PARAMS}
+        est = self.cost(estimate_tokens(str(req.messages)), req.expected_completion_tokens)
+        if not self.budget.try_reserve(est):
+            cap, spent = self.budget.max_cost_usd, self.budget.spent_usd
+            out.error = f"cost cap ${cap} reached (${spent:.4f} spent); not called"
+            raise _GiveUp(out.error)
+        with self._lock:
+            self.stats.http_calls += 1
+        out.calls += 1
+        try:
+            resp = self._client.chat.completions.create(
+                model=self.spec.model, messages=req.messages, **params
+            )
+            if not getattr(resp, "choices", None) or resp.choices[0].message is None:
+                raise BadReply(f"reply without choices: {str(resp)[:200]}")
+        except self._retryable as e:  # a timed-out call may still be billed: keep its estimate
+            self.budget.settle(est, est if isinstance(e, self._openai.APITimeoutError) else 0.0)
             with self._lock:
-                self.stats.http_calls += 1
-            out.calls += 1
-            try:
-                resp = self._client.chat.completions.create(
-                    model=self.spec.model, messages=req.messages, **params
-                )
-                if not getattr(resp, "choices", None) or resp.choices[0].message is None:
-                    raise _BadReply(f"reply without choices: {str(resp)[:200]}")
-            except self._retryable as e:  # a timed-out call may still be billed: keep its estimate
-                self.budget.settle(est, est if isinstance(e, self._openai.APITimeoutError) else 0.0)
-                with self._lock:
-                    self.stats.transport_errors += 1
-                out.error = self._scrub(f"{type(e).__name__}: {e}")[:500]
-                if attempt < self.max_retries:
-                    self._backoff(attempt, e)
-                continue
-            except (self._openai.APIStatusError, TypeError, AttributeError) as e:
-                self.budget.settle(est, 0.0)
-                out.error = self._scrub(f"{type(e).__name__}: {e}")[:500]
-                rejected = isinstance(e, self._openai.BadRequestError) and "logprobs" in str(e)
-                if rejected and any(k in params for k in LOGPROB_PARAMS):
-                    logging.warning("%s rejects the logprobs parameter; asking without it", self.spec)
-                    self.logprobs_supported = False
-                    continue
-                return None
-            usage = getattr(resp, "usage", None)
-            text = resp.choices[0].message.content or ""
-            out.logprobs = logprobs_content(resp.choices[0]) if "logprobs" in params else None
-            pt = getattr(usage, "prompt_tokens", None) or estimate_tokens(str(req.messages))
-            ct = getattr(usage, "completion_tokens", None) or estimate_tokens(text)
-            out.prompt_tokens += pt
-            out.completion_tokens += ct
-            with self._lock:
-                self.stats.prompt_tokens += pt
-                self.stats.completion_tokens += ct
-                self.stats.cost_usd += self.cost(pt, ct)
-            self.budget.settle(est, self.cost(pt, ct))
-            return text
-        return None
+                self.stats.transport_errors += 1
+            out.error = self._scrub(f"{type(e).__name__}: {e}")[:500]
+            raise
+        except (self._openai.APIStatusError, TypeError, AttributeError) as e:
+            self.budget.settle(est, 0.0)
+            out.error = self._scrub(f"{type(e).__name__}: {e}")[:500]
+            rejected = isinstance(e, self._openai.BadRequestError) and "logprobs" in str(e)
+            if rejected and any(k in params for k in LOGPROB_PARAMS):
+                logging.warning("%s rejects the logprobs parameter; asking without it", self.spec)
+                self.logprobs_supported = False
+                raise LogprobsRejected(out.error) from e
+            raise _GiveUp(out.error) from e
+        usage = getattr(resp, "usage", None)
+        text = resp.choices[0].message.content or ""
+        out.logprobs = logprobs_content(resp.choices[0]) if "logprobs" in params else None
+        pt = getattr(usage, "prompt_tokens", None) or estimate_tokens(str(req.messages))
+        ct = getattr(usage, "completion_tokens", None) or estimate_tokens(text)
+        out.prompt_tokens += pt
+        out.completion_tokens += ct
+        with self._lock:
+            self.stats.prompt_tokens += pt
+            self.stats.completion_tokens += ct
+            self.stats.cost_usd += self.cost(pt, ct)
+        self.budget.settle(est, self.cost(pt, ct))
+        return text
+
+    def _call(self, req: ChatRequest, out: ChatOutcome) -> str | None:
+        """One reply text with transport retries; None (and out.error set) if every attempt failed."""
+        try:
+            return self._retrying(self._attempt, req, out)
+        except (_GiveUp, LogprobsRejected, *self._retryable):
+            return None
 
     def run_one(self, req: ChatRequest) -> ChatOutcome:
         """Cache lookup, then up to 1 + parse_retries replies until one parses."""
@@ -483,11 +392,17 @@ class ChatRunner(Estimator):
                 self.stats.failed += 1
         return out
 
-    def run(self, requests: Sequence[ChatRequest], desc: str = "llm") -> list[ChatOutcome]:
-        """Outcomes in request order; never raises for a single item."""
+    def run(
+        self, requests: Sequence[ChatRequest], desc: str = "llm", progress: bool = True
+    ) -> list[ChatOutcome]:
+        """Outcomes in request order; never raises for a single item.
+
+        Progress: a bar on stderr when `progress` and stderr is a terminal, else a log line every 100."""
         results: list[ChatOutcome | None] = [None] * len(requests)
+        show_bar = progress and sys.stderr is not None and sys.stderr.isatty()
+        bar = tqdm(total=len(requests), desc=desc, unit="req", file=sys.stderr, disable=not show_bar)
         done = 0
-        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+        with bar, concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
             futures = {pool.submit(self.run_one, r): i for i, r in enumerate(requests)}
             for fut in concurrent.futures.as_completed(futures):
                 i = futures[fut]
@@ -498,8 +413,13 @@ class ChatRunner(Estimator):
                         "failed", error=self._scrub(f"internal error: {type(e).__name__}: {e}")
                     )
                 done += 1
-                if done % 100 == 0 or done == len(requests):
-                    s = self.stats
+                s = self.stats
+                if show_bar:
+                    bar.set_postfix(
+                        calls=s.http_calls, cached=s.cache_hits, usd=f"{s.cost_usd:.4f}", refresh=False
+                    )
+                    bar.update(1)
+                elif done % 100 == 0 or done == len(requests):
                     logging.info(
                         "%s: %d/%d done, %d HTTP calls, %d cache hits, $%.4f",
                         desc,

@@ -24,7 +24,8 @@ SHIPPED_LIMA = "data/train/lima.en.jsonl"
 # Full Dolly-15k is not shipped: download it (databricks/databricks-dolly-15k) and its NLLB translations
 # (naver/pasero examples/zero-shot-transfer-inst-tuning/data/dolly.{fr,pt,ru}.jsonl) to these paths.
 DOLLY_EN = "data/train/dolly.en.jsonl"
-DOLLY_DT = tuple(f"data/train/dolly.{lang}.jsonl" for lang in ("en", "fr", "pt", "ru"))
+PAPER_LANGS = ("en", "fr", "pt", "ru")  # the paper's languages: default values below, never assumed by code
+DOLLY_DT = tuple(f"data/train/dolly.{lang}.jsonl" for lang in PAPER_LANGS)
 LIMA_EN = SHIPPED_LIMA
 # LoRA target projections (the names of models.lora's projections; configs import nothing but each other).
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -38,6 +39,7 @@ ENUMS = {
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.attention": ("auto", "einsum", "xla", "cudnn"),
+    "model.remat_policy": ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable"),
     "data.format": ("dolly", "lima"),
     "data.lang_sampling": ("uniform", "proportional"),
     "data.lang_unit": ("example", "microbatch"),
@@ -68,6 +70,10 @@ def base() -> ml_collections.ConfigDict:
             dtype="bfloat16",  # compute
             param_dtype="float32",  # master weights
             remat=False,  # activation checkpointing per layer
+            # with remat, what a layer keeps for the backward pass (models.config.LlamaConfig.remat_policy):
+            # nothing_saveable (recompute all) | dots_with_no_batch_dims_saveable (keep the projections) |
+            # dots_saveable (keep every matmul output); runtime only, same numbers
+            remat_policy="nothing_saveable",
             attention="auto",  # no-cache attention: auto | einsum | xla | cudnn (models.config.LlamaConfig.attention)
         )
     )
@@ -122,9 +128,14 @@ def base() -> ml_collections.ConfigDict:
             # validation while training (train/validate.py, docs/train.md): every N steps and at the last one,
             # greedy answers to data/eval/validation.{lang}.jsonl + the loss of their reference answers; 0 = off
             validate_every=0,
-            validate_langs=("en", "fr", "pt", "ru"),
+            validate_langs=PAPER_LANGS,
             validate_items=0,  # first N items per language (0 = all 24)
             validate_max_new_tokens=128,  # answer budget (the run's repetition penalty, greedy)
+            # cross-entropy over at most ~this many tokens' float32 logits at a time (train/step.py
+            # chunked_nll: a scan over sequence chunks with a fused loss + gradient), instead of the full
+            # [rows, seq_len, vocab] logits; 0 = off (one logits tensor). Runtime only: same loss and
+            # gradients up to float rounding (tests/test_train_loss_chunk.py); e.g. 2048 on GPUs
+            loss_chunk_tokens=0,
         )
     )
     c.checkpoint = ml_collections.ConfigDict(dict(save_every=200, keep=2, async_save=True))

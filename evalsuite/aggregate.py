@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from records.errors import InputError
 from records.schemas import JUDGE_CRITERIA
 
-NON_EN = ("fr", "pt", "ru")
+REFERENCE_LANG = "en"  # the tuning language; "non-English" is every other language the rows have
 SURFACE_METRICS = ("lang_correct", "spell_ok_rate", "relevance")
 Row = dict[str, Any]
 
@@ -138,9 +139,12 @@ def en_vs_nonen(
     keys: Sequence[str] = ("model",),
     rule: str = "judge",
     n_boot: int = 1000,
-    non_en: Sequence[str] = NON_EN,
+    non_en: Sequence[str] | None = None,
 ) -> list[Row]:
-    """Figure 2: per group x criterion, English and the mean over fr/pt/ru of the per-language means."""
+    """Figure 2: per group x criterion, English and the mean over the other languages (`non_en`; default:
+    every language of `rows` but English, e.g. fr/pt/ru) of the per-language means."""
+    if non_en is None:
+        non_en = sorted({r["lang"] for r in rows if r.get("lang") and r["lang"] != REFERENCE_LANG})
     out = []
     for gkey, grows in group_rows(rows, keys).items():
         by_lang = group_rows(grows, ("lang",))
@@ -232,7 +236,7 @@ LR_METRICS: tuple[str, ...] = SURFACE_METRICS
 _METRIC_ALIASES = {"spell_ok": "spell_ok_rate", "spelling": "spell_ok_rate", "lang": "lang_correct"}
 
 
-class LRChoiceError(ValueError):
+class LRChoiceError(InputError):
     """The LR cannot be chosen as asked (a metric missing for some LR, unknown metric, no rows)."""
 
 

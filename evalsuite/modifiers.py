@@ -1,9 +1,9 @@
 """Task-modifier fulfilment (paper Section 5.2, Table 1).
 
 Programmatic checks, each returning (fulfilled, detail):
-  short           at most THRESHOLDS[lang].short_max_sentences sentences (a sentence ends with . ! ? … or a
+  short           at most thresholds(lang).short_max_sentences sentences (a sentence ends with . ! ? … or a
                   line break)
-  long            at least THRESHOLDS[lang].long_min_words words (count_words: Unicode letters/digits, so
+  long            at least thresholds(lang).long_min_words words (count_words: Unicode letters/digits, so
                   Cyrillic and accented Latin count; l'eau, guarda-chuva, don't are one word each)
   num_items N     exactly N list items: lines starting with a number ("1." "1)") or a bullet
                   (- * + • -> →) at the outermost indentation, numbered items preferred when both occur;
@@ -19,11 +19,13 @@ Programmatic checks, each returning (fulfilled, detail):
                   and Italian the word after an elided article (l', d', qu', ...) is the one checked
 LLM-judged (a 0/1 prompt, prompts.MODIFIER_PROMPT): scientific_style, simple_style, complex_inst.
 
-Thresholds per language (THRESHOLDS, the one table; docs/evalsuite.md shows it): the English base (5
-sentences, 150 words) scaled by how many sentences / words the same content takes in each language, measured
-on the shipped parallel evaluation set (derive_thresholds: threshold_L = round(base x count_L / count_en) over
-the 113 line-aligned instructions of data/eval/alpacaeval_test_subset.{en,fr,pt,ru}.jsonl). Russian needs
-fewer words (no articles, synthetic morphology): 128 instead of 150.
+Thresholds per language (`thresholds(lang, eval_dir)`; docs/evalsuite.md shows the shipped languages' table):
+the English base (5 sentences, 150 words) scaled by how many sentences / words the same content takes in
+the language, measured on the parallel evaluation set (derive_thresholds: threshold_L = round(base x
+count_L / count_en), at least 1, over the 113 line-aligned instructions of
+alpacaeval_test_subset.<lang>.jsonl). A language added by translation (docs/languages.md) gets its
+thresholds the same way from its translated set, against the English set of its folder (else the shipped
+one). Russian needs fewer words (no articles, synthetic morphology): 128 instead of 150.
 
 Helpfulness with the modifier taken into account (`helpfulness_with_modifier`): the judge sees the full
 instruction, and an answer that does not fulfil the modifier gets at most 1, as in the paper.
@@ -34,18 +36,20 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
+from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import NamedTuple
 
 from chat.client import ChatRequest
-from evalsuite.data import LANGS, MODIFIER_TYPES, load_eval
+from evalsuite.data import MODIFIER_TYPES, default_data_dir, eval_langs, load_eval
 from evalsuite.langid import LangId
 from evalsuite.prompts import modifier_prompt
 from evalsuite.relevance import parse_binary_reply
+from records.errors import InputError
 
-SHORT_MAX_SENTENCES = 5  # English base of THRESHOLDS (short: "Answer briefly in just a few sentences.")
-LONG_MIN_WORDS = 150  # English base of THRESHOLDS (long: "Give a detailed answer.")
+SHORT_MAX_SENTENCES = 5  # English base of the thresholds (short: "Answer briefly in just a few sentences.")
+LONG_MIN_WORDS = 150  # English base of the thresholds (long: "Give a detailed answer.")
 CAP_MIN_RATIO = 0.9
 
 
@@ -54,14 +58,7 @@ class Thresholds(NamedTuple):
     long_min_words: int
 
 
-# The one table of per-language thresholds (docs/evalsuite.md "Modifier thresholds per language" shows it;
-# tests check that derive_thresholds() on the shipped data gives exactly these values).
-THRESHOLDS: dict[str, Thresholds] = {
-    "en": Thresholds(5, 150),
-    "fr": Thresholds(5, 157),
-    "pt": Thresholds(5, 151),
-    "ru": Thresholds(5, 128),
-}
+REFERENCE_LANG = "en"  # the language of the base thresholds
 LLM_TYPES = ("scientific_style", "simple_style", "complex_inst")
 PROGRAM_TYPES = tuple(t for t in MODIFIER_TYPES if t not in LLM_TYPES)
 
@@ -89,25 +86,29 @@ def count_words(text: str) -> int:
     return len(_COUNTED_WORD.findall(unicodedata.normalize("NFC", text)))
 
 
-def thresholds(lang: str) -> Thresholds:
-    """THRESHOLDS[lang]; ValueError naming the table for a language without thresholds."""
+def thresholds(lang: str, eval_dir: str | Path | None = None) -> Thresholds:
+    """The short/long thresholds of `lang`, derived from the parallel evaluation set in `eval_dir` (default:
+    the shipped data/eval; derive_thresholds). InputError naming the folder when `lang` has no evaluation
+    set there."""
+    return _thresholds(str(Path(eval_dir or default_data_dir()).resolve()), lang)
+
+
+@lru_cache(maxsize=64)
+def _thresholds(eval_dir: str, lang: str) -> Thresholds:
     try:
-        return THRESHOLDS[lang]
-    except KeyError:
-        raise ValueError(
-            f"no short/long modifier thresholds for language {lang!r} (THRESHOLDS in evalsuite/modifiers.py, "
-            f"docs/evalsuite.md: {', '.join(THRESHOLDS)})"
-        ) from None
+        return derive_thresholds(eval_dir, (lang,))[lang]
+    except InputError as e:
+        raise InputError(f"no short/long modifier thresholds for language {lang!r}: {e}") from None
 
 
-def check_short(response: str, lang: str = "en") -> tuple[bool, str]:
-    limit = thresholds(lang).short_max_sentences
+def check_short(response: str, lang: str = "en", eval_dir: str | Path | None = None) -> tuple[bool, str]:
+    limit = thresholds(lang, eval_dir).short_max_sentences
     n = count_sentences(response)
     return 0 < n <= limit, f"{n} sentences (max {limit} in {lang})"
 
 
-def check_long(response: str, lang: str = "en") -> tuple[bool, str]:
-    limit = thresholds(lang).long_min_words
+def check_long(response: str, lang: str = "en", eval_dir: str | Path | None = None) -> tuple[bool, str]:
+    limit = thresholds(lang, eval_dir).long_min_words
     n = count_words(response)
     return n >= limit, f"{n} words (min {limit} in {lang})"
 
@@ -116,19 +117,35 @@ def _instruction_text(messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages if m.get("role") != "system")
 
 
-def derive_thresholds(root: str | Path | None = None) -> dict[str, Thresholds]:
-    """THRESHOLDS recomputed from the parallel evaluation set: per language L, round(base x total_L /
-    total_en) for sentences (base 5) and words (base 150), totals over its 113 line-aligned instructions."""
-    texts = {lang: [_instruction_text(r.messages) for r in load_eval(lang, root)] for lang in LANGS}
-    sents = {lang: sum(count_sentences(t) for t in ts) for lang, ts in texts.items()}
-    words = {lang: sum(count_words(t) for t in ts) for lang, ts in texts.items()}
-    return {
-        lang: Thresholds(
-            round(SHORT_MAX_SENTENCES * sents[lang] / sents["en"]),
-            round(LONG_MIN_WORDS * words[lang] / words["en"]),
+def derive_thresholds(
+    root: str | Path | None = None, langs: tuple[str, ...] | None = None
+) -> dict[str, Thresholds]:
+    """Thresholds recomputed from the parallel evaluation set in `root` (default: the shipped data/eval) for
+    `langs` (default: every language there): per language L, max(1, round(base x total_L / total_en)) for
+    sentences (base 5) and words (base 150), totals over the line-aligned instructions (all 113; for a partial
+    set, its lines and the same lines in English). English is read from `root`, else from the shipped folder
+    (a translated folder may hold only its new language)."""
+    folder = Path(root or default_data_dir())
+    langs = eval_langs(folder) if langs is None else langs
+    ref_root = folder if REFERENCE_LANG in eval_langs(folder) else default_data_dir()
+    reference = {r.item: _instruction_text(r.messages) for r in load_eval(REFERENCE_LANG, ref_root)}
+
+    def totals(texts: list[str]) -> tuple[int, int]:
+        return sum(count_sentences(t) for t in texts), sum(count_words(t) for t in texts)
+
+    out = {}
+    for lang in langs:
+        recs = load_eval(lang, folder)
+        n_s, n_w = totals([_instruction_text(r.messages) for r in recs])
+        ref_s, ref_w = totals([reference[r.item] for r in recs if r.item in reference])
+        if not ref_s or not ref_w:
+            raise InputError(
+                f"{folder}: no {REFERENCE_LANG} instruction parallel to {lang}'s to derive thresholds"
+            )
+        out[lang] = Thresholds(
+            max(1, round(SHORT_MAX_SENTENCES * n_s / ref_s)), max(1, round(LONG_MIN_WORDS * n_w / ref_w))
         )
-        for lang in LANGS
-    }
+    return out
 
 
 def count_items(response: str) -> int:
@@ -278,12 +295,18 @@ def check_cap(response: str, lang: str) -> tuple[bool, str]:
 
 
 def check_programmatic(
-    modifier_type: str, modifier_arg: str | None, response: str, lang: str, langid: LangId
+    modifier_type: str,
+    modifier_arg: str | None,
+    response: str,
+    lang: str,
+    langid: LangId,
+    eval_dir: str | Path | None = None,
 ) -> tuple[bool, str]:
-    """Fulfilment of a programmatically checkable modifier; ValueError for other types."""
+    """Fulfilment of a programmatically checkable modifier; ValueError for other types. `eval_dir`: the
+    evaluation folder holding `lang`'s set (for the short/long thresholds; default: the shipped one)."""
     checks: dict[str, Callable[[], tuple[bool, str]]] = {
-        "short": lambda: check_short(response, lang),
-        "long": lambda: check_long(response, lang),
+        "short": lambda: check_short(response, lang, eval_dir),
+        "long": lambda: check_long(response, lang, eval_dir),
         "num_items": lambda: check_num_items(response, int(modifier_arg or "0")),
         "lang": lambda: check_lang(response, modifier_arg or "", langid),
         "markdown_template": lambda: check_markdown(response),

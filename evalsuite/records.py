@@ -4,42 +4,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
 from records.files import RecordError, iter_jsonl, read_table
+from records.rows import ScoringInput, check
 from records.schemas import SCORE_SCHEMA
 
 REQUIRED = ("id", "lang", "messages", "response")
-OPTIONAL_STR = ("task", "modifier_type", "modifier_arg")
 
 
-def _check_row(row: dict, where: str) -> None:
-    for field in ("id", "lang", "response"):
-        if not isinstance(row.get(field), str):
-            got = (
-                "missing"
-                if field not in row
-                else ("null" if row[field] is None else type(row[field]).__name__)
-            )
-            raise RecordError(f"{where}: field {field!r} must be a string ({got})")
-    msgs = row.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise RecordError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
-    for j, m in enumerate(msgs):
-        if (
-            not isinstance(m, dict)
-            or not isinstance(m.get("role"), str)
-            or not isinstance(m.get("content"), str)
-        ):
-            raise RecordError(f"{where}: field 'messages[{j}]' must have string 'role' and 'content'")
-    if not any(m["role"] == "user" for m in msgs):
-        raise RecordError(f"{where}: field 'messages' has no user message")
-    for field in OPTIONAL_STR:
-        if row.get(field) is not None and not isinstance(row[field], str):
-            raise RecordError(f"{where}: field {field!r} must be a string or null")
-    if row.get("modifier_type") in ("lang", "num_items") and not row.get("modifier_arg"):
-        raise RecordError(f"{where}: modifier_type {row['modifier_type']!r} needs field 'modifier_arg'")
+def _check_row(row: Any, where: str) -> None:
+    """One generation to score, checked as records.rows.ScoringInput (RecordError naming `where` and the field)."""
+    check(ScoringInput, row, where)
 
 
 def read_generations(path: str | os.PathLike) -> pa.Table:
@@ -53,8 +31,6 @@ def read_generations(path: str | os.PathLike) -> pa.Table:
     if path.suffix in (".jsonl", ".json"):
         rows = []
         for lineno, obj in iter_jsonl(path):
-            if not isinstance(obj, dict):
-                raise RecordError(f"{path}:{lineno}: expected a JSON object")
             _check_row(obj, f"{path}:{lineno}")
             rows.append(obj)
         try:

@@ -11,13 +11,11 @@ carries the last standalone 0/1 digit (null without log-probs).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any
 
 from chat.client import (
     ChatOutcome,
     ChatRequest,
-    ChatRunner,
     ParseError,
     expected_value,
     rating_distribution,
@@ -87,9 +85,3 @@ def relevance_columns(outcome: ChatOutcome | None) -> dict[str, Any]:
         "relevance_raw": outcome.raw,
         "relevance_expected": expected_binary(outcome.logprobs) if ok else None,
     }
-
-
-def relevance_all(runner: ChatRunner, items: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Relevance columns for (task, response) pairs, in order."""
-    outcomes = runner.run([relevance_request(t, r) for t, r in items], desc="relevance")
-    return [relevance_columns(o) for o in outcomes]

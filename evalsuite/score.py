@@ -13,7 +13,6 @@ The API key is read from the environment variable named by --api_key_env (defaul
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 from absl import app, flags, logging
@@ -30,9 +29,9 @@ from chat.client import (
 from evalsuite.records import read_generations
 from evalsuite.scoring import attach_scores, plan_llm, score_rows
 from evalsuite.spelling import DEFAULT_DICT_DIRS
-from evalsuite.surface import SurfaceScorer
-from records.files import RecordError, atomic_write_parquet
-from records.schemas import SchemaError
+from evalsuite.surface import SPELLING_META_KEY, SPELLING_MODES, SurfaceScorer
+from records.cli import expected_errors
+from records.files import atomic_write_parquet
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("generations", None, "Parquet or JSONL file of responses to score.")
@@ -58,6 +57,16 @@ flags.DEFINE_string("lid_model", None, "fastText model (default: lid.176.ftz fro
 flags.DEFINE_list("dict_dir", list(DEFAULT_DICT_DIRS), "Folders searched for Hunspell dictionaries.")
 flags.DEFINE_integer(
     "code_switch_min_chars", 20, "Minimum letters for a sentence to count in code_switch_rate."
+)
+flags.DEFINE_string(
+    "eval_dir", None, "Evaluation folder of the rows' languages (short/long thresholds; default: data/eval)."
+)
+flags.DEFINE_enum(
+    "spelling",
+    "require",
+    list(SPELLING_MODES),
+    "require: a language without a Hunspell dictionary is an error naming the Debian package; skip: its "
+    "spell_ok_rate is null and the summary says so (docs/languages.md).",
 )
 flags.DEFINE_string("cache_dir", DEFAULT_CACHE_DIR, "On-disk cache of LLM replies.")
 flags.DEFINE_bool("cache", True, "Use the reply cache (--nocache to disable).")
@@ -103,6 +112,14 @@ def run() -> dict:
     t0 = time.perf_counter()
     table = read_generations(FLAGS.generations)
     rows = table.to_pylist()
+    surface = SurfaceScorer(
+        FLAGS.lid_model,
+        tuple(FLAGS.dict_dir),
+        FLAGS.code_switch_min_chars,
+        eval_dir=FLAGS.eval_dir,
+        spelling=FLAGS.spelling,
+    )
+    surface.check_rows(rows)  # every language scorable (fastText label, dictionary) before any LLM call
     judge_spec = parse_model_spec(FLAGS.judge)
     rel_spec = parse_model_spec(FLAGS.relevance)
     mod_spec = judge_spec if FLAGS.modifier_judge == "same" else parse_model_spec(FLAGS.modifier_judge)
@@ -136,9 +153,11 @@ def run() -> dict:
         raise LLMConfigError(
             f"estimated cost ${est_cost:.4f} exceeds --max_cost_usd={FLAGS.max_cost_usd}; nothing was called"
         )
-    surface = SurfaceScorer(FLAGS.lid_model, tuple(FLAGS.dict_dir), FLAGS.code_switch_min_chars)
     scores = score_rows(rows, surface, plan)
     out = attach_scores(table, scores, FLAGS.output)
+    if surface.spelling_note():  # in the file too: spell_ok_rate null means "not scored" for these languages
+        meta = {**(out.schema.metadata or {}), SPELLING_META_KEY: surface.spelling_note().encode("utf-8")}
+        out = out.replace_schema_metadata(meta)
     atomic_write_parquet(out, FLAGS.output)
     summary = {
         "rows": len(rows),
@@ -150,6 +169,9 @@ def run() -> dict:
         "llm": {str(spec): r.stats.__dict__ for spec, r in runners.items()},
         "cost_usd": round(budget.spent_usd, 6),
     }
+    if surface.spelling_note():
+        summary["spelling_skipped"] = surface.spelling_note()
+        logging.warning("%s", surface.spelling_note())
     logging.info("wrote %s: %s", FLAGS.output, json.dumps(summary))
     if cache is not None:
         cache.close()
@@ -159,15 +181,9 @@ def run() -> dict:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        summary = run()
-    except (RecordError, SchemaError, LLMConfigError, FileNotFoundError, ValueError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(summary))
+    print(json.dumps(run()))
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["generations", "output"])
-    app.run(main)
+    app.run(expected_errors(main))

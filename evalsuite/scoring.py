@@ -38,9 +38,6 @@ class LLMPlan:
     def estimate(self) -> dict[str, dict[str, float]]:
         return {job.name: job.runner.estimate(job.requests) for job in self.jobs}
 
-    def total_estimated_cost(self) -> float:
-        return sum(e["cost_usd"] for e in self.estimate().values())
-
     def run(self) -> dict[str, dict[int, ChatOutcome]]:
         return {
             job.name: dict(zip(job.rows, job.runner.run(job.requests, desc=job.name)))  # type: ignore[union-attr]

@@ -11,9 +11,14 @@ Tokenizer (`words`), in order:
 A word passes if one of the language's installed dictionaries accepts it, or if it is hyphenated and
 every part passes.
 
-Dictionaries (Debian layout, *.dic + *.aff): en -> en_US, en_GB; fr -> fr_FR, fr; pt -> pt_PT, pt_BR;
-ru -> ru_RU; de -> de_DE; searched in `dict_dirs` (default /usr/share/hunspell, /usr/share/myspell/dicts).
-Every installed variant is used (pt_PT and pt_BR spellings both pass: económico, econômico).
+Dictionaries (Debian layout, *.dic + *.aff), searched in `dict_dirs` (default /usr/share/hunspell,
+/usr/share/myspell/dicts, /usr/share/myspell): the names in DICTIONARIES for a language listed there (en ->
+en_US, en_GB; pt -> pt_PT, pt_BR; ...), else any `<lang>.dic` or `<lang>_<REGION>.dic` found. Every installed
+variant is used (pt_PT and pt_BR spellings both pass: económico, econômico).
+
+A language without an installed dictionary is an error (MissingDictionaryError) naming the Debian package to
+install (DICTIONARIES, else hunspell-<lang>), unless the caller opts out (`required=False`, the scorers'
+`--spelling=skip`): then spelling is not scored (spell_ok_rate null) and the scorer says so.
 """
 
 from __future__ import annotations
@@ -22,16 +27,31 @@ import re
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import hunspell
 
-DICT_NAMES = {
-    "en": ("en_US", "en_GB"),
-    "fr": ("fr_FR", "fr"),
-    "pt": ("pt_PT", "pt_BR"),
-    "ru": ("ru_RU",),
-    "de": ("de_DE",),
+from records.errors import InputError
+
+
+class Dictionaries(NamedTuple):
+    names: tuple[str, ...]  # Hunspell dictionary names, in order of preference
+    packages: tuple[str, ...]  # the Debian packages that install them
+
+
+# Known names and packages; a language not listed here still works with any <lang>[_XX].dic installed.
+DICTIONARIES = {
+    "en": Dictionaries(("en_US", "en_GB"), ("hunspell-en-us", "hunspell-en-gb")),
+    "fr": Dictionaries(("fr_FR", "fr"), ("hunspell-fr",)),
+    "pt": Dictionaries(("pt_PT", "pt_BR"), ("hunspell-pt-pt", "hunspell-pt-br")),
+    "ru": Dictionaries(("ru_RU",), ("hunspell-ru",)),
+    "de": Dictionaries(("de_DE",), ("hunspell-de-de",)),
+    "es": Dictionaries(("es_ES", "es"), ("hunspell-es",)),
+    "it": Dictionaries(("it_IT",), ("hunspell-it",)),
+    "nl": Dictionaries(("nl_NL", "nl"), ("hunspell-nl",)),
+    "sw": Dictionaries(("sw_TZ", "sw_KE"), ("hunspell-sw",)),
 }
+DICT_NAMES = {lang: d.names for lang, d in DICTIONARIES.items()}
 DEFAULT_DICT_DIRS = ("/usr/share/hunspell", "/usr/share/myspell/dicts", "/usr/share/myspell")
 
 _FENCED = re.compile(r"```.*?(?:```|$)|~~~.*?(?:~~~|$)", re.S)
@@ -67,11 +87,32 @@ def words(text: str) -> list[str]:
     return out
 
 
+class MissingDictionaryError(InputError, FileNotFoundError):
+    """No Hunspell dictionary for a language; the message names the Debian package to install."""
+
+
+def debian_packages(lang: str) -> tuple[str, ...]:
+    """The Debian packages with `lang`'s Hunspell dictionaries (DICTIONARIES, else hunspell-<lang>)."""
+    known = DICTIONARIES.get(lang)
+    return known.packages if known else (f"hunspell-{lang}",)
+
+
+def _candidate_names(lang: str, dict_dirs: tuple[str, ...]) -> list[str]:
+    if lang in DICTIONARIES:
+        return list(DICTIONARIES[lang].names)
+    names = [lang]
+    for d in dict_dirs:
+        names += sorted(
+            p.stem for p in Path(d).glob(f"{lang}_*.dic") if re.fullmatch(rf"{lang}_[A-Z]{{2}}", p.stem)
+        )
+    return list(dict.fromkeys(names))
+
+
 def find_dictionaries(lang: str, dict_dirs: tuple[str, ...] = DEFAULT_DICT_DIRS) -> list[tuple[Path, Path]]:
     """(dic, aff) paths of every installed variant for `lang` (first directory wins per variant)."""
     found: list[tuple[Path, Path]] = []
     seen: set[Path] = set()
-    for name in DICT_NAMES.get(lang, ()):
+    for name in _candidate_names(lang, tuple(dict_dirs)):
         for d in dict_dirs:
             dic, aff = Path(d) / f"{name}.dic", Path(d) / f"{name}.aff"
             if dic.exists() and aff.exists():
@@ -94,9 +135,7 @@ class SpellChecker:
     def __init__(self, lang: str, dict_dirs: tuple[str, ...] = DEFAULT_DICT_DIRS):
         found = find_dictionaries(lang, dict_dirs)
         if not found:
-            raise FileNotFoundError(
-                f"no Hunspell dictionary for {lang!r} ({', '.join(DICT_NAMES.get(lang, ()))}) in {dict_dirs}"
-            )
+            raise MissingDictionaryError(missing_message(lang, dict_dirs))
         self.lang = lang
         self.dictionaries = found
         self.dic, self.aff = found[0]
@@ -129,10 +168,34 @@ class SpellChecker:
         return ok / n if n else None
 
 
+def missing_message(lang: str, dict_dirs: tuple[str, ...] = DEFAULT_DICT_DIRS) -> str:
+    """Why `lang` cannot be spellchecked and what to do about it."""
+    pkgs = debian_packages(lang)
+    names = ", ".join(f"{n}.dic" for n in _candidate_names(lang, tuple(dict_dirs))) or f"{lang}_XX.dic"
+    known = (
+        "" if lang in DICTIONARIES else f" (if there is no such package: apt-cache search hunspell-{lang})"
+    )
+    return (
+        f"no Hunspell dictionary for language {lang!r} ({names} + .aff) in {', '.join(dict_dirs)}: install "
+        f"the Debian package {' or '.join(pkgs)} (apt-get install {pkgs[0]}){known}, or score without "
+        f"spelling with --spelling=skip (spell_ok_rate is then null for {lang!r}, and the scores say so)"
+    )
+
+
 @lru_cache(maxsize=16)
-def get_checker(lang: str, dict_dirs: tuple[str, ...] = DEFAULT_DICT_DIRS) -> SpellChecker | None:
-    """A shared SpellChecker for `lang`, or None if no dictionary is installed for it."""
+def _load(lang: str, dict_dirs: tuple[str, ...]) -> SpellChecker | None:
     try:
         return SpellChecker(lang, dict_dirs)
-    except FileNotFoundError:
+    except MissingDictionaryError:
         return None
+
+
+def get_checker(
+    lang: str, dict_dirs: tuple[str, ...] = DEFAULT_DICT_DIRS, required: bool = False
+) -> SpellChecker | None:
+    """A shared SpellChecker for `lang`; without an installed dictionary None, or with `required`
+    MissingDictionaryError naming the Debian package to install."""
+    checker = _load(lang, tuple(dict_dirs))
+    if checker is None and required:
+        raise MissingDictionaryError(missing_message(lang, tuple(dict_dirs)))
+    return checker

@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 
 from models.config import LlamaConfig
 from models.modules import _layer, init_cache, rms_norm
+from models.sharding import constrain
 
 _MASKED = -1e30
 FINISH_RUNNING, FINISH_STOP, FINISH_LENGTH = 0, 1, 2
@@ -234,22 +235,55 @@ def _prefill(model_info, params, tokens, mask, *, cache_len: int, out_len: int) 
     )
 
 
-def _decode(model_info, params, state: DecodeState, row: RowParams, eos_ids, steps, allowed, *, pad_id: int):
+def constrain_state(state: DecodeState) -> DecodeState:
+    """The decode state sharded by the rules table under a mesh (batch over data x fsdp, KV heads over
+    tensor, as `init_cache`); identity without one. Keeps a donated state's layout stable between calls."""
+    c = state.cache
+    kv = ("layers", "batch", "act_kv_heads", "length", None)
+    cache = {
+        "k": constrain(c["k"], kv),
+        "v": constrain(c["v"], kv),
+        "segment_ids": constrain(c["segment_ids"], ("batch", "length")),
+        "index": c["index"],
+    }
+    rows = ("batch", None)
+    return DecodeState(
+        cache,
+        constrain(state.logits, rows),
+        constrain(state.seen, rows),
+        constrain(state.out, rows),
+        constrain(state.n_gen, ("batch",)),
+        constrain(state.finish, ("batch",)),
+        constrain(state.prompt_len, ("batch",)),
+        state.step,
+    )
+
+
+def _decode(
+    model_info, params, state: DecodeState, row: RowParams, eos_ids, steps, allowed, exit_done, *, pad_id: int
+):
+    """Up to `steps` steps; stops early once `exit_done` rows are done (the batch size: when all are).
+
+    Each running row's token goes to `out[row, n_gen]`, so rows that started at different times (continuous
+    batching, infer/slots.py) share the loop; its RoPE position is `prompt_len + n_gen`, its key/value goes
+    to the cache's shared write index."""
     cfg, lora_scale = model_info
-    b = state.out.shape[0]
+    b, n_out = state.out.shape
     rows = jnp.arange(b)
-    limit = jnp.minimum(state.step + steps, state.out.shape[1])
+    cols = jnp.arange(n_out)[None, :]
 
-    def cond(s: DecodeState):
-        return (s.step < limit) & ~jnp.all(s.done)
+    def cond(carry):
+        i, s = carry
+        return (i < steps) & (jnp.sum(s.done) < exit_done)
 
-    def body(s: DecodeState) -> DecodeState:
+    def body(carry):
+        i, s = carry
         logits = process_logits(s.logits, s.seen, row.penalty)
         if allowed is not None:
             logits = jnp.where(allowed, logits, _MASKED)
         running = ~s.done
         tok = jnp.where(running, pick_tokens(logits, row, s.n_gen), pad_id)
-        out = jax.lax.dynamic_update_slice(s.out, tok[:, None], (0, s.step))
+        out = jnp.where(running[:, None] & (cols == s.n_gen[:, None]), tok[:, None], s.out)
         n_gen = s.n_gen + running.astype(jnp.int32)
         is_eos = jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
         finish = jnp.where(
@@ -261,9 +295,10 @@ def _decode(model_info, params, state: DecodeState, row: RowParams, eos_ids, ste
         positions = (s.prompt_len + s.n_gen)[:, None]
         ones = jnp.ones((b, 1), jnp.int32)
         logits, cache = forward_unrolled(cfg, lora_scale, params, tok[:, None], positions, ones, s.cache)
-        return DecodeState(cache, logits[:, 0], seen, out, n_gen, finish, s.prompt_len, s.step + 1)
+        return i + 1, DecodeState(cache, logits[:, 0], seen, out, n_gen, finish, s.prompt_len, s.step + 1)
 
-    return jax.lax.while_loop(cond, body, state)
+    _, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
+    return constrain_state(state)
 
 
 prefill_jit = jax.jit(_prefill, static_argnums=(0,), static_argnames=("cache_len", "out_len"))
@@ -311,9 +346,16 @@ class Decoder:
             )
 
     def decode(
-        self, state: DecodeState, row: RowParams, steps: int, allowed: np.ndarray | None = None
+        self,
+        state: DecodeState,
+        row: RowParams,
+        steps: int,
+        allowed: np.ndarray | None = None,
+        exit_done: int | None = None,
     ) -> DecodeState:
+        """Up to `steps` steps, fewer once `exit_done` rows are done (default: all of them)."""
         allowed_arr = None if allowed is None else jnp.asarray(allowed, bool)
+        exit_done = state.out.shape[0] if exit_done is None else exit_done
         with self._mesh_scope():
             return decode_jit(
                 self.graphdef,
@@ -323,6 +365,7 @@ class Decoder:
                 self.eos_ids,
                 jnp.asarray(steps, jnp.int32),
                 allowed_arr,
+                jnp.asarray(exit_done, jnp.int32),
                 pad_id=self.pad_id,
             )
 
@@ -342,12 +385,3 @@ def left_pad(ids: list[list[int]], length: int, batch: int, pad_id: int) -> tupl
         tokens[i, length - len(row) :] = row
         mask[i, length - len(row) :] = 1
     return tokens, mask
-
-
-def state_to_host(state: DecodeState) -> dict[str, Any]:
-    """The small per-row fields as numpy (for the host loop)."""
-    return {
-        "n_gen": np.asarray(state.n_gen),
-        "finish": np.asarray(state.finish),
-        "step": int(state.step),
-    }

@@ -1,28 +1,32 @@
 """The inference engine: a model and its tokenizer loaded once, prompts batched, bucketed and decoded.
 
 `Engine.generate(prompts, params)` takes chat message lists (rendered with the chat template) or raw
-strings (completions), sorts them by prompt length, cuts them into batches of at most `max_batch`, pads
-each batch to power-of-two buckets (rows, prompt length, new tokens) and runs `infer.decode`. Each row has
-its own `DecodeParams`; results come back in input order and do not depend on the batch a prompt ran in.
+strings (completions). By default (`batching="continuous"`) the prompts go through `infer.slots.Slots`:
+`max_batch` decode slots, a row that ends frees its slot and the next prompt (shortest first) is prefilled
+into it. `batching="static"` sorts them by prompt length, cuts them into batches of at most `max_batch`,
+pads each batch to power-of-two buckets (rows, prompt length, new tokens) and runs `infer.decode` until
+its longest row ends. Each row has its own `DecodeParams`; results come back in input order and do not
+depend on the batch a prompt ran in (greedy tokens are those of the prompt decoded alone).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import functools
 import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from infer.decode import FINISH_LENGTH, FINISH_STOP, DecodeParams, Decoder, RowParams, bucket, left_pad
+from infer.rows import Constraint, DeltaCallback, Result, Row, RowTrack, record_logprobs, step_logprobs
+from infer.rows import to_host as _host
+from infer.slots import MIN_PROMPT_BUCKET as SLOT_MIN_PROMPT_BUCKET
+from infer.slots import SEGMENT, Slots
 from models.checkpoint import load_model
 from models.embedded import resolve_model
 from models.sharding import mesh_placer
@@ -30,38 +34,11 @@ from models.tokenizer import ChatTemplateError, ChatTokenizer
 
 Messages = list[dict[str, str]]
 Prompt = Messages | str
-MIN_PROMPT_BUCKET = 16
+MIN_PROMPT_BUCKET = SLOT_MIN_PROMPT_BUCKET
 MIN_NEW_BUCKET = 16
 HOST_SEGMENT = 16  # decode steps between host checks when stop strings or streaming need them
-_FINISH_NAMES = {FINISH_STOP: "stop", FINISH_LENGTH: "length"}
-
-
-@dataclasses.dataclass
-class Result:
-    """One generation: new token ids (EOS included when hit), their text, why it ended."""
-
-    ids: list[int]
-    text: str
-    finish_reason: str  # "stop" (EOS or stop string) | "length" | "error"
-    prompt_tokens: int
-    response_tokens: int
-    error: str | None = None
-    # per generated token (when requested): (log-prob of the chosen token, [(token id, log-prob)] of the top
-    # `logprobs` tokens), log-softmax of the model's raw logits at that step (before repetition penalty,
-    # temperature and constraints)
-    logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None
-
-
-class Constraint(Protocol):
-    """A per-row token constraint (e.g. infer.json_constraint.JsonObjectConstraint)."""
-
-    def allowed(self, remaining: int) -> np.ndarray: ...  # bool [V]: tokens allowed at the next step
-
-    def advance(self, token: int) -> None: ...
-
-
-# on_delta(row index, text delta, finished) — called as text becomes final (streaming).
-DeltaCallback = Callable[[int, str, bool], None]
+Batching = Literal["continuous", "static"]
+__all__ = ["Constraint", "DeltaCallback", "Engine", "Prompt", "Result"]  # re-exported from infer.rows
 
 
 def enable_compile_cache() -> None:
@@ -92,23 +69,6 @@ def eos_ids_of(model_dir: Path, tokenizer: ChatTokenizer) -> list[int]:
         eos = json.loads(gc.read_text()).get("eos_token_id")
         ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     return sorted(ids)
-
-
-@dataclasses.dataclass
-class _Row:
-    index: int
-    ids: list[int]
-    params: DecodeParams
-    constraint: Constraint | None
-    logprobs: int | None = None  # top-k log-probs to record per step (0: the chosen token only)
-
-
-@functools.partial(jax.jit, static_argnames=("k",))
-def _step_logprobs(logits: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """log-softmax of raw logits [B,V] and its top-k values / ids (for `logprobs` requests)."""
-    lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    top, idx = jax.lax.top_k(lp, k)
-    return lp, top, idx
 
 
 class Engine:
@@ -221,11 +181,17 @@ class Engine:
         progress: Callable[[int], None] | None = None,
         errors: dict[int, str] | None = None,
         logprobs: Sequence[int | None] | None = None,
+        batching: Batching = "continuous",
     ) -> list[Result]:
         """Like `generate`, from token ids (None = a prompt that failed upstream, see `errors`).
 
         logprobs: per prompt, None or how many top log-probs to record per generated token (Result.logprobs).
+        batching: "continuous" (`max_batch` slots refilled as rows end, see infer/slots.py) or "static"
+        (batches of `max_batch` prompts of similar length, each until its longest row ends). Same tokens.
+        on_delta(i, text, finished) streams the text of prompt i; progress(n) counts finished prompts.
         """
+        if batching not in ("continuous", "static"):
+            raise ValueError(f"generate: batching must be 'continuous' or 'static', got {batching!r}")
         n = len(prompt_ids)
         plist = [params] * n if isinstance(params, DecodeParams) else list(params)
         cons = list(constraints) if constraints is not None else [None] * n
@@ -247,11 +213,23 @@ class Engine:
                     f"model's {limit} positions"
                 )
             else:
-                rows.append(_Row(i, list(ids), plist[i], cons[i], lps[i]))
+                rows.append(Row(i, list(ids), plist[i], cons[i], lps[i]))
         for i, msg in errors.items():
             size = len(prompt_ids[i] or [])
             results[i] = Result([], "", "error", size, 0, error=msg)
         rows.sort(key=lambda r: len(r.ids))
+        if batching == "continuous" and rows:
+            # the static path's buckets (prompt, new tokens) plus room for the slots' cursor to move
+            p_len = bucket(max(len(r.ids) for r in rows), MIN_PROMPT_BUCKET)
+            out_len = bucket(max(r.params.max_new_tokens for r in rows), MIN_NEW_BUCKET)
+            slots = self.slots(
+                min(self.max_batch, bucket(len(rows))),
+                cache_len=p_len + out_len + 4 * SEGMENT,
+                out_len=out_len,
+            )
+            for row, res in zip(rows, slots.run(rows, on_delta, progress), strict=True):
+                results[row.index] = res
+            return results  # type: ignore[return-value]
         for start in range(0, len(rows), self.max_batch):
             batch = rows[start : start + self.max_batch]
             for row, res in zip(batch, self._run_batch(batch, on_delta), strict=True):
@@ -260,9 +238,31 @@ class Engine:
                 progress(len(batch))
         return results  # type: ignore[return-value]
 
+    def slots(
+        self,
+        size: int | None = None,
+        *,
+        cache_len: int = 2048,
+        out_len: int | None = None,
+        segment: int = SEGMENT,
+    ) -> Slots:
+        """Continuous-batching decode slots over this engine (infer/slots.py): `size` slots (default
+        `max_batch`) of `cache_len` cache entries each; a row may take up to cache_len - segment prompt +
+        new tokens and `out_len` new tokens (default: all of them). Submit `Row`s, call `step()`."""
+        return Slots(
+            self.decoder,
+            self.tokenizer.decode,
+            size=size or self.max_batch,
+            cache_len=cache_len,
+            out_len=out_len or cache_len,
+            max_positions=self.cfg.max_position_embeddings,
+            segment=segment,
+        )
+
     # ------------------------------------------------------------------------------------------ decode
 
-    def _run_batch(self, rows: list[_Row], on_delta: DeltaCallback | None) -> list[Result]:
+    def _run_batch(self, rows: list[Row], on_delta: DeltaCallback | None) -> list[Result]:
+        """One static batch, decoded until its longest row ends."""
         n = len(rows)
         b = bucket(n, maximum=max(self.max_batch, n))
         p_len = bucket(max(len(r.ids) for r in rows), MIN_PROMPT_BUCKET)
@@ -273,142 +273,45 @@ class Engine:
             state = state._replace(finish=state.finish.at[n:].set(FINISH_LENGTH))
         row_params = RowParams.build([r.params for r in rows], b)
         constrained = any(r.constraint is not None for r in rows)
-        host = _HostRows(self, rows, on_delta)
-        want_lp = [r.logprobs is not None for r in rows]
-        top_k = max([r.logprobs or 0 for r in rows], default=0) if any(want_lp) else None
-        needs_host = constrained or on_delta is not None or any(r.params.stop for r in rows)
+        tracks = [RowTrack(r, self.tokenizer.decode, on_delta) for r in rows]
+        want_lp = {i: t for i, t in enumerate(tracks) if t.row.logprobs is not None}
+        top_k = max(1, max(t.row.logprobs or 0 for t in want_lp.values())) if want_lp else None
+        needs_host = any(t.needs_host for t in tracks)
         steps = 1 if constrained or top_k is not None else HOST_SEGMENT if needs_host else out_len
         vocab = self.cfg.vocab_size
         while True:
             allowed = None
             if constrained:
                 allowed = np.ones((b, vocab), bool)
-                n_gen = np.asarray(state.n_gen)
-                for i, r in enumerate(rows):
-                    if r.constraint is not None and not host.done[i]:
-                        allowed[i] = r.constraint.allowed(r.params.max_new_tokens - int(n_gen[i]))
+                n_gen = _host(state.n_gen)
+                for i, t in enumerate(tracks):
+                    if t.row.constraint is not None and not t.done:
+                        allowed[i] = t.row.constraint.allowed(t.row.params.max_new_tokens - int(n_gen[i]))
             before = int(state.step)
             if top_k is not None:  # before decode: decode donates the state (and its logits)
-                running = np.asarray(state.finish[:n]) == 0
-                lp, top, idx = _step_logprobs(state.logits, k=max(1, top_k))
-            state = self.decoder.decode(state, row_params, steps, allowed)
-            finish = np.asarray(state.finish)
+                running = _host(state.finish)[:n] == 0
+                lp, top, idx = step_logprobs(state.logits, k=top_k)
+            state = self.decoder.decode(state, row_params, min(steps, out_len - before), allowed)
+            finish = _host(state.finish)
             after = int(state.step)
             if top_k is not None and after > before:
-                tok = np.asarray(state.out[:n, before])
-                chosen = np.asarray(lp[jnp.arange(n), jnp.asarray(tok)])
-                top_np, idx_np = np.asarray(top[:n]), np.asarray(idx[:n])
-                for i, r in enumerate(rows):
-                    if want_lp[i] and running[i]:
-                        k = r.logprobs or 0
-                        pairs = [
-                            (int(t), float(v)) for t, v in zip(idx_np[i, :k], top_np[i, :k], strict=True)
-                        ]
-                        host.logprobs[i].append((float(chosen[i]), pairs))
+                tok = _host(state.out)[:n, before]
+                picked = {i: int(tok[i]) for i in want_lp if running[i]}
+                record_logprobs(want_lp, lp, top, idx, picked)
             if needs_host:
-                new = np.asarray(state.out[:n, before:after])
-                stopped = host.update(new, np.asarray(state.n_gen[:n]), finish[:n])
+                new, n_gen = _host(state.out)[:n, before:after], _host(state.n_gen)[:n]
+                stopped = []
+                for i, t in enumerate(tracks):
+                    if not t.done:
+                        fresh = [int(x) for x in new[i][: int(n_gen[i]) - len(t.ids)]]
+                        if t.update(fresh, bool(finish[i])):
+                            stopped.append(i)
                 if stopped:
-                    idx = np.asarray(stopped)
-                    state = state._replace(finish=state.finish.at[idx].set(FINISH_STOP))
-                    finish = np.asarray(state.finish)
+                    state = state._replace(finish=state.finish.at[np.asarray(stopped)].set(FINISH_STOP))
+                    finish = _host(state.finish)
             if bool(np.all(finish != 0)) or after >= out_len:
                 break
-        out = np.asarray(state.out[:n])
-        n_gen = np.asarray(state.n_gen[:n])
-        return host.results(out, n_gen, finish[:n])
-
-
-class _HostRows:
-    """Host-side bookkeeping per row: stop strings, constraints, streamed text."""
-
-    def __init__(self, engine: Engine, rows: list[_Row], on_delta: DeltaCallback | None):
-        self.engine = engine
-        self.rows = rows
-        self.on_delta = on_delta
-        self.ids: list[list[int]] = [[] for _ in rows]
-        self.cut: list[int | None] = [None] * len(rows)  # token count and text cut for stop strings
-        self.cut_text: list[str | None] = [None] * len(rows)
-        self.sent = [0] * len(rows)  # characters already streamed
-        self.done = [False] * len(rows)
-        self.logprobs: list[list[tuple[float, list[tuple[int, float]]]]] = [[] for _ in rows]
-
-    def _text(self, ids: list[int]) -> str:
-        return self.engine.tokenizer.decode(ids)
-
-    def update(self, new: np.ndarray, n_gen: np.ndarray, finish: np.ndarray) -> list[int]:
-        """Takes the tokens of the last segment; returns rows that just hit a stop string."""
-        stopped = []
-        for i, r in enumerate(self.rows):
-            if self.done[i]:
-                continue
-            start = len(self.ids[i])
-            fresh = [int(t) for t in new[i][: int(n_gen[i]) - start]]
-            self.ids[i].extend(fresh)
-            if r.constraint is not None:
-                for t in fresh:
-                    r.constraint.advance(t)
-            finished = bool(finish[i])
-            if r.params.stop and fresh:
-                hit = self._find_stop(i, start)
-                if hit is not None:
-                    stopped.append(i)
-                    finished = True
-            self.done[i] = finished
-            if self.on_delta is not None:
-                self._stream(i, finished)
-        return stopped
-
-    def _find_stop(self, i: int, start: int) -> int | None:
-        stops = self.rows[i].params.stop
-        ids = self.ids[i]
-        text = self._text(ids)
-        if not any(s in text for s in stops):
-            return None
-        for k in range(max(1, start), len(ids) + 1):  # the first token count whose text holds a stop
-            t = self._text(ids[:k])
-            pos = [t.find(s) for s in stops if s in t]
-            if pos:
-                self.cut[i] = k
-                self.cut_text[i] = t[: min(pos)]
-                self.ids[i] = ids[:k]
-                return k
-        return None
-
-    def final_text(self, i: int) -> str:
-        return self.cut_text[i] if self.cut_text[i] is not None else self._text(self.ids[i])
-
-    def _stream(self, i: int, finished: bool) -> None:
-        text = self.final_text(i)
-        end = len(text)
-        if not finished:
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
-                end -= 1
-            for s in self.rows[i].params.stop:  # hold back what may start a stop string
-                for k in range(min(len(s) - 1, end), 0, -1):
-                    if text[:end].endswith(s[:k]):
-                        end -= k
-                        break
-        if end > self.sent[i] or finished:
-            self.on_delta(i, text[self.sent[i] : end], finished)
-            self.sent[i] = max(self.sent[i], end)
-
-    def results(self, out: np.ndarray, n_gen: np.ndarray, finish: np.ndarray) -> list[Result]:
-        res = []
-        for i, r in enumerate(self.rows):
-            if self.cut[i] is not None:
-                ids, text, reason = self.ids[i], self.cut_text[i], "stop"
-            else:
-                ids = [int(t) for t in out[i][: int(n_gen[i])]]
-                text, reason = self._text(ids), _FINISH_NAMES.get(int(finish[i]), "length")
-                if self.on_delta is not None and not self.done[i]:
-                    self.ids[i] = ids
-                    self._stream(i, True)
-            lp = self.logprobs[i][: len(ids)] if r.logprobs is not None else None
-            res.append(Result(ids, text, reason, len(r.ids), len(ids), logprobs=lp))
-        return res
-
-
-def device_summary() -> str:
-    d = jax.devices()
-    return f"{len(d)}x {d[0].platform}"
+        out, n_gen = _host(state.out)[:n], _host(state.n_gen)[:n]
+        return [
+            t.result([int(x) for x in out[i][: int(n_gen[i])]], int(finish[i])) for i, t in enumerate(tracks)
+        ]

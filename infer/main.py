@@ -15,17 +15,12 @@ logged and stored in the `decoding` column.
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-from pathlib import Path
+import dataclasses
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from infer.decode import DecodeParams
-from infer.records import ResumableOutput, read_prompts
-from infer.run_settings import fill_unset
-from records.files import RecordError, atomic_write_text
+from infer.generate_file import GenerateOptions, generate_file
+from records.cli import expected_errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -61,87 +56,14 @@ flags.DEFINE_integer("mesh_fsdp", 1, "Devices on the fsdp axis (weights' embed d
 flags.DEFINE_integer("mesh_tensor", 1, "Devices on the tensor axis (heads, MLP, vocab); -1 = remaining.")
 
 
-def run(argv_unused: list[str]) -> int:
-    from tqdm import tqdm
-
-    from infer.engine import Engine
-    from models.sharding import make_mesh
-
-    output = Path(FLAGS.output)
-    try:
-        source = fill_unset(FLAGS)
-        logging.info(
-            "decoding: max_new_tokens=%s repetition_penalty=%s template=%s dtype=%s from %s",
-            FLAGS.max_new_tokens, FLAGS.repetition_penalty, FLAGS.template, FLAGS.dtype, source,
-        )  # fmt: skip
-        rows, bad = read_prompts(FLAGS.input, skip_bad=FLAGS.skip_bad)
-        params = DecodeParams.from_options(FLAGS)
-        sizes = (FLAGS.mesh_data, FLAGS.mesh_fsdp, FLAGS.mesh_tensor)
-        mesh = None if sizes == (1, 1, 1) else make_mesh(*sizes)
-    except (RecordError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if bad:
-        side = output.with_name(output.name + ".bad.txt")
-        atomic_write_text("".join(b + "\n" for b in bad), side)
-        logging.warning("%d bad input lines skipped, listed in %s", len(bad), side)
-    if FLAGS.limit:
-        rows = rows[: FLAGS.limit]
-    out = ResumableOutput(output)
-    done = out.done_ids()
-    todo = [r for r in rows if r["id"] not in done]
-    logging.info("%d rows, %d already answered, %d to go", len(rows), len(rows) - len(todo), len(todo))
-    if todo:
-        engine = Engine.from_path(
-            FLAGS.model, dtype=FLAGS.dtype, template=FLAGS.template, max_batch=FLAGS.batch_size, mesh=mesh
-        )
-        model_name = FLAGS.model_name or engine.name
-        decoding = json.loads(params.to_json())
-        decoding.update(template=FLAGS.template, dtype=FLAGS.dtype)
-        decoding_json = json.dumps(decoding, sort_keys=True)
-        ids, errors = [], {}
-        for i, r in enumerate(todo):
-            try:
-                ids.append(engine.encode(r["messages"]))
-            except Exception as e:  # a template that cannot render this conversation: record, go on
-                ids.append(None)
-                errors[i] = f"cannot encode prompt: {e}"
-        order = sorted(range(len(todo)), key=lambda i: len(ids[i] or []))  # similar lengths batch together
-        chunk = FLAGS.chunk_size or 2 * FLAGS.batch_size
-        start = time.time()
-        with tqdm(total=len(todo), desc="generate", unit="row") as bar:
-            for c in range(0, len(order), chunk):
-                idx = order[c : c + chunk]
-                results = engine.generate_ids(
-                    [ids[i] for i in idx],
-                    params,
-                    errors={k: errors[i] for k, i in enumerate(idx) if i in errors},
-                    progress=bar.update,
-                )
-                records = []
-                for i, res in zip(idx, results, strict=True):
-                    records.append(
-                        {
-                            **todo[i],
-                            "response": res.text,
-                            "prompt_tokens": res.prompt_tokens,
-                            "response_tokens": res.response_tokens,
-                            "finish_reason": res.finish_reason,
-                            "model": model_name,
-                            "decoding": decoding_json,
-                            "error": res.error,
-                        }
-                    )
-                out.append(records)
-        logging.info("generated %d rows in %.1fs", len(todo), time.time() - start)
-    table = out.finalize([r["id"] for r in rows])
-    print(f"wrote {output} ({table.num_rows} rows)")
-    return 0
-
-
-def main() -> None:
-    app.run(lambda argv: sys.exit(run(argv)))
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    opts = GenerateOptions(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(GenerateOptions)})
+    opts.stop = tuple(opts.stop)
+    table = generate_file(opts)
+    print(f"wrote {opts.output} ({table.num_rows} rows)")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(expected_errors(main))

@@ -2,7 +2,8 @@
 
 Input rows hold chat messages and an id: the shipped evaluation files (one `[{"role", "content"}]` list per
 line, id = 0-based line number) or objects with `messages` (or a `prompt` string) and optional `id`; any
-other field is passed through. Output follows `records.schemas.GENERATION_SCHEMA`.
+other field is passed through (records.rows.InstructionRecord checks each). Output follows
+`records.schemas.GENERATION_OUTPUT_SCHEMA` (GENERATION_SCHEMA + `error`).
 
 Resume: finished rows are appended as Parquet parts (`<output>.parts/part-*.parquet`, each written through
 a temporary file and a rename); at the end the parts and any earlier output are merged into `<output>`
@@ -20,35 +21,17 @@ from typing import Any
 import pyarrow as pa
 
 from records.files import RecordError, atomic_write_parquet, iter_jsonl, read_table
-from records.schemas import GENERATION_SCHEMA, MESSAGES
+from records.rows import InstructionRecord, check
+from records.schemas import GENERATION_OUTPUT_SCHEMA, MESSAGES
 
-OUTPUT_FIELDS = [*GENERATION_SCHEMA.names, "error"]
-
-
-def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise RecordError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects")
-    out = []
-    for j, m in enumerate(messages):
-        if (
-            not isinstance(m, dict)
-            or not isinstance(m.get("role"), str)
-            or not isinstance(m.get("content"), str)
-        ):
-            raise RecordError(
-                f"{where}: field 'messages[{j}]' must be an object with string 'role' and 'content'"
-            )
-        if m["role"] not in ("system", "user", "assistant"):
-            raise RecordError(
-                f"{where}: field 'messages[{j}].role' is {m['role']!r}, expected system/user/assistant"
-            )
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+OUTPUT_FIELDS = GENERATION_OUTPUT_SCHEMA.names
 
 
 def _to_row(value: Any, default_id: str, where: str) -> dict[str, Any]:
+    """One input record → a row with a string `id` and `messages` (role and content only), checked as
+    records.rows.InstructionRecord; other fields pass through."""
     if isinstance(value, list):
-        return {"id": default_id, "messages": _check_messages(value, where)}
+        value = {"messages": value}
     if not isinstance(value, dict):
         raise RecordError(f"{where}: expected a list of messages or an object, got {type(value).__name__}")
     row = dict(value)
@@ -56,11 +39,10 @@ def _to_row(value: Any, default_id: str, where: str) -> dict[str, Any]:
         row["messages"] = [{"role": "user", "content": row.pop("prompt")}]
     if "messages" not in row:
         raise RecordError(f"{where}: missing field 'messages' (or 'prompt')")
-    row["messages"] = _check_messages(row["messages"], where)
     rid = row.get("id", default_id)
-    if rid is None or isinstance(rid, bool | float | list | dict):
-        raise RecordError(f"{where}: field 'id' must be a string or an integer, got {rid!r}")
-    row["id"] = str(rid)
+    row["id"] = str(rid) if isinstance(rid, int) and not isinstance(rid, bool) else rid  # ids may be integers
+    rec = check(InstructionRecord, row, where)
+    row["messages"] = [m.model_dump() for m in rec.messages]
     return row
 
 
@@ -95,8 +77,8 @@ def read_prompts(path: str | os.PathLike, skip_bad: bool = False) -> tuple[list[
 
 
 def to_table(records: list[dict[str, Any]]) -> pa.Table:
-    """Output records → Arrow, the GENERATION_SCHEMA columns typed, pass-through columns inferred."""
-    fields = list(GENERATION_SCHEMA) + [pa.field("error", pa.string())]
+    """Output records → Arrow, the GENERATION_OUTPUT_SCHEMA columns typed, pass-through columns inferred."""
+    fields = list(GENERATION_OUTPUT_SCHEMA)
     extra = [k for k in dict.fromkeys(k for r in records for k in r) if k not in OUTPUT_FIELDS]
     cols = {f.name: pa.array([r.get(f.name) for r in records], f.type) for f in fields}
     for k in extra:

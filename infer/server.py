@@ -1,14 +1,20 @@
-"""OpenAI-compatible HTTP server over one Engine: /v1/models, /v1/chat/completions, /v1/completions.
+"""OpenAI-compatible HTTP API over one model: /v1/models, /v1/chat/completions, /v1/completions.
 
-  python -m infer.server --model=DIR [--host=127.0.0.1 --port=8000 --api_key=KEY --max_batch=16]
+`make_app(engine_or_backend, ...)` builds the FastAPI app; `python -m infer.serve` runs it with uvicorn.
+Requests are pydantic models (`ChatRequest`, `CompletionRequest`); errors are OpenAI-shaped, `{"error":
+{"message", "type", "param", "code"}}`: 400 for a malformed or unsupported request (`param` names a field that
+fails validation), 401 for a missing/wrong `Authorization: Bearer KEY` when `api_key` is set, 404 for an
+unknown model or route, 500 when generation fails.
 
-Concurrent requests are batched dynamically: a worker thread takes the first waiting request, gathers
-whatever else arrives within `--batch_wait_ms` (up to `--max_batch`), and decodes them as one batch, each
-row with its own parameters. `stream=true` answers with server-sent events; `response_format=
-{"type": "json_object"}` constrains decoding so the reply always parses as a JSON object, and
-`{"type": "json_schema", ...}` with a flat object of required integer properties (minimum/maximum) decodes
-exactly `{"K1": v1, ...}` with each value in range (what a small local judge needs to give usable scores). Defaults differ
-from OpenAI's in one place: temperature defaults to 0 (greedy), which is what a local judge wants.
+An Engine is served through `infer.batcher` (dynamic batching: a worker thread gathers the requests that
+arrive within `batch_wait_ms`, up to `max_batch`, and decodes them as one batch, each row with its own
+parameters). `stream=true` answers with server-sent events; `response_format={"type": "json_object"}`
+constrains decoding so the reply always parses as a JSON object, and `{"type": "json_schema", "json_schema":
+{"schema": ...}}` so that it fits any JSON Schema llguidance supports (infer.json_constraint; a schema it cannot
+compile is a 400 naming `json_schema`), in `json.dumps`'s layout — the judge schema decodes exactly
+`{"K1": v1, ...}`. A constrained request whose max_tokens is below the shortest reply in its format (as the
+backend's `min_tokens` finds it) is a 400 naming max_tokens. Defaults differ from OpenAI's in one place:
+temperature defaults to 0 (greedy), which is what a local judge wants.
 
 Log-probabilities: chat requests with `logprobs=true` (and `top_logprobs=0..20`) get `choices[0].logprobs =
 {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}, ...]}` as OpenAI returns them; legacy
@@ -19,355 +25,397 @@ response_format mask), so it does not depend on the decoding parameters. Not ava
 
 from __future__ import annotations
 
-import dataclasses
+import hmac
 import json
-import queue
-import sys
-import threading
+import socket
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any, Literal, Protocol
 
-from absl import app, flags, logging
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from infer.decode import DecodeParams, bucket
-from infer.engine import MIN_PROMPT_BUCKET, Constraint, Engine, Result
-from infer.json_constraint import (
-    IntObjectConstraint,
-    IntObjectDFA,
-    JsonVocab,
-    parse_int_object_schema,
-    token_bytes,
-)
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "embedded", "HF directory, training workdir, .gguf, or 'embedded'.")
-flags.DEFINE_string("served_model_name", None, "Model id clients use (default: the model directory name).")
-flags.DEFINE_string("host", "127.0.0.1", "Bind address.")
-flags.DEFINE_integer("port", 8000, "Port (0 = any free port; the chosen one is printed).")
-flags.DEFINE_string("api_key", None, "If set, requests need `Authorization: Bearer <key>`.")
-flags.DEFINE_integer("max_batch", 16, "Most requests decoded together.")
-flags.DEFINE_integer("batch_wait_ms", 10, "How long the batcher waits for more requests after the first.")
-flags.DEFINE_integer("max_tokens_default", 512, "max_tokens when a request gives none.")
-flags.DEFINE_string("template", "model", "Chat template: model, llama-2, or Jinja text.")
-flags.DEFINE_string("dtype", "float32", "Compute dtype.")
-flags.DEFINE_integer("mesh_data", 1, "Devices on the mesh's data axis (batch); -1 = all remaining devices.")
-flags.DEFINE_integer("mesh_fsdp", 1, "Devices on the fsdp axis (weights' embed dim, batch); -1 = remaining.")
-flags.DEFINE_integer("mesh_tensor", 1, "Devices on the tensor axis (heads, MLP, vocab); -1 = remaining.")
-
+from infer.batcher import EngineBackend, Job
+from infer.decode import DecodeParams
+from infer.engine import Engine, Prompt, Result
+from infer.json_constraint import JsonFormat, parse_response_format
 
 MAX_TOP_LOGPROBS = 20
+_ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    """An OpenAI-shaped error response; a backend may raise it from `submit` to refuse a request."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers: dict[str, str] | None = headers  # e.g. Retry-After of a 429
 
     def body(self) -> dict[str, Any]:
-        kind = {401: "authentication_error", 404: "not_found_error"}.get(self.status, "invalid_request_error")
-        if self.status >= 500:
-            kind = "server_error"
+        default = "server_error" if self.status >= 500 else "invalid_request_error"
+        kind = _ERROR_TYPES.get(self.status, default)
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
-
-@dataclasses.dataclass
-class Job:
-    ids: list[int]
-    params: DecodeParams
-    fmt: str | tuple | None  # None, "json_object", or json_schema fields (key, min, max)
-    stream: bool
-    logprobs: int | None = None  # None: no log-probs; k: the chosen token's and the top k per step
-    events: queue.Queue = dataclasses.field(
-        default_factory=queue.Queue
-    )  # ("delta", str) | ("done", Result|Exception)
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-class Batcher:
-    """Collects concurrent jobs into batches for the engine (one worker thread)."""
+class Backend(Protocol):
+    """What the app serves from: `EngineBackend` (an Engine behind the batcher) or a test double."""
 
-    def __init__(self, engine: Engine, max_batch: int, wait_s: float):
-        self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
-        self.queue: queue.Queue[Job] = queue.Queue()
-        self.batches: list[int] = []  # sizes of the batches run (observability, tests)
-        self._vocab: JsonVocab | None = None
-        self._dfas: dict[tuple, IntObjectDFA] = {}
-        threading.Thread(target=self._loop, daemon=True, name="batcher").start()
+    name: str  # the model id served when make_app is given no served_model_name
+    context_length: int  # prompt + max_tokens must fit
+    eos_ids: Sequence[int]  # a trailing EOS token is left out of the reported log-probs
 
-    def submit(self, job: Job) -> Job:
-        self.queue.put(job)
-        return job
+    def encode(self, prompt: Prompt) -> list[int]: ...
 
-    def _loop(self) -> None:
-        while True:
-            jobs = [self.queue.get()]
-            deadline = time.monotonic() + self.wait_s
-            while len(jobs) < self.max_batch:
-                try:
-                    jobs.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            self.batches.append(len(jobs))
-            t0 = time.perf_counter()
-            self._run(jobs)
-            logging.info("batch of %d requests in %.1fs", len(jobs), time.perf_counter() - t0)
+    def submit(self, job: Job) -> None: ...  # answers through job.put; may raise ApiError
 
-    def constraint(self, fmt: str | tuple | None) -> Constraint | None:
-        if fmt is None:
-            return None
-        if fmt == "json_object":
-            return self.engine.json_constraint()
-        if self._vocab is None:
-            e = self.engine
-            self._vocab = JsonVocab(e.tokenizer, e.cfg.vocab_size, e.eos_ids)
-        if fmt not in self._dfas:
-            if len(self._dfas) > 64:
-                self._dfas.clear()
-            self._dfas[fmt] = IntObjectDFA(fmt, self._vocab)  # type: ignore[arg-type]
-        return IntObjectConstraint(self._dfas[fmt])
+    def token(self, token_id: int) -> tuple[str, list[int]]: ...  # text and UTF-8 bytes of a token
 
-    def _run(self, jobs: list[Job]) -> None:
-        def on_delta(i: int, text: str, finished: bool) -> None:
-            if jobs[i].stream and text:
-                jobs[i].events.put(("delta", text))
-
-        # one engine batch per prompt-length bucket: a long prompt does not pad every other row to its length
-        groups: dict[int, list[int]] = {}
-        for i, j in enumerate(jobs):
-            groups.setdefault(bucket(len(j.ids), MIN_PROMPT_BUCKET), []).append(i)
-        results: list[Result | Exception] = [RuntimeError("not run")] * len(jobs)
-        for idx in groups.values():
-
-            def delta(k: int, text: str, finished: bool, idx: list[int] = idx) -> None:
-                on_delta(idx[k], text, finished)
-
-            try:
-                out = self.engine.generate_ids(
-                    [jobs[i].ids for i in idx],
-                    [jobs[i].params for i in idx],
-                    constraints=[self.constraint(jobs[i].fmt) for i in idx],
-                    on_delta=delta if any(jobs[i].stream for i in idx) else None,
-                    logprobs=[jobs[i].logprobs for i in idx],
-                )
-            except Exception as e:  # report to every waiting client, keep serving
-                logging.exception("batch failed")
-                out = [e] * len(idx)
-            for i, r in zip(idx, out, strict=True):
-                results[i] = r
-        for j, r in zip(jobs, results, strict=True):
-            j.events.put(("done", r))
+    # optional: `min_tokens(fmt: JsonFormat) -> int | None`, the shortest reply in a response format (tokens);
+    # when present, a request with a smaller max_tokens is refused (400)
 
 
 # ---------------------------------------------------------------------------------------------- requests
 
-
-def _get(body: dict[str, Any], name: str, types: tuple[type, ...], default: Any = None) -> Any:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-        names = "/".join(t.__name__ for t in types)
-        raise ApiError(400, f"'{name}' must be of type {names}, got {json.dumps(value)[:80]}", param=name)
-    return value
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # a JSON integer is accepted, a boolean or a string is not
+TopK = Annotated[int, Strict(), Field(ge=0, le=MAX_TOP_LOGPROBS)]
 
 
-def _content(value: Any, where: str) -> str:
-    if isinstance(value, str):
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "developer"]  # developer is read as system
+    content: str  # a list of {"type": "text", "text": ...} parts is joined
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, value: str) -> str:
+        return "system" if value == "developer" else value
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in value) or not all(
+                isinstance(p.get("text"), str) for p in value
+            ):
+                raise ValueError("only text content parts are supported")
+            return "".join(p["text"] for p in value)
+        if not isinstance(value, str):
+            raise ValueError("must be a string or a list of text parts")
         return value
-    if isinstance(value, list):  # [{"type": "text", "text": ...}, ...]
-        parts = []
-        for p in value:
-            if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
-                raise ApiError(400, f"{where}: only text content parts are supported", param=where)
-            parts.append(p["text"])
-        return "".join(parts)
-    raise ApiError(400, f"{where} must be a string or a list of text parts", param=where)
 
 
-def parse_params(body: dict[str, Any], default_max: int) -> tuple[DecodeParams, str | tuple | None]:
-    """Decoding parameters and the output format of a request: None, "json_object", or json_schema
-    fields (key, minimum, maximum) — 400 on anything malformed or unsupported."""
-    n = _get(body, "n", (int,), 1)
-    if n != 1:
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")  # json_schema is checked by parse_response_format
+    type: Literal["text", "json_object", "json_schema"]
+
+
+class _Request(BaseModel):
+    """Fields both endpoints take; unknown fields are ignored. None means the default."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: Annotated[str, Strict(), Field(min_length=1)]
+    n: Int | None = None
+    max_tokens: Int | None = None
+    max_completion_tokens: Int | None = None
+    temperature: Annotated[float, Strict(), Field(ge=0, le=2)] | None = None
+    top_p: Float | None = None
+    seed: Int | None = None
+    repetition_penalty: Float | None = None  # extension (HF semantics)
+    stop: list[str] | None = None  # a string or a list of up to 4 non-empty strings
+    response_format: ResponseFormat | None = None
+    stream: Annotated[bool, Strict()] | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if value is not None and not (
+            isinstance(value, list) and len(value) <= 4 and all(isinstance(s, str) and s for s in value)
+        ):
+            raise ValueError("must be a string or a list of up to 4 non-empty strings")
+        return value
+
+
+class ChatRequest(_Request):
+    messages: list[Message] = Field(min_length=1)
+    logprobs: Annotated[bool, Strict()] | None = None
+    top_logprobs: TopK | None = None
+
+
+class CompletionRequest(_Request):
+    prompt: Annotated[str, Field(min_length=1)]  # or a list of one string
+    logprobs: TopK | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            return value[0]
+        if not isinstance(value, str):
+            raise ValueError("must be a non-empty string (or a list of one)")
+        return value
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def decode_params(req: _Request, default_max: int) -> tuple[DecodeParams, JsonFormat | None]:
+    """Decoding parameters and the output format of a request (None: free text) — ApiError 400 on anything
+    unsupported."""
+    if _or(req.n, 1) != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
-    max_tokens = _get(body, "max_completion_tokens", (int,), None) or _get(
-        body, "max_tokens", (int,), default_max
-    )
-    temperature = float(_get(body, "temperature", (int, float), 0.0))
-    top_p = float(_get(body, "top_p", (int, float), 1.0))
-    seed = _get(body, "seed", (int,), 0)
-    penalty = float(_get(body, "repetition_penalty", (int, float), 1.0))
-    stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    elif not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop) and len(stop) <= 4):
-        raise ApiError(400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop")
-    fmt = _get(body, "response_format", (dict,), {"type": "text"})
-    if fmt.get("type") not in ("text", "json_object", "json_schema"):
-        raise ApiError(
-            400, f"response_format type {fmt.get('type')!r} is not supported", param="response_format"
-        )
-    out_fmt: str | tuple | None = "json_object" if fmt.get("type") == "json_object" else None
-    if out_fmt and max_tokens < 2:
-        raise ApiError(400, "json_object needs max_tokens >= 2", param="max_tokens")
-    if fmt.get("type") == "json_schema":
-        try:
-            out_fmt = parse_int_object_schema(fmt)
-        except ValueError as e:
-            raise ApiError(400, f"response_format: {e}", param="response_format") from None
-        shortest = len(json.dumps({k: lo for k, lo, _ in out_fmt}))
-        if max_tokens < shortest:
-            raise ApiError(400, f"json_schema needs max_tokens >= {shortest}", param="max_tokens")
-    if not 0 <= temperature <= 2:
-        raise ApiError(400, "'temperature' must be between 0 and 2", param="temperature")
+    max_tokens = req.max_completion_tokens or _or(req.max_tokens, default_max)
     try:
-        params = DecodeParams(max_tokens, penalty, temperature, top_p, seed, tuple(stop))
+        out_fmt = parse_response_format(req.response_format.model_dump() if req.response_format else None)
+    except ValueError as e:
+        raise ApiError(400, f"response_format: {e}", param="response_format") from None
+    if out_fmt is not None and max_tokens < 2:
+        raise ApiError(400, f"{out_fmt.kind} needs max_tokens >= 2", param="max_tokens")
+    try:
+        params = DecodeParams(
+            max_tokens,
+            float(_or(req.repetition_penalty, 1.0)),
+            float(_or(req.temperature, 0.0)),
+            float(_or(req.top_p, 1.0)),
+            _or(req.seed, 0),
+            tuple(req.stop or ()),
+        )
     except ValueError as e:
         raise ApiError(400, str(e).replace("DecodeParams: ", "")) from None
     return params, out_fmt
 
 
-def parse_logprobs(body: dict[str, Any], chat: bool) -> int | None:
-    """How many top log-probs a request wants per token (None: no log-probs) — 400 if malformed.
+def requested_logprobs(req: ChatRequest | CompletionRequest) -> int | None:
+    """How many top log-probs a request wants per token (None: no log-probs) — ApiError 400 if inconsistent.
 
     Chat: `logprobs` (bool) and `top_logprobs` (0..20, needs logprobs=true); completions: `logprobs` (0..20).
     """
-    if chat:
-        want = _get(body, "logprobs", (bool,), False)
-        top = _get(body, "top_logprobs", (int,), None)
-        if top is not None and not want:
+    if isinstance(req, ChatRequest):
+        if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "'top_logprobs' needs 'logprobs' set to true", param="top_logprobs")
-        k = (top or 0) if want else None
+        k = _or(req.top_logprobs, 0) if req.logprobs else None
     else:
-        k = _get(body, "logprobs", (int,), None)
-    if k is not None and not 0 <= k <= MAX_TOP_LOGPROBS:
-        name = "top_logprobs" if chat else "logprobs"
-        raise ApiError(400, f"'{name}' must be between 0 and {MAX_TOP_LOGPROBS}", param=name)
-    if k is not None and _get(body, "stream", (bool,), False):
+        k = req.logprobs
+    if k is not None and req.stream:
         raise ApiError(400, "log-probabilities are not available with stream=true", param="logprobs")
     return k
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "xlit-infer"
-    engine: Engine
-    batcher: Batcher
-    model_id: str
-    api_key: str | None
-    default_max: int
-    _token_bytes: list[bytes | None] | None = None
+# --------------------------------------------------------------------------------------------- responses
 
-    def log_message(self, fmt: str, *args: Any) -> None:
-        logging.info("%s %s", self.address_string(), fmt % args)
 
-    # -------------------------------------------------------------------------------------------- io
+def _usage(r: Result) -> dict[str, int]:
+    total = r.prompt_tokens + r.response_tokens
+    return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.response_tokens, "total_tokens": total}
 
-    def _send_json(self, status: int, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
-    def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "request body must be a JSON object")
-        return body
+def format_logprobs(backend: Backend, result: Result, chat: bool) -> dict[str, Any]:
+    """Result.logprobs in OpenAI's format (a trailing EOS token, not part of the text, is left out)."""
+    ids, steps = list(result.ids), list(result.logprobs or [])
+    n = min(len(ids), len(steps))
+    if n and result.finish_reason == "stop" and ids[n - 1] in backend.eos_ids:
+        n -= 1
+    if chat:
+        content = []
+        for t, (lp, top) in zip(ids[:n], steps[:n], strict=True):
+            text, raw = backend.token(t)
+            alts = []
+            for a, alp in top:
+                at, ab = backend.token(a)
+                alts.append({"token": at, "logprob": alp, "bytes": ab})
+            content.append({"token": text, "logprob": lp, "bytes": raw, "top_logprobs": alts})
+        return {"content": content, "refusal": None}
+    tokens, offsets, pos = [], [], 0
+    for t in ids[:n]:
+        text = backend.token(t)[0]
+        tokens.append(text)
+        offsets.append(pos)
+        pos += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp for lp, _ in steps[:n]],
+        "top_logprobs": [{backend.token(a)[0]: alp for a, alp in top} for _, top in steps[:n]],
+        "text_offset": offsets,
+    }
 
-    def _auth(self) -> None:
-        if self.api_key is None:
-            return
-        header = self.headers.get("Authorization", "")
-        if header != f"Bearer {self.api_key}":
-            what = "missing" if not header else "incorrect"
-            raise ApiError(401, f"{what} API key", code="invalid_api_key")
 
-    def _check_model(self, body: dict[str, Any]) -> None:
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ApiError(400, "'model' is required", param="model")
-        if model != self.model_id:
-            raise ApiError(
-                404,
-                f"the model '{model}' does not exist; this server serves '{self.model_id}'",
-                param="model",
-                code="model_not_found",
-            )
+def _check_result(result: Result | Exception) -> Result:
+    if isinstance(result, ApiError):
+        raise result
+    if isinstance(result, Exception):
+        raise ApiError(500, f"generation failed: {result}")
+    if result.finish_reason == "error":
+        raise ApiError(400, result.error or "generation failed")
+    return result
 
-    def _dispatch(self, method: str) -> None:
-        try:
-            self._auth()
-            path = self.path.split("?")[0].rstrip("/")
-            if method == "GET" and path == "/v1/models":
-                return self._send_json(200, {"object": "list", "data": [self._model_card()]})
-            if method == "GET" and path == f"/v1/models/{self.model_id}":
-                return self._send_json(200, self._model_card())
-            if method == "POST" and path == "/v1/chat/completions":
-                return self._completion(self._body(), chat=True)
-            if method == "POST" and path == "/v1/completions":
-                return self._completion(self._body(), chat=False)
-            raise ApiError(404, f"no route {method} {self.path}", code="not_found")
-        except ApiError as e:
-            self._send_json(e.status, e.body())
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
-    def do_GET(self) -> None:  # noqa: N802
-        self._dispatch("GET")
+async def _events(job: Job, head: dict[str, Any], chat: bool) -> AsyncIterator[str]:
+    """Server-sent events of a streamed job: chunks, a last chunk with finish_reason (or an error), [DONE]."""
 
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch("POST")
-
-    def _model_card(self) -> dict[str, Any]:
-        return {"id": self.model_id, "object": "model", "created": 0, "owned_by": "xlit"}
-
-    # ------------------------------------------------------------------------------------ completions
-
-    def _prompt_ids(self, body: dict[str, Any], chat: bool) -> list[int]:
+    def chunk(delta: str | None, finish: str | None, first: bool = False) -> str:
         if chat:
-            msgs = body.get("messages")
-            if not isinstance(msgs, list) or not msgs:
-                raise ApiError(400, "'messages' must be a non-empty list", param="messages")
-            clean = []
-            for i, m in enumerate(msgs):
-                if not isinstance(m, dict) or m.get("role") not in (
-                    "system",
-                    "user",
-                    "assistant",
-                    "developer",
-                ):
-                    raise ApiError(
-                        400, f"messages[{i}] needs a role of system/user/assistant", param=f"messages[{i}]"
-                    )
-                role = "system" if m["role"] == "developer" else m["role"]
-                clean.append({"role": role, "content": _content(m.get("content"), f"messages[{i}].content")})
-            try:
-                return self.engine.encode(clean)
-            except Exception as e:
-                raise ApiError(400, f"cannot apply the chat template: {e}", param="messages") from None
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
-            raise ApiError(400, "'prompt' must be a non-empty string", param="prompt")
-        return self.engine.encode(prompt)
+            d: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+            if delta:
+                d["content"] = delta
+            choice = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
+        return f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
 
-    def _completion(self, body: dict[str, Any], chat: bool) -> None:
-        self._check_model(body)
-        params, fmt = parse_params(body, self.default_max)
-        ids = self._prompt_ids(body, chat)
-        limit = self.engine.cfg.max_position_embeddings
+    if chat:
+        yield chunk(None, None, first=True)
+    while True:
+        kind, value = await job.next()
+        if kind == "delta":
+            yield chunk(value, None)
+            continue
+        if isinstance(value, Exception) or value.finish_reason == "error":
+            msg = str(value) if isinstance(value, Exception) else value.error
+            yield f"data: {json.dumps({'error': {'message': msg, 'type': 'server_error'}})}\n\n"
+        else:
+            yield chunk(None, value.finish_reason)
+        break
+    yield "data: [DONE]\n\n"
+
+
+# ------------------------------------------------------------------------------------------------- app
+
+
+class BearerAuth:
+    """ASGI middleware: every request needs `Authorization: Bearer <key>` (before routing, as OpenAI)."""
+
+    def __init__(self, app: ASGIApp, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(header, self.expected):
+                what = "missing" if not header else "incorrect"
+                await ApiError(401, f"{what} API key", code="invalid_api_key").response()(
+                    scope, receive, send
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    """FastAPI's validation error as a 400 naming the first bad field (messages[0].role, temperature...)."""
+    err = exc.errors()[0]
+    loc = [p for p in err.get("loc", ()) if p != "body"]
+    if err.get("type") == "json_invalid":
+        return ApiError(400, f"request body is not valid JSON: {err.get('ctx', {}).get('error', '')}")
+    if not loc and isinstance(err.get("input"), bytes):
+        return ApiError(400, "request body must be JSON with Content-Type: application/json")
+    if not loc:
+        return ApiError(400, "request body must be a JSON object")
+    param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if err.get("type") != "missing":
+        msg += f" (got {json.dumps(err.get('input'), default=str)[:80]})"
+    return ApiError(400, f"'{param}': {msg}", param=param)
+
+
+def make_app(
+    engine_or_backend: Engine | Backend,
+    *,
+    api_key: str | None = None,
+    served_model_name: str | None = None,
+    max_batch: int = 16,
+    batch_wait_ms: int = 10,
+    max_tokens_default: int = 512,
+    any_model: bool = False,
+) -> FastAPI:
+    """The API over an Engine (batched by `infer.batcher`; max_batch, batch_wait_ms apply) or a Backend.
+
+    served_model_name: the model id clients use (default: the engine's / backend's name); any_model: answer
+    requests for any model id (echoed back) instead of 404, for a test double standing in for several models.
+    """
+    backend: Backend = (
+        EngineBackend(engine_or_backend, max_batch, batch_wait_ms)
+        if isinstance(engine_or_backend, Engine)
+        else engine_or_backend
+    )
+    model_id = served_model_name or backend.name
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, strict_content_type=False)
+    app.state.backend, app.state.model_id = backend, model_id
+    if api_key is not None:
+        app.add_middleware(BearerAuth, key=api_key)
+
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RequestValidationError):
+            exc = _validation_error(exc)
+        elif isinstance(exc, HTTPException):
+            code = "not_found" if exc.status_code == 404 else None
+            exc = ApiError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", code=code)
+        elif not isinstance(exc, ApiError):  # a bug: uvicorn logs the traceback, the client gets a 500
+            exc = ApiError(500, f"internal server error ({type(exc).__name__})")
+        return exc.response()
+
+    for exc_class in (ApiError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(exc_class, api_error)
+    card = {"id": model_id, "object": "model", "created": 0, "owned_by": "xlit"}
+
+    @app.get("/v1/models")
+    async def list_models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [card]})
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str) -> JSONResponse:
+        if name != model_id:
+            raise ApiError(404, f"the model '{name}' does not exist", param="model", code="model_not_found")
+        return JSONResponse(card)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(req: ChatRequest) -> JSONResponse | StreamingResponse:
+        return await complete(req)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(req: CompletionRequest) -> JSONResponse | StreamingResponse:
+        return await complete(req)
+
+    async def complete(req: ChatRequest | CompletionRequest) -> JSONResponse | StreamingResponse:
+        chat = isinstance(req, ChatRequest)
+        if req.model != model_id and not any_model:
+            msg = f"the model '{req.model}' does not exist; this server serves '{model_id}'"
+            raise ApiError(404, msg, param="model", code="model_not_found")
+        params, fmt = decode_params(req, max_tokens_default)
+        min_tokens = getattr(backend, "min_tokens", None)
+        if fmt is not None and min_tokens is not None:
+            try:
+                shortest = await run_in_threadpool(min_tokens, fmt)
+            except ValueError as e:  # compiles on its own, not with this tokenizer
+                raise ApiError(400, f"response_format: json_schema: {e}", param="response_format") from None
+            if shortest is not None and params.max_new_tokens < shortest:
+                msg = f"{fmt.kind} needs max_tokens >= {shortest} (its shortest reply)"
+                raise ApiError(400, msg, param="max_tokens")
+        prompt: Prompt = req.prompt if isinstance(req, CompletionRequest) else [dict(m) for m in req.messages]
+        try:
+            ids = await run_in_threadpool(backend.encode, prompt)
+        except Exception as e:
+            what, param = ("apply the chat template", "messages") if chat else ("encode the prompt", "prompt")
+            raise ApiError(400, f"cannot {what}: {e}", param=param) from None
+        limit = backend.context_length
         if len(ids) + params.max_new_tokens > limit:
             raise ApiError(
                 400,
@@ -376,206 +424,38 @@ class Handler(BaseHTTPRequestHandler):
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        stream = bool(_get(body, "stream", (bool,), False))
-        top_k = parse_logprobs(body, chat)
-        job = self.batcher.submit(Job(ids, params, fmt, stream, top_k))
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        created = int(time.time())
-        if stream:
-            return self._stream(job, rid, created, chat)
-        kind, result = job.events.get()
-        while kind != "done":
-            kind, result = job.events.get()
-        result = self._check_result(result)
+        top_k = requested_logprobs(req)
+        job = Job(prompt, ids, params, fmt, bool(req.stream), top_k)
+        backend.submit(job)
+        head = {
+            "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
+            "object": ("chat.completion" if chat else "text_completion"),
+            "created": int(time.time()),
+            "model": req.model,
+        }
+        if req.stream:
+            head["object"] = "chat.completion.chunk" if chat else "text_completion"
+            sse = _events(job, head, chat)
+            return StreamingResponse(
+                sse, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        result = _check_result(await job.result())
         choice: dict[str, Any] = {"index": 0, "finish_reason": result.finish_reason, "logprobs": None}
         if top_k is not None:
-            choice["logprobs"] = self._logprobs(result, chat)
+            choice["logprobs"] = format_logprobs(backend, result, chat)
         if chat:
             choice["message"] = {"role": "assistant", "content": result.text}
         else:
             choice["text"] = result.text
-        self._send_json(
-            200,
-            {
-                "id": rid,
-                "object": "chat.completion" if chat else "text_completion",
-                "created": created,
-                "model": self.model_id,
-                "choices": [choice],
-                "usage": _usage(result),
-            },
-        )
+        return JSONResponse({**head, "choices": [choice], "usage": _usage(result)})
 
-    def _token(self, token_id: int) -> tuple[str, list[int]]:
-        """A token's text and UTF-8 bytes as OpenAI reports them (special tokens: their name, no bytes)."""
-        cls = type(self)
-        if cls._token_bytes is None:
-            cls._token_bytes = token_bytes(self.engine.tokenizer)
-        table = cls._token_bytes
-        b = table[token_id] if 0 <= token_id < len(table) else None
-        if b is None:
-            name = self.engine.tokenizer.tok.convert_ids_to_tokens(token_id)
-            return str(name), []
-        return b.decode("utf-8", errors="replace"), list(b)
-
-    def _logprobs(self, result: Result, chat: bool) -> dict[str, Any]:
-        """Result.logprobs in OpenAI's format (a trailing EOS token, not part of the text, is left out)."""
-        ids, steps = list(result.ids), list(result.logprobs or [])
-        n = min(len(ids), len(steps))
-        if n and result.finish_reason == "stop" and ids[n - 1] in self.engine.eos_ids:
-            n -= 1
-        if chat:
-            content = []
-            for t, (lp, top) in zip(ids[:n], steps[:n], strict=True):
-                text, raw = self._token(t)
-                alts = []
-                for a, alp in top:
-                    at, ab = self._token(a)
-                    alts.append({"token": at, "logprob": alp, "bytes": ab})
-                content.append({"token": text, "logprob": lp, "bytes": raw, "top_logprobs": alts})
-            return {"content": content, "refusal": None}
-        tokens, offsets, pos = [], [], 0
-        for t in ids[:n]:
-            text = self._token(t)[0]
-            tokens.append(text)
-            offsets.append(pos)
-            pos += len(text)
-        return {
-            "tokens": tokens,
-            "token_logprobs": [lp for lp, _ in steps[:n]],
-            "top_logprobs": [{self._token(a)[0]: alp for a, alp in top} for _, top in steps[:n]],
-            "text_offset": offsets,
-        }
-
-    @staticmethod
-    def _check_result(result: Result | Exception) -> Result:
-        if isinstance(result, Exception):
-            raise ApiError(500, f"generation failed: {result}")
-        if result.finish_reason == "error":
-            raise ApiError(400, result.error or "generation failed")
-        return result
-
-    def _stream(self, job: Job, rid: str, created: int, chat: bool) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        obj = "chat.completion.chunk" if chat else "text_completion"
-
-        def send(delta: str | None, finish: str | None, first: bool = False) -> None:
-            if chat:
-                d: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
-                if delta:
-                    d["content"] = delta
-                choice = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
-            else:
-                choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
-            chunk = {
-                "id": rid,
-                "object": obj,
-                "created": created,
-                "model": self.model_id,
-                "choices": [choice],
-            }
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.wfile.flush()
-
-        if chat:
-            send(None, None, first=True)
-        while True:
-            kind, value = job.events.get()
-            if kind == "delta":
-                send(value, None)
-                continue
-            if isinstance(value, Exception) or value.finish_reason == "error":
-                msg = str(value) if isinstance(value, Exception) else value.error
-                self.wfile.write(
-                    f"data: {json.dumps({'error': {'message': msg, 'type': 'server_error'}})}\n\n".encode()
-                )
-            else:
-                send(None, value.finish_reason)
-            break
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
+    return app
 
 
-def _usage(r: Result) -> dict[str, int]:
-    return {
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.response_tokens,
-        "total_tokens": r.prompt_tokens + r.response_tokens,
-    }
-
-
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 128  # listen backlog: the default 5 resets bursts of concurrent clients
-
-
-def make_server(
-    engine: Engine,
-    host: str,
-    port: int,
-    api_key: str | None = None,
-    model_id: str | None = None,
-    max_batch: int = 16,
-    batch_wait_ms: int = 10,
-    default_max: int = 512,
-) -> ThreadingHTTPServer:
-    """A ready-to-serve HTTP server (call `.serve_forever()`)."""
-    batcher = Batcher(engine, max_batch, batch_wait_ms / 1000)
-    handler = type(
-        "BoundHandler",
-        (Handler,),
-        {
-            "engine": engine,
-            "batcher": batcher,
-            "model_id": model_id or engine.name,
-            "api_key": api_key,
-            "default_max": default_max,
-        },
-    )
-    server = _Server((host, port), handler)
-    server.daemon_threads = True
-    server.batcher = batcher  # type: ignore[attr-defined]
-    return server
-
-
-def run(argv_unused: list[str]) -> None:
-    from models.sharding import make_mesh
-
-    sizes = (FLAGS.mesh_data, FLAGS.mesh_fsdp, FLAGS.mesh_tensor)
-    mesh = None if sizes == (1, 1, 1) else make_mesh(*sizes)  # weights streamed onto it, KV cache sharded
-    engine = Engine.from_path(
-        FLAGS.model, dtype=FLAGS.dtype, template=FLAGS.template, max_batch=FLAGS.max_batch, mesh=mesh
-    )
-    server = make_server(
-        engine,
-        FLAGS.host,
-        FLAGS.port,
-        FLAGS.api_key,
-        FLAGS.served_model_name,
-        FLAGS.max_batch,
-        FLAGS.batch_wait_ms,
-        FLAGS.max_tokens_default,
-    )
-    host, port = server.server_address[:2]
-    print(
-        f"xlit infer server: model {server.RequestHandlerClass.model_id!r} on http://{host}:{port}/v1",
-        flush=True,
-    )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-
-
-def main() -> None:
-    app.run(run)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def bind(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn (port 0: any free port, read it from getsockname())."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock

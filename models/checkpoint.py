@@ -22,9 +22,10 @@ from flax import nnx
 from models.config import LlamaConfig, UnsupportedModelError, from_hf_config, to_hf_config
 from models.lora import LoRAConfig, init_lora, merged_weight
 from models.modules import LAYER_WEIGHT_NAMES, Llama, layer_weight_shape
+from records.errors import InputError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file is missing a tensor, has a wrong shape, or cannot be read."""
 
 
@@ -340,6 +341,7 @@ def load_model(
     dtype: str | None = None,
     param_dtype: str | None = None,
     remat: bool | None = None,
+    remat_policy: str | None = None,
     attention: str | None = None,
     place: Callable[[tuple[str, ...], nnx.Variable, np.ndarray], jax.Array] | None = None,
     seed: int = 0,
@@ -349,8 +351,8 @@ def load_model(
     Args:
       path: HF directory (config.json + safetensors) or .gguf file.
       lora: adds freshly initialised adapters (B = 0) when given.
-      dtype, param_dtype, remat, attention: override the config's compute/storage dtype, remat switch and
-        no-cache attention implementation (LlamaConfig.attention).
+      dtype, param_dtype, remat, remat_policy, attention: override the config's compute/storage dtype, remat
+        switch and policy, and no-cache attention implementation (LlamaConfig.attention).
       place: (path, abstract variable, host array) -> device array; default: jnp.asarray on the default
         device. The trainer passes a function that device_puts with the variable's NamedSharding.
       seed: seed for the LoRA A matrices.
@@ -358,7 +360,9 @@ def load_model(
     src, cfg = open_source(path)
     overrides = {
         k: v
-        for k, v in dict(dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention).items()
+        for k, v in dict(
+            dtype=dtype, param_dtype=param_dtype, remat=remat, remat_policy=remat_policy, attention=attention
+        ).items()
         if v is not None
     }
     cfg = cfg.replace(**overrides)

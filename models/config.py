@@ -11,12 +11,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from records.errors import InputError
 
-class UnsupportedModelError(ValueError):
+
+class UnsupportedModelError(InputError):
     """A checkpoint describes a model this implementation does not cover."""
 
 
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "auto")
+# what a remat'ed layer keeps for the backward pass (names of jax.checkpoint_policies)
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ROPE_TYPES = ("llama3",)
 
 
@@ -84,6 +88,10 @@ class LlamaConfig:
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"  # storage dtype of parameters (master weights)
     remat: bool = False  # activation checkpointing per layer
+    # with remat, what each layer keeps for the backward pass: "nothing_saveable" = recompute the whole layer;
+    # "dots_with_no_batch_dims_saveable" = keep the projection outputs (q/k/v/o/gate/up/down), recompute
+    # attention and element-wise ops; "dots_saveable" = keep every matmul output (the einsum attention too)
+    remat_policy: str = "nothing_saveable"
     # attention without a KV cache (training, scoring, prefill-free forward): "einsum" = our einsums (any
     # platform); "xla" / "cudnn" = jax.nn.dot_product_attention with that implementation ("cudnn": the fused
     # flash kernel, NVIDIA GPUs with bf16/fp16 only); "auto" = "cudnn" where that holds (GPU backend,
@@ -99,6 +107,10 @@ class LlamaConfig:
         if self.attention not in ATTENTION_IMPLS:
             raise ValueError(
                 f"LlamaConfig.attention={self.attention!r}: use one of {', '.join(ATTENTION_IMPLS)}"
+            )
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"LlamaConfig.remat_policy={self.remat_policy!r}: use one of {', '.join(REMAT_POLICIES)}"
             )
         for field in ("dtype", "param_dtype"):
             if getattr(self, field) not in ("float32", "bfloat16", "float16"):

@@ -17,6 +17,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from models.checkpoint import GGUFSource, export_hf, load_model
+from records.cli import expected_errors
 
 _SRC = flags.DEFINE_string("src", None, "A .gguf file or an HF directory.", required=True)
 _DST = flags.DEFINE_string("dst", None, "Output HF directory (replaced atomically).", required=True)
@@ -85,4 +86,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(expected_errors(main))

@@ -243,11 +243,22 @@ def _fused_attention(cfg: LlamaConfig, q, k, v, q_seg, k_seg, impl: str):
     return out.astype(cfg.compute_dtype)
 
 
-def forward(model: Llama, tokens, positions, segment_ids, cache=None, *, last_only: bool = False):
+def forward(
+    model: Llama,
+    tokens,
+    positions,
+    segment_ids,
+    cache=None,
+    *,
+    last_only: bool = False,
+    return_hidden: bool = False,
+):
     """Functional body of Llama.__call__ (scan over the stacked layers).
 
     `last_only` returns logits for the last position only ([B,1,V]), which is what a left-padded prefill
-    needs (it avoids materialising [B,T,V] float32 logits).
+    needs (it avoids materialising [B,T,V] float32 logits). `return_hidden` returns the final-normed hidden
+    states [B,T,D] (compute dtype) in place of the logits, for a loss that applies the LM head itself
+    (train/step.py's chunked cross-entropy).
     """
     cfg = model.cfg
     dt = cfg.compute_dtype
@@ -271,7 +282,7 @@ def forward(model: Llama, tokens, positions, segment_ids, cache=None, *, last_on
             return _layer(cfg, lora_scale, x, w, lw, positions, segment_ids, k_seg, None, index)
 
         if cfg.remat:
-            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+            body = jax.checkpoint(body, policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
         x, _ = jax.lax.scan(body, x, (layer_w, lora_w))
     else:
 
@@ -289,13 +300,6 @@ def forward(model: Llama, tokens, positions, segment_ids, cache=None, *, last_on
     if last_only:
         x = x[:, -1:]
     x = rms_norm(x, model.final_norm[...].astype(dt), cfg.rms_norm_eps)
-    if cfg.tie_embeddings:
-        logits = jnp.einsum("btd,vd->btv", x, model.embed[...].astype(dt), preferred_element_type=jnp.float32)
-    else:
-        logits = jnp.einsum(
-            "btd,dv->btv", x, model.lm_head[...].astype(dt), preferred_element_type=jnp.float32
-        )
-    logits = constrain(logits, ("batch", "length", "act_vocab"))
     new_cache = None
     if cache is not None:
         new_cache = {
@@ -304,4 +308,13 @@ def forward(model: Llama, tokens, positions, segment_ids, cache=None, *, last_on
             "segment_ids": k_seg,
             "index": index + tokens.shape[1],
         }
+    if return_hidden:
+        return x, new_cache
+    if cfg.tie_embeddings:
+        logits = jnp.einsum("btd,vd->btv", x, model.embed[...].astype(dt), preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum(
+            "btd,dv->btv", x, model.lm_head[...].astype(dt), preferred_element_type=jnp.float32
+        )
+    logits = constrain(logits, ("batch", "length", "act_vocab"))
     return logits, new_cache

@@ -15,6 +15,8 @@ import dataclasses
 import os
 from typing import Any
 
+from records.errors import InputError
+
 # The LLaMA-2 chat format, as used by the released configs (`chat_template: llama-2`):
 # <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s><s>[INST] {user} [/INST] ...
 LLAMA2_TEMPLATE = (
@@ -35,7 +37,7 @@ LLAMA2_TEMPLATE = (
 TEMPLATES = {"model": None, "llama-2": LLAMA2_TEMPLATE}
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(InputError):
     """A conversation could not be rendered or split into prompt and response tokens."""
 
 

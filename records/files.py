@@ -5,6 +5,7 @@ Shared by every stage (infer, evalsuite, train, the Beam pipelines). Needs only 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -15,8 +16,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from records.errors import InputError
 
-class RecordError(ValueError):
+
+class RecordError(InputError):
     """A record file could not be read; the message names the file and line."""
 
 
@@ -50,7 +53,24 @@ def read_table(path: str | os.PathLike) -> pa.Table:
         raise RecordError(f"{path}: not a readable Parquet file ({e})") from None
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask sets it, even briefly, for
+    every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -1,8 +1,10 @@
 """Arrow schemas for every record that crosses a stage boundary, in one place.
 
 Stages (translate → train → generate → score → report) exchange Parquet files. Each schema lists the
-*required* columns and their types; a file may carry more columns (they are passed through unchanged).
-`evalsuite`, `infer` and `beam_pipelines` all import these definitions; this module needs only pyarrow.
+columns and their types; a file may carry more columns (they are passed through unchanged). `*_REQUIRED`
+names the columns a row must fill (non-null); the others may be missing or null. The row models of
+`records.rows` mirror these (tests/test_records.py checks names, types and required columns). `evalsuite`,
+`infer`, `reporting` and `beam_pipelines` all import these definitions; this module needs only pyarrow.
 
 Ids are strings, unique within a file. Evaluation records also carry `item` (the 0-based line in the
 released files), which aligns the same instruction across languages.
@@ -13,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pyarrow as pa
+
+from records.errors import InputError
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
@@ -31,6 +35,7 @@ INSTRUCTION_SCHEMA = pa.schema(
         ("base_instruction", pa.string()),  # the instruction without its modifier, or null
     ]
 )
+INSTRUCTION_REQUIRED = ("id", "messages")
 
 # A Dolly-style training record, in one language (output of the translation pipeline).
 TRANSLATION_SCHEMA = pa.schema(
@@ -49,6 +54,7 @@ TRANSLATION_SCHEMA = pa.schema(
         ("flags", pa.list_(pa.string())),
     ]
 )
+TRANSLATION_REQUIRED = ("instruction", "response")
 
 # One model response. Any input column not listed here is passed through.
 GENERATION_SCHEMA = pa.schema(
@@ -63,6 +69,9 @@ GENERATION_SCHEMA = pa.schema(
         ("decoding", pa.string()),  # JSON of the decoding parameters
     ]
 )
+GENERATION_REQUIRED = ("id", "messages")  # response is null on a row whose generation failed (see `error`)
+# What infer writes: GENERATION_SCHEMA plus `error` (why a row has no response; null when it has one).
+GENERATION_OUTPUT_SCHEMA = pa.schema([*GENERATION_SCHEMA, pa.field("error", pa.string())])
 
 JUDGE_CRITERIA = ("language", "helpfulness", "fluency", "factuality", "logic", "harmlessness")
 
@@ -99,9 +108,35 @@ SCORE_SCHEMA = pa.schema(
         ("relevance_expected", pa.float32()),
     ]
 )
+SCORE_REQUIRED = ("id", "lang")
+
+# Human ratings (docs/results.md "Human ratings", written by `reporting.annotate import`): one row per
+# (annotator, rated response); one int8 column per judge criterion (0/1/2, null = not rated); uid and
+# packet trace the row back to the annotation packet.
+HUMAN_SCHEMA = pa.schema(
+    [
+        ("run", pa.string()),
+        ("id", pa.string()),
+        ("item", pa.int32()),
+        ("lang", pa.string()),
+        ("task", pa.string()),
+        ("annotator", pa.string()),
+        *[(c, pa.int8()) for c in JUDGE_CRITERIA],
+        ("uid", pa.string()),
+        ("packet", pa.string()),
+    ]
+)
+HUMAN_REQUIRED = ("run", "id", "lang", "annotator")
+
+# A record a pipeline could not process (beam_pipelines: `PREFIX.deadletter-*.parquet`): its id, the stage
+# that failed, why, and the record itself as JSON.
+DEAD_LETTER_SCHEMA = pa.schema(
+    [("id", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("record", pa.string())]
+)
+DEAD_LETTER_REQUIRED = ("id", "stage", "reason")
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """A file does not match the schema a stage expects."""
 
 

@@ -141,8 +141,9 @@ def heatmaps_png(panels: Sequence[Panel], ncols: int, suptitle: str = "", colorb
     return _png(fig)
 
 
-def surface_png(metrics: dict[str, list[Line]], suptitle: str = "") -> bytes:
-    """Figure 3 left: one panel per surface metric, x = LR (log scale), the chosen LR marked by a star."""
+def surface_png(metrics: dict[str, list[Line]], suptitle: str = "", non_en: str = "non-English") -> bytes:
+    """Figure 3 left: one panel per surface metric, x = LR (log scale), the chosen LR marked by a star;
+    `non_en` names the languages of the dashed lines (e.g. "fr/pt/ru")."""
     fig = Figure(figsize=(5 * len(metrics), 4.2), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False, sharex=True)[0]
     colors = [f"C{i}" for i in range(10)]
@@ -183,11 +184,11 @@ def surface_png(metrics: dict[str, list[Line]], suptitle: str = "") -> bytes:
     handles = [Line2D([], [], color=colors[i % len(colors)], marker="o", label=g) for g, i in plotted.items()]
     handles += [
         Line2D([], [], color="black", label="en"),
-        Line2D([], [], color="black", linestyle="--", label="mean fr/pt/ru"),
+        Line2D([], [], color="black", linestyle="--", label=f"mean {non_en}"),
         Line2D([], [], color="white", marker="*", markersize=12, markeredgecolor="black", label="chosen LR"),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8)
-    fig.suptitle(suptitle or "Surface metrics vs LR (★ = chosen LR; solid = en, dashed = mean fr/pt/ru)")
+    fig.suptitle(suptitle or f"Surface metrics vs LR (★ = chosen LR; solid = en, dashed = mean {non_en})")
     return _png(fig)
 
 

@@ -11,9 +11,9 @@ never into a page.
 `import` merges the JSON files exported by the annotators, validates them against the key and writes the
 ratings Parquet of docs/results.md (one row per annotator x rated response), atomically.
 
-    python -m reporting.human export --runs=runs/ --out=human/ [--n_items=30] [--langs=en,fr,pt,ru]
+    python -m reporting.annotate export --runs=runs/ --out=human/ [--n_items=30] [--langs=en,fr,pt,ru]
         [--select=chosen|all] [--lr_metrics=lang_correct,spell_ok_rate] [--anchor=RUN] [--seed=0]
-    python -m reporting.human import --key=human/key.json --ratings=a.json,b.json --out=human/ratings.parquet
+    python -m reporting.annotate import --key=human/key.json --ratings=a.json,b.json --out=human/ratings.parquet
         [--runs=runs/]   # also prints human/judge agreement (weighted kappa) when the runs have scores
 """
 
@@ -24,7 +24,6 @@ import hashlib
 import html
 import json
 import random
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,8 +33,14 @@ import pyarrow as pa
 
 from evalsuite import aggregate, agreement
 from evalsuite.data import LANGS, load_tasks, task_of_item
-from records.files import RecordError, atomic_write_parquet, atomic_write_text, read_table
-from records.schemas import JUDGE_CRITERIA
+from records.errors import InputError
+from records.files import RecordError, atomic_write_text, read_table
+from records.rows import RatingsExport, check
+from records.rundir import RunDir, RunMeta
+from records.rundir import load_runs as rundir_load_runs
+from records.schemas import HUMAN_SCHEMA, JUDGE_CRITERIA
+from reporting import report_data
+from reporting.report_data import is_paper
 
 # Criteria in the order of the annotators' guidelines; keys are the judge's criteria without "judge_".
 CRITERIA: tuple[dict[str, Any], ...] = (
@@ -95,24 +100,22 @@ CRITERIA: tuple[dict[str, Any], ...] = (
 CRITERION_KEYS = tuple(c["key"] for c in CRITERIA)
 assert sorted(CRITERION_KEYS) == sorted(JUDGE_CRITERIA)
 
-LANG_NAMES = {"en": "English", "fr": "Français", "pt": "Português", "ru": "Русский"}
+# Display names of the annotation pages (in the language itself); any other language shows its code.
+LANG_NAMES = {
+    "de": "Deutsch",
+    "en": "English",
+    "es": "Español",
+    "fr": "Français",
+    "it": "Italiano",
+    "ja": "日本語",
+    "nl": "Nederlands",
+    "pt": "Português",
+    "ru": "Русский",
+    "sw": "Kiswahili",
+    "zh": "中文",
+}
 TEMPLATE = Path(__file__).with_name("human_page.html")
 KEY_VERSION = 1
-
-# docs/results.md "Human ratings": one row per (annotator, rated response); uid and packet trace the row back.
-HUMAN_SCHEMA = pa.schema(
-    [
-        ("run", pa.string()),
-        ("id", pa.string()),
-        ("item", pa.int32()),
-        ("lang", pa.string()),
-        ("task", pa.string()),
-        ("annotator", pa.string()),
-        *[(c, pa.int8()) for c in JUDGE_CRITERIA],
-        ("uid", pa.string()),
-        ("packet", pa.string()),
-    ]
-)
 
 
 def default_guidelines_path() -> Path:
@@ -120,7 +123,7 @@ def default_guidelines_path() -> Path:
     return Path(__file__).resolve().parents[1] / "data" / "human" / "guidelines.txt"
 
 
-class RatingsError(ValueError):
+class RatingsError(InputError):
     """A ratings file (or the key) is invalid; the message names the file and the uid or field."""
 
 
@@ -130,51 +133,37 @@ class RatingsError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One run directory of docs/results.md (`<runs>/<run>/run.json`)."""
+    """One run directory of docs/results.md and its run.json (records.rundir)."""
 
     name: str
     path: Path
-    meta: dict[str, Any]
+    meta: RunMeta
 
     @property
     def group(self) -> str:
-        return str(self.meta.get("group") or self.meta.get("label") or self.name)
+        return self.meta.group
 
     @property
     def lr(self) -> float | None:
-        lr = self.meta.get("lr")
-        return None if lr is None else float(lr)
+        return self.meta.lr
 
     @property
     def anchor(self) -> bool:
-        return bool(self.meta.get("anchor"))
+        return self.meta.anchor
 
     @property
     def generations(self) -> Path:
-        return self.path / "generations.parquet"
+        return RunDir.at(self.path).generations
 
     @property
     def scores(self) -> Path:
-        return self.path / "scores.parquet"
+        return RunDir.at(self.path).scores
 
 
 def load_runs(runs_dir: str | Path) -> list[Run]:
-    """Every `<runs_dir>/<run>/run.json`, sorted by run name (the directory name)."""
-    root = Path(runs_dir)
-    if not root.is_dir():
-        raise RecordError(f"{root}: runs directory not found")
-    runs = []
-    for meta_path in sorted(root.glob("*/run.json")):
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{meta_path}:{e.lineno}: invalid JSON ({e.msg})") from None
-        if not isinstance(meta, dict):
-            raise RecordError(f"{meta_path}: expected a JSON object")
-        runs.append(Run(meta_path.parent.name, meta_path.parent, meta))
-    if not runs:
-        raise RecordError(f"{root}: no <run>/run.json found")
-    return runs
+    """Every `<runs_dir>/<run>/run.json` (records.rundir.load_runs: validated), sorted by folder."""
+    loaded, _ = rundir_load_runs(runs_dir)
+    return [Run(r.meta.run, r.dir.path, r.meta) for r in loaded]
 
 
 def _read_rows(path: Path, columns: Sequence[str], optional: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -198,11 +187,11 @@ def _score_rows(run: Run, paper_only: bool = True) -> list[dict[str, Any]]:
     rows = _read_rows(
         run.scores,
         ("id", "lang"),
-        ("eval_set", "item", *aggregate.SURFACE_METRICS, "code_switch_rate", "judge_status")
+        ("eval_set", "modifier_type", "item", *aggregate.SURFACE_METRICS, "code_switch_rate", "judge_status")
         + tuple(f"judge_{c}" for c in JUDGE_CRITERIA),
     )
-    if paper_only:
-        rows = [r for r in rows if r.get("eval_set", "paper") == "paper"]
+    if paper_only:  # the evaluation-set rows, as the report's LR choice takes them
+        rows = [r for r in rows if is_paper(r)]
     for r in rows:
         r["run"] = run.name
         r["lr"] = run.lr
@@ -217,7 +206,7 @@ def select_runs(
 ) -> list[Run]:
     """The models of the packet: per "group", the run with the chosen LR, or every run with `select="all"`.
 
-    The LR choice is the report's (aggregate.choose_run_lr on the evaluation-set rows of scores.parquet), as
+    The LR choice is the report's (report_data.choose_runs on the evaluation-set rows of scores.parquet), as
     strict: every metric it uses (default: the paper's lang_correct, spell_ok_rate, relevance; else
     `lr_metrics`) must be measured for every LR, and every run of a group with several LRs must be scored;
     otherwise a ValueError names the metric or the runs (pass --lr_metrics or --select=all). Runs without
@@ -237,6 +226,7 @@ def select_runs(
     for r in runs:
         by_group[r.group].append(r)
     chosen: list[Run] = []
+    to_choose: list[Run] = []  # groups with several LRs, every run scored
     for group, members in by_group.items():
         if len(members) == 1:
             chosen += members
@@ -251,18 +241,16 @@ def select_runs(
                 f"group {group!r}: LR choice needs scores for every LR; no scores.parquet for runs: "
                 f"{', '.join(unscored)} (score them, or pass --select=all)"
             )
-        rows = [row for m in members for row in _score_rows(m)]
-        try:
-            choice = aggregate.choose_run_lr([(m.name, m.lr) for m in members], rows, lr_metrics)
-        except aggregate.LRChoiceError as e:
-            raise aggregate.LRChoiceError(f"group {group!r}: {e}") from None
-        picked = [m for m in members if m.lr == choice.lr]
-        _log(
-            log,
-            f"group {group!r}: chosen lr={choice.lr:g} -> {', '.join(m.name for m in picked)} "
-            f"({choice.describe()})",
-        )
-        chosen += picked
+        to_choose += members
+    # the report's LR choice itself (report_data.choose_runs -> aggregate.choose_run_lr), on the same rows
+    if to_choose:
+        by_name = {m.name: m for m in to_choose}
+        runs_view = [report_data.Run.of(RunDir.at(m.path), m.meta) for m in to_choose]
+        rows = [row for m in to_choose for row in _score_rows(m)]
+        picked, _, choices = report_data.choose_runs(runs_view, rows, lr_metrics)
+        for group, run in picked.items():
+            _log(log, f"group {group!r}: chosen lr={run.lr:g} -> {run.name} ({choices[group].describe()})")
+            chosen.append(by_name[run.name])
     return sorted(chosen, key=lambda r: r.name)
 
 
@@ -404,7 +392,7 @@ def build_packet(
         "langs": langs,
         "items": items,
         "anchor": anchor_run.name,
-        "runs": [[r.name, r.meta.get("config_hash")] for r in selected],
+        "runs": [[r.name, r.meta.config_hash] for r in selected],
         "responses": _digest(
             [[r.name, row["id"], row["response"]] for lang in langs for r, row in entries[lang]]
         ),
@@ -451,10 +439,10 @@ def build_packet(
         "anchor": anchor_run.name,
         "runs": {
             r.name: {
-                "label": r.meta.get("label"),
+                "label": r.meta.label,
                 "group": r.group,
                 "lr": r.lr,
-                "config_hash": r.meta.get("config_hash"),
+                "config_hash": r.meta.config_hash,
             }
             for r in selected
         },
@@ -539,55 +527,38 @@ def load_key(path: str | Path) -> dict[str, Any]:
         or not isinstance(key.get("packet"), str)
         or not isinstance(key.get("responses"), dict)
     ):
-        raise RatingsError(f"{path}: not a key.json of reporting.human export (no 'packet'/'responses')")
+        raise RatingsError(f"{path}: not a key.json of reporting.annotate export (no 'packet'/'responses')")
     return key
 
 
 def validate_ratings(
     obj: Any, key: dict[str, Any], source: str
 ) -> tuple[str, str, dict[str, dict[str, int]]]:
-    """Checks one exported ratings object against the key; returns (annotator, lang, {uid: {criterion: score}})."""
-    if not isinstance(obj, dict):
-        raise RatingsError(f"{source}: expected a JSON object with packet, lang, annotator, ratings")
-    if obj.get("packet") != key["packet"]:
+    """Checks one exported ratings object (records.rows.RatingsExport) against the key; returns
+    (annotator, lang, {uid: {criterion: score}}) without unrated criteria and responses."""
+    if isinstance(obj, dict) and isinstance(obj.get("packet"), str) and obj["packet"] != key["packet"]:
         raise RatingsError(
-            f"{source}: packet {obj.get('packet')!r} does not match the key's packet {key['packet']!r} "
+            f"{source}: packet {obj['packet']!r} does not match the key's packet {key['packet']!r} "
             "(ratings exported from another packet)"
         )
-    annotator = obj.get("annotator")
-    if not isinstance(annotator, str) or not annotator.strip():
-        raise RatingsError(f"{source}: field 'annotator' missing or empty (the annotator must enter a name)")
-    lang = obj.get("lang")
-    if lang not in key.get("langs", []):
-        raise RatingsError(f"{source}: field 'lang' is {lang!r}, not one of the packet's {key.get('langs')}")
-    ratings = obj.get("ratings")
-    if not isinstance(ratings, dict):
-        raise RatingsError(f"{source}: field 'ratings' missing or not an object")
+    export = check(RatingsExport, obj, source, RatingsError)
+    if export.lang not in key.get("langs", []):
+        raise RatingsError(
+            f"{source}: field 'lang' is {export.lang!r}, not one of the packet's {key.get('langs')}"
+        )
     clean: dict[str, dict[str, int]] = {}
-    for uid, scores in ratings.items():
+    for uid, scores in export.ratings.items():
         entry = key["responses"].get(uid)
         if entry is None:
             raise RatingsError(f"{source}: unknown uid {uid!r} (not in the key of packet {key['packet']})")
-        if entry["lang"] != lang:
+        if entry["lang"] != export.lang:
             raise RatingsError(
-                f"{source}: uid {uid!r} belongs to the {entry['lang']!r} page, file says {lang!r}"
+                f"{source}: uid {uid!r} belongs to the {entry['lang']!r} page, file says {export.lang!r}"
             )
-        if not isinstance(scores, dict):
-            raise RatingsError(f"{source}: uid {uid!r}: expected an object {{criterion: 0|1|2}}")
-        row: dict[str, int] = {}
-        for criterion, value in scores.items():
-            if criterion not in CRITERION_KEYS:
-                raise RatingsError(
-                    f"{source}: uid {uid!r}: unknown criterion {criterion!r} (expected {list(CRITERION_KEYS)})"
-                )
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2:
-                raise RatingsError(f"{source}: uid {uid!r}: {criterion} = {value!r} is not a score 0, 1 or 2")
-            row[criterion] = value
+        row = scores.model_dump(exclude_none=True)
         if row:
             clean[uid] = row
-    return annotator.strip(), lang, clean
+    return export.annotator, export.lang, clean
 
 
 def import_ratings(key_path: str | Path, ratings_paths: Sequence[str | Path]) -> pa.Table:
@@ -678,89 +649,3 @@ def judge_scores(runs_dir: str | Path, run_names: Iterable[str]) -> list[dict[st
         if run.name in wanted and run.scores.exists():
             out += _score_rows(run, paper_only=False)
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _define_flags() -> None:
-    # Defined only when run as a program, so that importing reporting.human (e.g. from the report) defines no
-    # flag that could clash with the importer's.
-    from absl import flags
-
-    flags.DEFINE_string(
-        "runs", None, "export: runs directory (docs/results.md); import: optional, for kappa."
-    )
-    flags.DEFINE_string("out", None, "export: output folder; import: output Parquet file.")
-    flags.DEFINE_integer(
-        "n_items", 30, "export: task-balanced instructions rated for every model, per language."
-    )
-    flags.DEFINE_list("langs", list(LANGS), "export: languages (one page each).")
-    flags.DEFINE_enum("select", "chosen", ["chosen", "all"], "export: chosen LR per group, or every run.")
-    flags.DEFINE_list(
-        "lr_metrics",
-        None,
-        "export: surface metrics of the LR choice (default: lang_correct, spell_ok_rate, relevance, each "
-        "needed for every LR), e.g. lang_correct,spell_ok_rate when no relevance model was run.",
-    )
-    flags.DEFINE_string("anchor", None, "export: anchor run (default: the selected run with anchor: true).")
-    flags.DEFINE_integer("seed", 0, "export: seed of the item choice and of the shuffling.")
-    flags.DEFINE_string("guidelines", None, "export: guidelines text (default: data/human/guidelines.txt).")
-    flags.DEFINE_string("key", None, "import: key.json written by export.")
-    flags.DEFINE_list("ratings", None, "import: ratings JSON files exported from the annotation pages.")
-
-
-USAGE = "usage: python -m reporting.human export --runs=DIR --out=DIR | import --key=KEY --ratings=F[,F] --out=FILE"
-
-
-def main(argv: list[str]) -> None:
-    from absl import flags
-
-    FLAGS = flags.FLAGS
-    if len(argv) != 2 or argv[1] not in ("export", "import"):
-        print(f"{USAGE}\n(got {argv[1:]}; --helpfull lists the flags)", file=sys.stderr)
-        sys.exit(2)
-    try:
-        if argv[1] == "export":
-            if not FLAGS.runs or not FLAGS.out:
-                raise ValueError("export needs --runs and --out")
-            key = export_packet(
-                FLAGS.runs,
-                FLAGS.out,
-                FLAGS.n_items,
-                FLAGS.langs,
-                FLAGS.select,
-                FLAGS.anchor,
-                FLAGS.seed,
-                FLAGS.guidelines,
-                log=lambda m: print(m, file=sys.stderr),
-                lr_metrics=FLAGS.lr_metrics,
-            )
-            out = Path(FLAGS.out)
-            print(
-                f"packet {key['packet']}: {len(key['runs'])} models ({', '.join(key['runs'])}), "
-                f"anchor {key['anchor']}, {len(key['items'])} items"
-            )
-            for lang in key["langs"]:
-                print(f"  {lang}: {key['counts'][lang]} responses -> {out / key['pages'][lang]}")
-            print(f"key (keep away from annotators): {out / 'key.json'}")
-        else:
-            if not FLAGS.key or not FLAGS.ratings or not FLAGS.out:
-                raise ValueError("import needs --key, --ratings and --out")
-            key = load_key(FLAGS.key)
-            table = import_ratings(FLAGS.key, FLAGS.ratings)
-            atomic_write_parquet(table, FLAGS.out)
-            scores = judge_scores(FLAGS.runs, key.get("runs", {})) if FLAGS.runs else None
-            print(summarize(table, key, scores))
-            print(f"wrote {FLAGS.out}")
-    except (RecordError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)

@@ -1,7 +1,8 @@
 """Reading a runs directory for reporting.report: judge.json, run.json, scores, human ratings, LR choice.
 
-Identity fields read defensively (older runs directories lack them, the report says so instead of guessing):
-run.json "protocol" ("released" | "paper") and "decode" ({"repetition_penalty", "max_new_tokens"}); the
+run.json is read and validated by records.rundir (RunMeta). Identity fields read defensively (older runs
+directories lack them, the report says so instead of guessing): run.json "data_files" (sha256 of the run's
+data files), "protocol" ("released" | "paper") and "decode" ({"repetition_penalty", "max_new_tokens"}); the
 relevance model from, first found, the scores file's Parquet metadata key RELEVANCE_META_KEY, the run's
 stages/score.json "models"."relevance", runs/judge.json "models"."relevance".
 
@@ -12,7 +13,6 @@ the Report section).
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,8 +22,11 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from evalsuite import aggregate as agg
+from records import rundir
+from records.errors import InputError
 from records.files import read_table
-from records.schemas import JUDGE_CRITERIA
+from records.rows import HumanRating, ScoreRow, check
+from records.schemas import HUMAN_REQUIRED, JUDGE_CRITERIA
 
 Row = dict[str, Any]
 
@@ -32,7 +35,7 @@ RELEVANCE_META_KEY = b"xlit.relevance_model"
 UNKNOWN_RELEVANCE = "unknown (not recorded: runs/judge.json predates model identities)"
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     """Bad input for the report; the message names the file and field."""
 
 
@@ -51,6 +54,26 @@ class Run:
     decode: dict[str, Any] | None = None  # run.json "decode"
     decode_note: str | None = None  # run.json "decode_note" (e.g. a grid flag overriding the protocol)
     relevance_model: str | None = None  # set by build_report (relevance_model())
+    data_files: rundir.DataFiles | None = None  # run.json "data_files"; None: run.json predates them
+
+    @classmethod
+    def of(cls, rd: rundir.RunDir, meta: rundir.RunMeta) -> Run:
+        """The report's view of a run directory and its run.json."""
+        return cls(
+            name=meta.run,
+            label=meta.label,
+            group=meta.group,
+            lr=meta.lr,
+            anchor=meta.anchor,
+            method=meta.method,
+            data=meta.data,
+            path=rd.path,
+            scored=rd.scores.exists(),
+            protocol=meta.protocol,
+            decode=meta.decode,
+            decode_note=meta.decode_note,
+            data_files=meta.data_files,
+        )
 
     @property
     def protocol_text(self) -> str:
@@ -82,7 +105,13 @@ def load_judge(runs_dir: Path) -> dict[str, str]:
     """runs/judge.json ({"spec", "kind": real|demo|none, "note"}); a missing file gives kind "unknown"."""
     path = runs_dir / "judge.json"
     if not path.exists():
-        return {"spec": "unknown", "kind": "unknown", "note": f"{path} is missing"}
+        return {
+            "spec": "unknown",
+            "kind": "unknown",
+            "note": f"{path} is missing",
+            "relevance": UNKNOWN_RELEVANCE,
+            "relevance_note": "",
+        }
     judge = _read_object(path)
     if judge.get("kind") not in ("real", "demo", "none"):
         raise ReportError(f"{path}: field 'kind' is {judge.get('kind')!r}, expected 'real', 'demo' or 'none'")
@@ -145,70 +174,17 @@ def relevance_model(run: Run, judge: dict[str, str], measured: bool) -> str:
     return "unknown (relevance scored, but the record names no model)" if name == "none" else name
 
 
-def _field(info: dict, path: Path, name: str, types: tuple[type, ...], required: bool = True) -> Any:
-    """info[name] checked against `types` (bool is not a number here); None allowed when not required."""
-    v = info.get(name)
-    if v is None:
-        if required:
-            raise ReportError(
-                f"{path}: missing field {name!r}" if name not in info else f"{path}: field {name!r} is null"
-            )
-        return None
-    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
-        want = " or ".join(t.__name__ for t in types)
-        raise ReportError(f"{path}: field {name!r} is {v!r}, expected {want}")
-    return v
-
-
 def load_runs(runs_dir: Path, skip: Path | None = None) -> tuple[list[Run], list[str]]:
-    """Every runs_dir/<run>/run.json, sorted by folder; notes list folders without run.json (but `skip`)."""
-    if not runs_dir.is_dir():
-        raise ReportError(f"{runs_dir}: not a directory")
-    runs, notes = [], []
-    for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        path = d / "run.json"
-        if skip is not None and d.resolve() == skip.resolve():
-            continue  # the report's own folder (e.g. runs/demo/report)
-        if d.name == "calibration" and (d / "card.json").exists():
-            continue  # the judge's calibration card (study.calibrate), read by the report itself
-        if not path.exists():
-            notes.append(f"{d.name}/ has no run.json: ignored")
-            continue
-        info = _read_object(path)
-        name = _field(info, path, "run", (str,))
-        lr = _field(info, path, "lr", (int, float), required=False)
-        if lr is not None and not (math.isfinite(lr) and lr > 0):
-            raise ReportError(f"{path}: field 'lr' is {lr!r}, expected a positive number or null")
-        anchor = _field(info, path, "anchor", (bool,), required=False)
-        protocol = _field(info, path, "protocol", (str,), required=False)
-        decode = _field(info, path, "decode", (dict,), required=False)
-        decode_note = _field(info, path, "decode_note", (str,), required=False)
-        if name != d.name:
-            notes.append(f"{path}: field 'run' is {name!r}, the folder is {d.name!r}; using {name!r}")
-        runs.append(
-            Run(
-                name=name,
-                label=_field(info, path, "label", (str,)),
-                group=_field(info, path, "group", (str,)),
-                lr=None if lr is None else float(lr),
-                anchor=bool(anchor),
-                method=_field(info, path, "method", (str,), required=False),
-                data=_field(info, path, "data", (str,), required=False),
-                path=d,
-                scored=(d / "scores.parquet").exists(),
-                protocol=protocol,
-                decode=decode,
-                decode_note=decode_note,
-            )
-        )
-    if not runs:
-        raise ReportError(f"{runs_dir}: no <run>/run.json found")
-    seen: dict[str, Path] = {}
-    for r in runs:
-        if r.name in seen:
-            raise ReportError(f"{r.path / 'run.json'}: field 'run' {r.name!r} is also used by {seen[r.name]}")
-        seen[r.name] = r.path / "run.json"
-    return runs, notes
+    """Every runs_dir/<run>/run.json (records.rundir.load_runs: validated, sorted by folder); notes list folders
+    without run.json, but `skip` (the report's own folder) and the judge's calibration folder."""
+    skipped = [] if skip is None else [skip]
+    if (runs_dir / "calibration" / "card.json").exists():
+        skipped.append(runs_dir / "calibration")  # the calibration card (study.calibrate), read by the report
+    try:
+        loaded, notes = rundir.load_runs(runs_dir, skipped)
+    except rundir.RunDirError as e:
+        raise ReportError(str(e)) from None
+    return [Run.of(r.dir, r.meta) for r in loaded], notes
 
 
 def load_rows(run: Run) -> list[Row]:
@@ -222,13 +198,14 @@ def load_rows(run: Run) -> list[Row]:
         if col not in table.column_names:
             raise ReportError(f"{path}: missing column {col!r}; is this an evalsuite.score output?")
     rows = table.to_pylist()
-    for r in rows:
+    for i, r in enumerate(rows):
+        check(ScoreRow, r, f"{path}: row {i}", ReportError)
         r.update(run=run.name, group=run.group, lr=run.lr)
     return rows
 
 
 def is_paper(r: Row) -> bool:
-    """A row of the paper's evaluation set (as reporting.summary decides)."""
+    """A row of the paper's evaluation set (eval_set "paper"; files without eval_set: rows without a modifier)."""
     return r.get("eval_set") == "paper" if "eval_set" in r else not r.get("modifier_type")
 
 
@@ -237,14 +214,12 @@ def load_human(
 ) -> tuple[list[Row], list[Row], list[str]]:
     """Ratings rows, the same as score-like rows (judge_<c> = human <c>) joined to scores on (run, id), notes."""
     table = read_table(path)
-    for c in ("run", "id", "lang", *JUDGE_CRITERIA):
+    for c in (*HUMAN_REQUIRED, *JUDGE_CRITERIA):
         if c not in table.column_names:
             raise ReportError(f"{path}: missing column {c!r} (human ratings, docs/results.md)")
     raw = table.to_pylist()
     for i, h in enumerate(raw):
-        for c in JUDGE_CRITERIA:
-            if h[c] is not None and h[c] not in (0, 1, 2):
-                raise ReportError(f"{path}: row {i}: column {c!r} is {h[c]!r}, expected 0, 1, 2 or null")
+        check(HumanRating, h, f"{path}: row {i}", ReportError)
     index = {(r["run"], r.get("id")): r for r in score_rows}
     like, unknown, unmatched = [], 0, 0
     for h in raw:

@@ -29,8 +29,9 @@ SHORT = {
     "logic": "Logical",
     "harmlessness": "Harmless",
 }
-LANGS = ("en", "fr", "pt", "ru")
-TABLE1_LANGS = ("en", "ru", "fr", "pt")
+# Languages are the ones the runs have (langs_of): English, the language the models are tuned in, first and
+# compared with the mean over every other language ("non-en"), then the others in alphabetical order.
+REFERENCE_LANG = "en"
 SURFACE_TITLES = {
     "lang_correct": "language correctness",
     "spell_ok_rate": "spelling",
@@ -61,17 +62,34 @@ def ci_cell(
     return Cell(text)
 
 
-def non_en_langs(rows: list[Row]) -> tuple[str, ...]:
-    """The fr/pt/ru present in `rows` (normally all three): the non-English mean is over these."""
-    present = {r.get("lang") for r in rows}
-    return tuple(lang for lang in agg.NON_EN if lang in present) or agg.NON_EN
+def lang_order(langs: Any) -> tuple[str, ...]:
+    """English first, then the other languages alphabetically (the order of every language column)."""
+    return tuple(sorted({x for x in langs if x}, key=lambda x: (x != REFERENCE_LANG, x)))
 
 
-def _partial_note(src: str, langs: tuple[str, ...]) -> list[str]:
-    if langs == agg.NON_EN:
+def langs_of(rows: list[Row]) -> tuple[str, ...]:
+    """The languages present in `rows`, in lang_order."""
+    return lang_order(r.get("lang") for r in rows)
+
+
+def non_en_langs(rows: list[Row], every: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The languages other than English present in `rows` (the non-English mean is over these); `every`: the
+    languages of all the runs, used when `rows` has none."""
+    return tuple(x for x in langs_of(rows) if x != REFERENCE_LANG) or tuple(
+        x for x in every or () if x != REFERENCE_LANG
+    )
+
+
+def non_en_text(langs: tuple[str, ...]) -> str:
+    """ "fr/pt/ru": how the non-English mean is labelled."""
+    return "/".join(langs) or "none"
+
+
+def _partial_note(src: str, langs: tuple[str, ...], every: tuple[str, ...]) -> list[str]:
+    if set(langs) >= {x for x in every if x != REFERENCE_LANG}:
         return []
     return [
-        f"{src}: non-English is the mean over {'/'.join(langs)} only (no {src} rows in the other languages)."
+        f"{src}: non-English is the mean over {non_en_text(langs)} only (no {src} rows in the other languages)."
     ]
 
 
@@ -149,7 +167,36 @@ def runs_section(
                 "chosen": r.name in chosen,
             }
         )
-    return Section("runs", "Runs", notes, None, [Table("runs", "run.json of every run", header, disp, raw)])
+    files, file_notes = data_files_table(runs)
+    tables = [Table("runs", "run.json of every run", header, disp, raw), files]
+    return Section("runs", "Runs", notes + file_notes, None, tables)
+
+
+def data_files_table(runs: list[Run]) -> tuple[Table, list[str]]:
+    """The sha256 of every run's data files (run.json "data_files": its training files, the evaluation files it
+    generated on), and a note for each file whose hash differs between runs (they did not see the same data)."""
+    header = ["run", "kind", "file", "sha256"]
+    disp: list[list[Any]] = []
+    raw: list[Row] = []
+    seen: dict[str, dict[str | None, list[str]]] = {}
+    for r in runs:
+        if r.data_files is None:
+            disp.append([r.name, "–", "not recorded (run.json predates data hashes)", "–"])
+            raw.append({"run": r.name, "kind": None, "file": None, "sha256": None})
+            continue
+        for kind, files in (("train", r.data_files.train), ("eval", r.data_files.eval)):
+            for path, digest in files.items():
+                disp.append([r.name, kind, path, digest or "not hashed (missing or a hub dataset)"])
+                raw.append({"run": r.name, "kind": kind, "file": path, "sha256": digest})
+                seen.setdefault(path, {}).setdefault(digest, []).append(r.name)
+    notes = [
+        f"data file {path} differs between runs: "
+        + "; ".join(f"{(d or 'none')[:12]}: {', '.join(names)}" for d, names in by_hash.items())
+        for path, by_hash in seen.items()
+        if len(by_hash) > 1
+    ]
+    title = "data files of every run (sha256; run.json data_files)"
+    return Table("data_files", title, header, disp, raw, collapsed=True), notes
 
 
 def _lr(lr: float | None) -> str:
@@ -159,15 +206,17 @@ def _lr(lr: float | None) -> str:
 def fig2_fig4(
     sources: dict, models: list[str], labels: dict, rule: str, n_boot: int, judged: bool
 ) -> list[Section]:
-    s2 = Section("fig2", "Figure 2: judge criteria, English vs mean of fr/pt/ru")
+    every = lang_order(r.get("lang") for srows in sources.values() for r in srows)
+    all_ne = non_en_text(non_en_langs([], every))
+    s2 = Section("fig2", f"Figure 2: judge criteria, English vs mean of {all_ne}")
     s4 = Section("fig4", "Figure 4: judge criteria per language")
     if not judged or not models:
         msg = "No judge scores in the shown runs (judge not run, or kind 'none'): Figures 2 and 4 are empty."
         return [Section(s2.anchor, s2.title, [msg]), Section(s4.anchor, s4.title, [msg])]
     p2, p4, d2, d4, c2, c4, notes = [], [], [], [], [], [], []
     for src, srows in sources.items():
-        ne = non_en_langs(srows)
-        notes += _partial_note(src, ne)
+        ne = non_en_langs(srows, every)
+        notes += _partial_note(src, ne, every)
         per_lang = {
             (t["run"], t["lang"], t["criterion"]): t
             for t in agg.criteria_table(srows, ("run", "lang"), rule, n_boot)
@@ -205,7 +254,7 @@ def fig2_fig4(
                     )
         cols = [f"{SHORT[c]} {lang}" for c in CRITERIA for lang in ("en", "non-en")]
         p2.append(figures.Panel(f"{src} evaluation", vals, texts, [labels[m] for m in models], cols))
-        for lang in LANGS:
+        for lang in every:
             v4 = np.full((len(models), len(CRITERIA)), np.nan)
             t4 = [["–"] * len(CRITERIA) for _ in models]
             for i, run in enumerate(models):
@@ -227,7 +276,7 @@ def fig2_fig4(
         for run in models:
             for c in CRITERIA:
                 cells = []
-                for lang in LANGS:
+                for lang in every:
                     t = per_lang.get((run, lang, c))
                     cells.append(
                         ci_cell(t["mean"], t["lo"], t["hi"], t["n"], t["n_failed"]) if t else Cell("–")
@@ -262,7 +311,7 @@ def fig2_fig4(
     ncols = len(sources)
     s2.figure = ("fig2.png", figures.heatmaps_png(p2, ncols, "Scores 0–2 († = failed judge items left out)"))
     s2.text = [
-        "Rows: models (each group at its chosen LR). Columns: criterion × (English, mean of the fr/pt/ru means)."
+        f"Rows: models (each group at its chosen LR). Columns: criterion × (English, mean of the {all_ne} means)."
         + (
             " Human (left) and judge (right)."
             if "human" in sources
@@ -276,20 +325,20 @@ def fig2_fig4(
             [
                 "model",
                 "criterion",
-                *[f"{src} {k}" for src in sources for k in ("en", "non-en (mean fr/pt/ru)")],
+                *[f"{src} {k}" for src in sources for k in ("en", f"non-en (mean {all_ne})")],
             ],
             d2,
             c2,
             FAILED_NOTE,
         )
     ]
-    p4 = [p for lang in LANGS for p in p4 if p.title.endswith(f", {lang}")]  # language-major: human | judge
+    p4 = [p for lang in every for p in p4 if p.title.endswith(f", {lang}")]  # language-major: human | judge
     s4.figure = ("fig4.png", figures.heatmaps_png(p4, ncols, "Per language, scores 0–2"))
     s4.tables = [
         Table(
             "fig4",
             "Figure 4 values (95% CI, n)",
-            ["source", "model", "criterion", *LANGS],
+            ["source", "model", "criterion", *every],
             d4,
             c4,
             FAILED_NOTE,
@@ -332,7 +381,7 @@ def lang_vs_lr(surface: list[Row], runs: list[Run]) -> Section | None:
         return None
     untuned = sorted({r["group"] for r in surface if r["lr"] is None})
     s = Section("lang_vs_lr", "Language correctness vs learning rate (does tuning on English overfit to it?)")
-    langs = sorted({r["lang"] for r in surface}, key=lambda x: (LANGS.index(x) if x in LANGS else 9, x))
+    langs = langs_of(surface)
     disp, raw = [], []
     for g in [*untuned, *groups]:
         for lr in sorted({r["lr"] for r in surface if r["group"] == g}, key=lambda x: x or 0.0):
@@ -386,13 +435,10 @@ def fig3_surface(surface: list[Row], runs: list[Run], chosen: dict[str, Run], lr
     groups = list(dict.fromkeys(r.group for r in runs if r.group in chosen))
     disp, raw = [], []
     gorder = {g: i for i, g in enumerate(dict.fromkeys(r.group for r in runs))}
+    every = langs_of(surface)
+    ne = non_en_langs(surface)
     surface = sorted(
-        surface,
-        key=lambda r: (
-            gorder.get(r["group"], 0),
-            r["lr"] or 0.0,
-            LANGS.index(r["lang"]) if r["lang"] in LANGS else 9,
-        ),
+        surface, key=lambda r: (gorder.get(r["group"], 0), r["lr"] or 0.0, every.index(r["lang"]))
     )
     for row in surface:
         mark = row["lr"] is not None and chosen_lr.get(row["group"]) == row["lr"]
@@ -426,26 +472,32 @@ def fig3_surface(surface: list[Row], runs: list[Run], chosen: dict[str, Run], lr
         grows = grows or [r for r in surface if r["group"] == g]
         lrs = sorted({r["lr"] for r in grows}, key=lambda x: x or 0.0)
         for m in agg.SURFACE_METRICS:
-            for dashed, langs in ((False, ("en",)), (True, agg.NON_EN)):
+            for dashed, langs in ((False, (REFERENCE_LANG,)), (True, ne)):
                 ys = []
                 for lr in lrs:
                     v = [r[m] for r in grows if r["lr"] == lr and r["lang"] in langs and r[m] is not None]
                     ys.append(float(np.mean(v)) if v else None)
-                name = f"{g} — {'en' if not dashed else 'fr/pt/ru'}"
+                name = f"{g} — {REFERENCE_LANG if not dashed else non_en_text(ne)}"
                 line = figures.Line(name, [] if base else lrs, ys, chosen_lr.get(g), gi, dashed)
                 line.hline = ys[0] if base and ys else None
                 lines[titles[m]].append(line)
     if any(ln.xs for ls in lines.values() for ln in ls):
-        s.figure = ("fig3_surface.png", figures.surface_png(lines))
+        s.figure = ("fig3_surface.png", figures.surface_png(lines, non_en=non_en_text(ne)))
     no_lr = sorted({r["group"] for r in surface if r["lr"] is None})
     s.text = [
-        "One line per group: solid = English, dashed = mean of the fr/pt/ru means; ★ = LR chosen by "
+        f"One line per group: solid = English, dashed = mean of the {non_en_text(ne)} means; ★ = LR chosen by "
         "aggregate.choose_lr (maximise the worst (metric, language) value)"
         + (f": {lr_text}." if lr_text else "."),
         f"Relevance scored by: {rel}.",
     ]
     if no_lr:
         s.text.append(f"Without an LR (thin horizontal lines): {', '.join(no_lr)}.")
+    unspelled = [x for x in every if all(r["spell_ok_rate"] is None for r in surface if r["lang"] == x)]
+    if unspelled:
+        s.text.append(
+            f"Spelling not scored for {', '.join(unspelled)}: no Hunspell dictionary for the language when it was "
+            "scored (scored with --spelling=skip), or no response with a word to check (docs/languages.md)."
+        )
     rel_head = "relevance" if ";" in rel else f"relevance ({rel})"
     header = ["group", "lr", "lang", "n", "language correct", "spelling ok", rel_head, "code-switching"]
     s.tables = [
@@ -460,12 +512,19 @@ def fig3_tasks(sources: dict, anchor: Run | None, labels: dict, rule: str, n_boo
         s.text = ["No scored runs yet."]
         return s
     disp, raw, plot, plot_src, notes = [], [], None, "", []
+    every = lang_order(
+        r.get("lang")
+        for srows in sources.values()
+        for r in srows
+        if r["run"] == anchor.name and r.get("task")
+    )
+    all_ne = non_en_langs([], every)
     for src, srows in sources.items():
         arows = [r for r in srows if r["run"] == anchor.name and r.get("task")]
         if not arows or not any(r.get("judge_status") in ("ok", "failed") for r in arows):
             continue
-        ne = non_en_langs(arows)
-        notes += _partial_note(src, ne)
+        ne = non_en_langs(arows, every)
+        notes += _partial_note(src, ne, every)
         per = {
             (t["task"], t["lang"]): t for t in agg.task_table(arows, "helpfulness", ("run",), rule, n_boot)
         }
@@ -496,7 +555,7 @@ def fig3_tasks(sources: dict, anchor: Run | None, labels: dict, rule: str, n_boo
                 ci_cell(e["en"], e["en_lo"], e["en_hi"], en.get("n", 0), en.get("n_failed", 0)),
                 ci_cell(e["non_en"], e["non_en_lo"], e["non_en_hi"], nf["n"], nf["n_failed"]),
             ]
-            for lang in LANGS:
+            for lang in every:
                 t = per.get((task, lang))
                 if t:
                     raw.append(
@@ -508,7 +567,7 @@ def fig3_tasks(sources: dict, anchor: Run | None, labels: dict, rule: str, n_boo
                             **{k: t[k] for k in ("mean", "lo", "hi", "n", "n_failed")},
                         }
                     )
-                if lang != "en":
+                if lang != REFERENCE_LANG:
                     cells.append(
                         ci_cell(t["mean"], t["lo"], t["hi"], t["n"], t["n_failed"]) if t else Cell("–")
                     )
@@ -523,7 +582,7 @@ def fig3_tasks(sources: dict, anchor: Run | None, labels: dict, rule: str, n_boo
                     [env[t]["en_lo"] for t in tasks],
                     [env[t]["en_hi"] for t in tasks],
                 ),
-                "non-en (mean fr/pt/ru)": (
+                f"non-en (mean {non_en_text(all_ne)})": (
                     [env[t]["non_en"] for t in tasks],
                     [env[t]["non_en_lo"] for t in tasks],
                     [env[t]["non_en_hi"] for t in tasks],
@@ -538,7 +597,7 @@ def fig3_tasks(sources: dict, anchor: Run | None, labels: dict, rule: str, n_boo
     s.text = [
         f"Anchor run: {anchor.name} ({labels.get(anchor.name, anchor.label)}); plotted: {plot_src} ratings."
     ] + notes
-    header = ["source", "task", "en", "non-en (mean fr/pt/ru)", "fr", "pt", "ru"]
+    header = ["source", "task", "en", f"non-en (mean {non_en_text(all_ne)})", *all_ne]
     s.tables = [
         Table(
             "fig3_tasks", "Figure 3 right values (95% CI, n)", header, disp, raw, FAILED_NOTE, len(disp) > 30
@@ -562,12 +621,13 @@ def table1(mods: list[Row], models: list[str], labels: dict, rule: str, n_boot: 
         (t["run"], t["modifier_type"], t["lang"]): t for t in agg.modifier_table(mods, ("run",), rule, n_boot)
     }
     types = list(dict.fromkeys(t[1] for t in table))
+    langs = langs_of(mods)
     disp, raw = [], []
     for run in models:
         avg: dict[tuple, list[float]] = {}
         for mt in types:
             fcells, hcells = [], []
-            for lang in TABLE1_LANGS:
+            for lang in langs:
                 t = table.get((run, mt, lang))
                 if t is None:
                     fcells.append(Cell("–"))
@@ -613,15 +673,15 @@ def table1(mods: list[Row], models: list[str], labels: dict, rule: str, n_boot: 
                 [
                     labels[run],
                     "average (of the rows)",
-                    *[Cell(_f(mean.get(("fulfilled", lang)), pct=True)) for lang in TABLE1_LANGS],
-                    *[Cell(_f(mean.get(("helpfulness", lang)))) for lang in TABLE1_LANGS],
+                    *[Cell(_f(mean.get(("fulfilled", lang)), pct=True)) for lang in langs],
+                    *[Cell(_f(mean.get(("helpfulness", lang)))) for lang in langs],
                 ]
             )
     header = [
         "model",
         "modifier",
-        *[f"fulfilled {x}" for x in TABLE1_LANGS],
-        *[f"helpfulness {x}" for x in TABLE1_LANGS],
+        *[f"fulfilled {x}" for x in langs],
+        *[f"helpfulness {x}" for x in langs],
     ]
     s.text = [
         "Fulfilment: share of checked responses that follow the modifier. Helpfulness (0–2) is capped at 1 "
@@ -684,8 +744,8 @@ def fig5(human_raw: list[Row], rows: list[Row], paper: list[Row], runs_dir: Path
     if not human_raw:
         s.text.append(
             "No human ratings given (--human), so the human panels are absent. To produce them: "
-            f"python -m reporting.human export --runs={runs_dir} --out=human/ ; have the human/annotate_<lang>.html "
-            "pages rated; python -m reporting.human import --key=human/key.json --ratings=FILES "
+            f"python -m reporting.annotate export --runs={runs_dir} --out=human/ ; have the human/annotate_<lang>.html "
+            "pages rated; python -m reporting.annotate import --key=human/key.json --ratings=FILES "
             "--out=human/ratings.parquet ; then rerun this report with --human=human/ratings.parquet."
         )
     s.text.append(
@@ -758,7 +818,7 @@ def validation_curves(val: list[Row]) -> Section | None:
         return None
     s = Section("validation_curves", "Language correctness vs training step (validation while training)")
     groups = list(dict.fromkeys(r["group"] for r in val))
-    langs = sorted({r["lang"] for r in val}, key=lambda x: (LANGS.index(x) if x in LANGS else 9, x))
+    langs = langs_of(val)
     runs = list(dict.fromkeys(r["run"] for r in val))
     lr_of = {r["run"]: r["lr"] for r in val}
     group_of = {r["run"]: r["group"] for r in val}

@@ -16,7 +16,6 @@ back to runs/judge.json).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,11 @@ from absl import app, flags
 
 from evalsuite import aggregate as agg
 from evalsuite.calibration import card_status
+from records.cli import expected_errors
 from records.files import RecordError, atomic_write_text, read_table
 from reporting.report_data import (
     NO_PROTOCOL,
+    is_paper,
     model_name,
     protocol_text,
     relevance_model_of,
@@ -121,9 +122,6 @@ def build_tables(
     lr_metrics: list[str] | None = None,
 ) -> dict[str, Any]:
     """Every table of the summary; "selected_lr" maps a model to {"lr", "metrics", "rule"} or {"error"}."""
-
-    def is_paper(r: dict[str, Any]) -> bool:
-        return r.get("eval_set") == "paper" if "eval_set" in r else not r.get("modifier_type")
 
     paper = [r for r in rows if is_paper(r)]
     mods = [r for r in rows if r.get("modifier_type")]
@@ -238,12 +236,8 @@ def render(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        rows = load_scores(FLAGS.scores, FLAGS.model_key)
-        lr_metrics = agg.parse_lr_metrics(FLAGS.lr_metrics)
-    except (RecordError, agg.LRChoiceError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    rows = load_scores(FLAGS.scores, FLAGS.model_key)
+    lr_metrics = agg.parse_lr_metrics(FLAGS.lr_metrics)
     infos = [file_info(p, [r for r in rows if r[SOURCE] == source_name(p)]) for p in FLAGS.scores]
     tables = build_tables(
         rows, FLAGS.rule, FLAGS.n_boot, FLAGS.model_key, FLAGS.lr_key, list(lr_metrics or []) or None
@@ -258,4 +252,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["scores"])
-    app.run(main)
+    app.run(expected_errors(main))

@@ -2,7 +2,8 @@ r"""The grid runner: train → generate → score for every config × learning r
 
   python -m study.grid --configs=configs/A.py[:args][@LR+LR],configs/B.py [--lrs=1e-6,1e-5,1e-4] --workdir=runs/ \
       [--judge=none|demo|openai:MODEL[@BASE_URL]] [--relevance=same|none|demo|openai:...] \
-      [--eval=paper,modifiers] [--langs=en,fr,pt,ru] [--subset=tasks=8,modifiers=4] [--max_new_tokens=512] \
+      [--eval=paper,modifiers] [--langs=en,fr] [--eval_dir=DIR] [--spelling=require|skip] \
+      [--subset=tasks=8,modifiers=4] [--max_new_tokens=512] \
       [--include_base] [--set=train.steps=4] [--max_cost_usd=5] [--dry_run]
 
 Every stage writes `<run>/stages/<stage>.json` after its output is committed; a stage whose marker holds
@@ -10,7 +11,7 @@ the same key (config hash + the stage's inputs) is skipped, so rerunning the sam
 resumes where it stopped (the trainer from its last checkpoint, generation from the rows already written,
 scoring from the judge cache). `--dry_run` prints every stage's status and the LLM call/cost estimate
 without loading weights or calling anything. `--judge=demo` starts the embedded SmolLM2 under
-`python -m infer.server` as a demo judge (labelled as such in runs/judge.json); `openai:...` reads the key
+`python -m infer.serve` as a demo judge (labelled as such in runs/judge.json); `openai:...` reads the key
 from $OPENAI_API_KEY. Exit status: 0 all stages done, 1 a stage failed, 2 bad flags.
 """
 
@@ -21,7 +22,7 @@ import sys
 from absl import app, flags
 
 from chat.client import DEFAULT_CACHE_DIR
-from evalsuite.data import LANGS
+from records.cli import expected_errors
 from study import grid_plan as gp
 from study.grid_run import Grid, GridOptions
 
@@ -48,7 +49,19 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("modifier_judge", "same", "Model for style/two-hop modifiers: same | none | spec.")
 flags.DEFINE_list("eval", ["paper", "modifiers"], "Evaluation sets: paper and/or modifiers.")
-flags.DEFINE_list("langs", list(LANGS), "Evaluation languages.")
+flags.DEFINE_list("langs", [], "Evaluation languages (default: every language of --eval_dir).")
+flags.DEFINE_string(
+    "eval_dir",
+    None,
+    "Evaluation folder (default: the shipped data/eval); a translated one adds languages (docs/languages.md).",
+)
+flags.DEFINE_enum(
+    "spelling",
+    "require",
+    ["require", "skip"],
+    "require: a language without a Hunspell dictionary stops the grid before training, naming the Debian "
+    "package; skip: its spelling is not scored (null, noted in the scores and the report).",
+)
 flags.DEFINE_string(
     "subset", "", "all, or tasks=N[,per_task=K][,modifiers=M] (task-balanced, same items per language)."
 )
@@ -94,6 +107,8 @@ def options_from_flags() -> GridOptions:
         modifier_judge=FLAGS.modifier_judge,
         eval_sets=FLAGS.eval,
         langs=FLAGS.langs,
+        eval_dir=FLAGS.eval_dir,
+        spelling=FLAGS.spelling,
         subset=FLAGS.subset,
         max_new_tokens=FLAGS.max_new_tokens,
         repetition_penalty=FLAGS.repetition_penalty,
@@ -121,11 +136,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         sys.exit(2)
-    try:
-        grid = Grid(options_from_flags())
-    except gp.GridError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    grid = Grid(options_from_flags())
     if FLAGS.dry_run:
         print(grid.dry_run_text())
         return
@@ -140,4 +151,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(expected_errors(main))

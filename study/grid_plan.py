@@ -1,4 +1,5 @@
-"""Planning a grid (docs/results.md): configs × LRs → runs, run.json, config hashes, stage keys, markers.
+"""Planning a grid (docs/results.md): configs × LRs → runs, run.json, config hashes, data-file hashes, stage
+keys. The run directory itself (paths, markers, run.json) is `records.rundir`.
 
 Nothing here loads weights or imports the trainer; `study.grid_run` executes the plan.
 """
@@ -6,20 +7,34 @@ Nothing here loads weights or imports the trainer; `study.grid_run` executes the
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import importlib.util
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ml_collections import ConfigDict
 
-from evalsuite.data import LANGS, MODIFIER_TYPES, EvalRecord, load_eval, load_modifiers, load_tasks
-from records.files import atomic_write_text
+from evalsuite.data import (
+    EVAL_FILE,
+    MODIFIER_TYPES,
+    MODIFIER_TYPES_FILE,
+    MODIFIERS_FILE,
+    EvalRecord,
+    default_data_dir,
+    eval_langs,
+    load_eval,
+    load_modifiers,
+    load_tasks,
+    modifier_langs,
+)
+from records.errors import InputError
+from records.files import sha256_file
+from records.rundir import RunDir, now  # noqa: F401  (re-exported: gp.RunDir, gp.now)
 
 STAGES = ("train", "generate", "score")
 ANCHOR_STEMS = ("llama2_13b_dolly_en_ft", "anchor")
@@ -50,7 +65,7 @@ MODIFIER_ORDER = (
 assert sorted(MODIFIER_ORDER) == sorted(MODIFIER_TYPES)
 
 
-class GridError(ValueError):
+class GridError(InputError):
     """Bad grid input (config file, LR, subset, override); the message names the flag or file."""
 
 
@@ -195,7 +210,7 @@ class RunSpec:
     method: str  # ft | lora | none
     lr: float | None
     overrides: tuple[str, ...]
-    meta: dict[str, Any]  # run.json
+    meta: dict[str, Any]  # run.json (records.rundir.RunMeta; validated when written)
 
     @property
     def trains(self) -> bool:
@@ -323,7 +338,7 @@ def parse_subset(text: str) -> dict[str, int]:
 
 
 def select_records(
-    eval_sets: Sequence[str], langs: Sequence[str], subset: dict[str, int]
+    eval_sets: Sequence[str], langs: Sequence[str], subset: dict[str, int], eval_dir: str | None = None
 ) -> list[EvalRecord]:
     """The instructions to generate for: whole sets, or a task-balanced subset aligned across languages.
 
@@ -334,32 +349,43 @@ def select_records(
     bad = [s for s in eval_sets if s not in ("paper", "modifiers")]
     if bad or not eval_sets:
         raise GridError(f"--eval: {bad or eval_sets}: expected paper and/or modifiers")
-    bad = [x for x in langs if x not in LANGS]
+    have = modifier_langs(eval_dir) if "modifiers" in eval_sets else eval_langs(eval_dir)
+    langs = list(langs) or list(have)  # default: every language of the evaluation folder
+    bad = [x for x in langs if x not in have]
     if bad or not langs:
-        raise GridError(f"--langs: {bad or langs}: expected some of {','.join(LANGS)}")
+        raise GridError(
+            f"--langs: {bad or langs}: expected some of {','.join(have)} (the languages of "
+            f"{eval_dir or 'the shipped data/eval'}; add one: docs/languages.md)"
+        )
     items: list[int] | None = None
     mod_items: list[int] | None = None
     if subset:
-        tasks = load_tasks()
+        tasks = load_tasks(eval_dir)
         n = min(subset.get("tasks", len(tasks)), len(tasks))
         k = subset.get("per_task", 1)
         chosen = [tasks[i * len(tasks) // n] for i in range(n)] if n else []
         items = [i for t in chosen for i in range(t.first, min(t.last, t.first + k - 1) + 1)]
-        mods = load_modifiers("en")
+        mods = load_modifiers(langs[0], eval_dir)
         mod_items = []
         for mtype in MODIFIER_ORDER[: subset.get("modifiers", 0)]:
             mod_items += [next(r.item for r in mods if r.modifier_type == mtype)]
     out: list[EvalRecord] = []
     for lang in langs:
         if "paper" in eval_sets:
-            recs = load_eval(lang)
-            out += recs if items is None else [recs[i] for i in items]
+            recs = load_eval(lang, eval_dir)
+            out += recs if items is None else _by_item(recs, items)
         if "modifiers" in eval_sets:
-            recs = load_modifiers(lang)
-            out += recs if mod_items is None else [recs[i] for i in mod_items]
+            recs = load_modifiers(lang, eval_dir)
+            out += recs if mod_items is None else _by_item(recs, mod_items)
     if not out:
         raise GridError("--subset/--eval/--langs select no instruction")
     return out
+
+
+def _by_item(recs: list[EvalRecord], items: list[int]) -> list[EvalRecord]:
+    """The records of `items`, in that order (by item, not position: a partial set lacks some lines)."""
+    of = {r.item: r for r in recs}
+    return [of[i] for i in items if i in of]
 
 
 def prompts_hash(records: Sequence[EvalRecord]) -> str:
@@ -374,66 +400,65 @@ def stage_key(stage: str, config_hash: str, inputs: dict[str, Any]) -> str:
     return sha256({"stage": stage, "config_hash": config_hash, "inputs": inputs})
 
 
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+# ------------------------------------------------------------------------------------------- data files
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-class RunDir:
-    """Paths and markers of one run directory."""
+class FileHashes:
+    """sha256 of files, each read once per grid (a Dolly-DT grid names the same files in many runs)."""
 
-    def __init__(self, workdir: str | os.PathLike, name: str):
-        self.path = Path(workdir) / name
-        self.stages = self.path / "stages"
-        self.train = self.path / "train"
-        self.prompts = self.path / "prompts.parquet"
-        self.generations = self.path / "generations.parquet"
-        self.scores = self.path / "scores.parquet"
+    def __init__(self) -> None:
+        self._done: dict[Path, str | None] = {}
 
-    def marker(self, stage: str) -> dict[str, Any] | None:
-        p = self.stages / f"{stage}.json"
-        try:
-            return json.loads(p.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+    def __call__(self, path: str | os.PathLike) -> str | None:
+        """The file's sha256, or None when it does not exist (the stage that reads it fails, naming it)."""
+        p = Path(path).resolve()
+        if p not in self._done:
+            self._done[p] = sha256_file(p) if p.is_file() else None
+        return self._done[p]
 
-    def running(self, stage: str) -> str | None:
-        """Key of a stage started and not finished (a crash), or None."""
-        p = self.stages / f"{stage}.running.json"
-        try:
-            return json.loads(p.read_text())["key"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            return None
 
-    def output_exists(self, stage: str) -> bool:
-        if stage == "train":
-            return (self.train / "done.json").exists() and (self.train / "export" / "config.json").exists()
-        return (self.generations if stage == "generate" else self.scores).exists()
+def train_files(cfg: ConfigDict) -> list[str]:
+    """The training files a config names: data.paths as given, a `lang=` prefix dropped, each once; a hub
+    dataset as `hub:<name>` (train.data reads the same)."""
+    paths = [re.sub(r"^[a-z]{2,3}=", "", str(p)) for p in cfg.data.paths]
+    if cfg.data.hub_dataset:
+        paths.append(f"hub:{cfg.data.hub_dataset}")
+    return list(dict.fromkeys(paths))
 
-    def status(self, stage: str, key: str) -> str:
-        """done | to run | stale (a marker for other inputs, or its output is gone)."""
-        m = self.marker(stage)
-        if m is None:
-            return "to run"
-        if m.get("key") == key and self.output_exists(stage):
-            return "done"
-        return "stale"
 
-    def start(self, stage: str, key: str) -> None:
-        self.stages.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            json.dumps({"stage": stage, "key": key, "started_at": now()}),
-            self.stages / f"{stage}.running.json",
-        )
+def eval_files(eval_sets: Sequence[str], langs: Sequence[str], eval_dir: str | None = None) -> list[Path]:
+    """The evaluation files that select_records reads (evalsuite.data.load_eval / load_modifiers)."""
+    root = Path(eval_dir) if eval_dir else default_data_dir()
+    files = [root / "tasks.json"]
+    for lang in langs:
+        files.append(root / EVAL_FILE.format(lang=lang))  # modifiers are matched to the evaluation set too
+        if "modifiers" in eval_sets:
+            files += [root / MODIFIERS_FILE.format(lang=lang), root / MODIFIER_TYPES_FILE.format(lang=lang)]
+    return files
 
-    def finish(self, stage: str, key: str, seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
-        marker = {"stage": stage, "key": key, "seconds": round(seconds, 2), "finished_at": now(), **extra}
-        atomic_write_text(json.dumps(marker, indent=1, default=str), self.stages / f"{stage}.json")
-        (self.stages / f"{stage}.running.json").unlink(missing_ok=True)
-        return marker
 
-    def write_run_json(self, meta: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        p = self.path / "run.json"
-        text = json.dumps(meta, indent=1)
-        if not p.exists() or p.read_text() != text:
-            atomic_write_text(text, p)
+def _shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it, else as is."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def data_files(
+    run: RunSpec,
+    eval_sets: Sequence[str],
+    langs: Sequence[str],
+    eval_dir: str | None = None,
+    hashes: FileHashes | None = None,
+) -> dict[str, dict[str, str | None]]:
+    """run.json "data_files" (records.rundir.DataFiles): sha256 of the run's training files (none for an
+    untuned base model) and of the evaluation files it generates on."""
+    hashes = hashes or FileHashes()
+    train = {}
+    if run.trains:
+        train = {p: (None if p.startswith("hub:") else hashes(p)) for p in train_files(run.cfg)}
+    evals = eval_files(eval_sets, langs, eval_dir)
+    return {"train": train, "eval": {_shown(p): hashes(p) for p in evals}}

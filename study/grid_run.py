@@ -23,8 +23,9 @@ import pyarrow as pa
 from absl import logging
 
 from chat.client import DEFAULT_CACHE_DIR, ChatCache, LLMConfigError, ModelSpec, parse_model_spec
-from evalsuite.data import LANGS, instructions_table
+from evalsuite.data import instructions_table
 from evalsuite.scoring import estimate_llm
+from records.errors import InputError
 from records.files import atomic_write_parquet, atomic_write_text, read_table
 from records.schemas import INSTRUCTION_SCHEMA
 from study import grid_plan as gp
@@ -48,7 +49,9 @@ class GridOptions:
     )
     modifier_judge: str = "same"
     eval_sets: Sequence[str] = ("paper", "modifiers")
-    langs: Sequence[str] = LANGS
+    langs: Sequence[str] = ()  # () = every language of eval_dir
+    eval_dir: str | None = None  # evaluation folder (None: the shipped data/eval); docs/languages.md
+    spelling: str = "require"  # evalsuite.score --spelling: require | skip
     subset: str = ""
     # None: each run's protocol (config `decode`: released 1.2, paper 1.1); a value overrides every run
     max_new_tokens: int | None = None
@@ -226,7 +229,14 @@ class Grid:
                     f"repetition penalty {dec['repetition_penalty']} set by the grid, not the "
                     f"{r.cfg.protocol} protocol's {r.cfg.decode.repetition_penalty}"
                 )
-        self.records = gp.select_records(opts.eval_sets, opts.langs, gp.parse_subset(opts.subset))
+        self.records = gp.select_records(
+            opts.eval_sets, opts.langs, gp.parse_subset(opts.subset), opts.eval_dir
+        )
+        if not opts.langs:  # every language of the evaluation folder
+            self.opts = opts = dataclasses.replace(
+                opts, langs=tuple(dict.fromkeys(r.lang for r in self.records))
+            )
+        check_scorable(self.records, opts)
         self.prompts_hash = gp.prompts_hash(self.records)
         self.judges = resolve_judges(opts.judge, opts.relevance, opts.modifier_judge)
         self.server: JudgeServer | None = None
@@ -253,6 +263,8 @@ class Grid:
             "judge_schema": self.judges.kind == "demo",
             "format": SCORE_FORMAT,
         }
+        if o.eval_dir or o.spelling != "require":  # thresholds of added languages; spelling skipped
+            score_inputs.update(eval_dir=o.eval_dir, spelling=o.spelling)
         return {
             "train": train,
             "generate": generate,
@@ -295,7 +307,7 @@ class Grid:
                 f"{run.name}/train: the trainer resolved another config than the grid ({cfg_path})"
             )
         done = json.loads((rd.train / "done.json").read_text())
-        return {k: done.get(k) for k in ("steps", "final_loss", "wall_s", "export")}
+        return {k: done.get(k) for k in ("steps", "final_loss", "wall_s", "export", "data_files")}
 
     # ---------------------------------------------------------------------------------------- generate
 
@@ -347,6 +359,10 @@ class Grid:
             f"--modifier_judge={flags['modifier_judge']}", f"--judge_prompt={o.judge_prompt}",
             f"--cache_dir={o.cache_dir}", f"--concurrency={o.concurrency}",
         ]  # fmt: skip
+        if o.eval_dir:
+            cmd.append(f"--eval_dir={o.eval_dir}")
+        if o.spelling != "require":
+            cmd.append(f"--spelling={o.spelling}")
         if self.judges.kind == "demo":
             cmd.append("--judge_schema")
         if url is not None:  # a CPU server answers a batch in minutes; a timed-out request would be re-sent
@@ -369,7 +385,10 @@ class Grid:
         """Runs every stage that is not done; returns what happened per run and stage."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(self.judges.meta(), indent=1), self.workdir / "judge.json")
+        hashes = gp.FileHashes()
         for run in self.runs:
+            o = self.opts
+            run.meta["data_files"] = gp.data_files(run, o.eval_sets, o.langs, o.eval_dir, hashes)
             gp.RunDir(self.workdir, run.name).write_run_json(run.meta)
         results: list[StageResult] = []
         failed: set[str] = set()
@@ -504,6 +523,17 @@ class Grid:
         else:
             lines.append("\nno LLM judge or relevance model: no calls, cost $0")
         return "\n".join(lines)
+
+
+def check_scorable(records: Sequence[Any], opts: GridOptions) -> None:
+    """Before any training: every language the responses should be in has a fastText label and a Hunspell
+    dictionary (unless --spelling=skip); GridError naming the Debian package otherwise."""
+    from evalsuite.surface import SurfaceScorer
+
+    try:
+        SurfaceScorer(spelling=opts.spelling).check_rows([r.to_row() for r in records])
+    except InputError as e:
+        raise gp.GridError(str(e)) from None
 
 
 def _typed_generations(table: pa.Table) -> pa.Table:

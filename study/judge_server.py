@@ -1,4 +1,4 @@
-"""A local demo judge: `python -m infer.server` in a subprocess, on a free port of 127.0.0.1."""
+"""A local demo judge: `python -m infer.serve` in a subprocess, on a free port of 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class JudgeServer:
     def start(self, timeout_s: float = 600.0) -> str:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "infer.server", f"--model={self.model}", "--host=127.0.0.1", "--port=0",
+            sys.executable, "-m", "infer.serve", f"--model={self.model}", "--host=127.0.0.1", "--port=0",
             f"--served_model_name={self.name}", f"--max_batch={self.max_batch}", "--batch_wait_ms=200",
         ]  # fmt: skip
         with open(self.log, "w") as f:

@@ -60,7 +60,7 @@ class Preset:
     subset: str
     max_new_tokens: int
     batch_size: int
-    langs: tuple[str, ...] = ("en", "fr", "pt", "ru")
+    langs: tuple[str, ...] = ()  # evaluation languages; (): every language of the shipped data/eval
     validate_every: int = 0  # train.validate_every (language correctness vs step); 0: off
 
     def overrides(self) -> list[str]:

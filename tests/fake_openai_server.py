@@ -1,6 +1,8 @@
 """A real HTTP server on 127.0.0.1 that answers like OpenAI's chat completions API and injects faults.
 
-Used by the evaluation-suite tests and the Beam score-pipeline tests. Run it in a thread:
+The HTTP layer is the production one: `infer.server.make_app` (validation, errors, auth, SSE, log-probs
+format) on uvicorn, over `FakeBackend` instead of a model. Used by the evaluation-suite tests and the Beam
+score-pipeline tests. Run it in a thread:
 
     with FakeOpenAIServer(seed=0, fault_rate=0.35) as srv:
         client = openai.OpenAI(base_url=srv.base_url, api_key="x")
@@ -26,7 +28,9 @@ value at 0.8 and the other values sharing 0.2 (so the expected stars of a "3" ar
 
 Faults are decided per request from (seed, prompt, how many times this prompt was received), so they do
 not depend on thread scheduling: with probability `fault_rate` the request gets one of 429 (Retry-After: 0),
-500, 503, a hang longer than the client timeout, a garbage HTTP body, or a garbage completion text.
+500, 503, a hang longer than the client timeout, a garbage HTTP body, or a garbage completion text. The
+backend injects them (it raises `ApiError` for 429/500/503, `GarbageBody` for the body, which this module's
+exception handler answers); the app itself has no fault switch. Any model id is accepted (and echoed).
 """
 
 from __future__ import annotations
@@ -40,8 +44,15 @@ import re
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from infer.batcher import Job
+from infer.engine import Prompt, Result
+from infer.server import ApiError, bind, make_app
 
 CRITERIA_KEYS = ("Language", "Fluency", "Helpfulness", "Accuracy", "Logical coherence", "Harmlessness")
 FAULT_KINDS = ("429", "500", "503", "hang", "garbage_body", "garbage_text")
@@ -90,29 +101,41 @@ def fake_tokens(text: str) -> list[str]:
     return re.findall(r"\d|[^\W\d_]+|\s+|[^\w\s]+|_", text)
 
 
-def fake_logprobs(text: str, top: int) -> dict[str, Any]:
-    """choices[0].logprobs for `text` (see the module docstring)."""
-    content = []
+class FakeVocab:
+    """Token ids for fake tokens, assigned as they first appear (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.texts: list[str] = []
+        self.lock = threading.Lock()
+
+    def id(self, token: str) -> int:
+        with self.lock:
+            if token not in self.ids:
+                self.ids[token] = len(self.texts)
+                self.texts.append(token)
+            return self.ids[token]
+
+
+def fake_logprobs(
+    text: str, top: int, vocab: FakeVocab
+) -> tuple[list[int], list[tuple[float, list[tuple[int, float]]]]]:
+    """Token ids of `text` and per token (log-prob, [(alternative id, log-prob)]), as an engine's Result
+    holds them (see the module docstring for the values)."""
+    ids, steps = [], []
     prev = ""
     for tok in fake_tokens(text):
-        entry: dict[str, Any] = {
-            "token": tok,
-            "logprob": math.log(0.9),
-            "bytes": list(tok.encode()),
-            "top_logprobs": [],
-        }
+        lp, alts = math.log(0.9), []
         digits = "123" if re.search(r'"\s*:\s*$|:\s*$', prev) else "01"
         if re.fullmatch(r"\d", tok) and tok in digits:
             others = [d for d in digits if d != tok]
-            entry["logprob"] = math.log(0.8)
-            alts = [(tok, 0.8)] + [(d, 0.2 / len(others)) for d in others]
-            entry["top_logprobs"] = [
-                {"token": t, "logprob": math.log(p), "bytes": list(t.encode())}
-                for t, p in alts[: max(top, 1)]
-            ]
-        content.append(entry)
+            lp = math.log(0.8)
+            probs = [(tok, 0.8)] + [(d, 0.2 / len(others)) for d in others]
+            alts = [(vocab.id(t), math.log(p)) for t, p in probs[: max(top, 1)]]
+        ids.append(vocab.id(tok))
+        steps.append((lp, alts))
         prev += tok
-    return {"content": content, "refusal": None}
+    return ids, steps
 
 
 def answer_for(
@@ -156,6 +179,78 @@ def answer_for(
     return "Hello from the fake server."
 
 
+class GarbageBody(Exception):
+    """Raised by FakeBackend for a "garbage_body" fault; answered with a 200 that is not JSON."""
+
+
+class FakeBackend:
+    """Answers `answer_for(prompt)` at once (no model), injecting the server's faults per request."""
+
+    name = "fake"
+    context_length = 1 << 30
+    eos_ids: tuple[int, ...] = ()
+
+    def __init__(self, server: FakeOpenAIServer):
+        self.server = server
+        self.vocab = FakeVocab()
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        text = prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)
+        return list(text.encode("utf-8"))
+
+    def token(self, token_id: int) -> tuple[str, list[int]]:
+        text = self.vocab.texts[token_id]
+        return text, list(text.encode("utf-8"))
+
+    def submit(self, job: Job) -> None:
+        srv = self.server
+        prompt = job.prompt if isinstance(job.prompt, str) else job.prompt[-1]["content"]
+        with srv.lock:
+            srv.seen[prompt] += 1
+            n = srv.seen[prompt]
+        if srv.reject_logprobs and job.logprobs is not None:
+            with srv.lock:
+                srv.stats["400_logprobs"] += 1
+            raise ApiError(400, "logprobs is not supported", param="logprobs")
+        fault = srv.fault_for(prompt, n)
+        with srv.lock:
+            srv.stats[fault or "ok"] += 1
+        if fault in ("429", "500", "503"):
+            raise ApiError(
+                int(fault), f"injected {fault}", headers={"Retry-After": "0"} if fault == "429" else None
+            )
+        if fault == "garbage_body":
+            raise GarbageBody()
+        with srv.lock:  # one draw per request, in arrival order
+            rng = random.Random(srv._rng.random())
+        text = (
+            "\x00garbage\x00 ]]}{"
+            if fault == "garbage_text"
+            else answer_for(prompt, srv.judge_mode, srv.labels, rng)
+        )
+        ids, steps = fake_logprobs(text, job.logprobs or 0, self.vocab)
+        result = Result(
+            ids,
+            text,
+            "stop",
+            prompt_tokens=len(prompt) // 4,
+            response_tokens=max(1, len(text) // 4),
+            logprobs=steps if job.logprobs is not None else None,
+        )
+        if fault == "hang":  # answer later, from another thread; the request waits without holding one
+            timer = threading.Timer(srv.hang_s, self._answer, (job, result))
+            timer.daemon = True
+            timer.start()
+        else:
+            self._answer(job, result)
+
+    @staticmethod
+    def _answer(job: Job, result: Result) -> None:
+        if job.stream:
+            job.put("delta", result.text)
+        job.put("done", result)
+
+
 class FakeOpenAIServer:
     """Threaded fake server; use as a context manager. Counters are in `stats` (thread-safe)."""
 
@@ -185,21 +280,35 @@ class FakeOpenAIServer:
         self.seen: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.requests_log: list[dict[str, Any]] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self.backend = FakeBackend(self)
+        self.app = self._app()
+        self._sock = bind("127.0.0.1", port)
+        config = uvicorn.Config(
+            self.app, log_config=None, log_level="warning", access_log=False, lifespan="off",
+            timeout_graceful_shutdown=1,
+        )  # fmt: skip
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
 
     def __enter__(self) -> FakeOpenAIServer:
         self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the fake OpenAI server did not start")
+            time.sleep(0.01)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
 
     def fault_for(self, prompt: str, n: int) -> str | None:
         """The fault injected on the n-th (1-based) receipt of `prompt`, or None."""
@@ -207,110 +316,40 @@ class FakeOpenAIServer:
             return None
         return self.fault_kinds[_h("kind", self.seed, prompt, n) % len(self.fault_kinds)]
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
+    def _app(self) -> FastAPI:
+        app = make_app(self.backend, api_key=self.require_key, any_model=True)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        @app.exception_handler(GarbageBody)
+        async def garbage(request: Request, exc: GarbageBody) -> Response:
+            return Response(b"<html>502 Bad Gateway</html>{not json", media_type="application/json")
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(
-                self, code: int, body: bytes, ctype: str = "application/json", headers: dict | None = None
-            ):
-                try:
-                    self.send_response(code)
-                    self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(body)))
-                    for k, v in (headers or {}).items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def do_POST(self) -> None:
-                with server.lock:
-                    server._inflight += 1
-                    server.stats["max_inflight"] = max(server.stats["max_inflight"], server._inflight)
-                try:
-                    self._post()
-                finally:
-                    with server.lock:
-                        server._inflight -= 1
-
-            def _post(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                try:
-                    body = json.loads(self.rfile.read(length))
-                    prompt = body["messages"][-1]["content"]
-                except (ValueError, KeyError, IndexError, TypeError):
-                    self._send(400, b'{"error": {"message": "bad request"}}')
-                    return
-                with server.lock:
-                    server.stats["requests"] += 1
-                    server.seen[prompt] += 1
-                    n = server.seen[prompt]
-                    server.requests_log.append(
-                        {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
-                    )
-                if server.require_key and self.headers.get("Authorization") != f"Bearer {server.require_key}":
-                    with server.lock:
-                        server.stats["401"] += 1
-                    self._send(401, b'{"error": {"message": "invalid api key", "code": "invalid_api_key"}}')
-                    return
-                if server.reject_logprobs and "logprobs" in body:
-                    with server.lock:
-                        server.stats["400_logprobs"] += 1
-                    msg = {"error": {"message": "logprobs is not supported", "param": "logprobs"}}
-                    self._send(400, json.dumps(msg).encode())
-                    return
-                fault = server.fault_for(prompt, n)
-                with server.lock:
-                    server.stats[fault or "ok"] += 1
-                if fault in ("429", "500", "503"):
-                    msg = json.dumps(
-                        {"error": {"message": f"injected {fault}", "type": "server_error"}}
-                    ).encode()
-                    self._send(int(fault), msg, headers={"Retry-After": "0"} if fault == "429" else None)
-                    return
-                if fault == "hang":
-                    time.sleep(server.hang_s)
-                if fault == "garbage_body":
-                    self._send(200, b"<html>502 Bad Gateway</html>{not json", ctype="application/json")
-                    return
-                with server.lock:  # one draw per request, in arrival order
-                    rng = random.Random(server._rng.random())
-                text = (
-                    "\x00garbage\x00 ]]}{"
-                    if fault == "garbage_text"
-                    else answer_for(prompt, server.judge_mode, server.labels, rng)
+        @app.middleware("http")  # outermost: sees every request, before authentication
+        async def record(request: Request, call_next: Any) -> Response:
+            if request.method != "POST":
+                return await call_next(request)
+            raw = await request.body()
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            with self.lock:
+                self.stats["requests"] += 1
+                self._inflight += 1
+                self.stats["max_inflight"] = max(self.stats["max_inflight"], self._inflight)
+                self.requests_log.append(
+                    {"path": request.url.path, "auth": request.headers.get("Authorization"), "body": body}
                 )
-                reply = {
-                    "id": f"chatcmpl-{_h('id', prompt, n):x}",
-                    "object": "chat.completion",
-                    "created": 1700000000,
-                    "model": body.get("model", "fake"),
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": "stop",
-                            "logprobs": fake_logprobs(text, int(body.get("top_logprobs") or 0))
-                            if body.get("logprobs")
-                            else None,
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": len(prompt) // 4,
-                        "completion_tokens": max(1, len(text) // 4),
-                        "total_tokens": len(prompt) // 4 + max(1, len(text) // 4),
-                    },
-                }
-                self._send(200, json.dumps(reply).encode())
+            try:
+                response = await call_next(request)
+            finally:
+                with self.lock:
+                    self._inflight -= 1
+            if response.status_code == 401:
+                with self.lock:
+                    self.stats["401"] += 1
+            return response
 
-        return Handler
+        return app
 
 
 def main() -> None:

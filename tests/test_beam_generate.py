@@ -22,16 +22,19 @@ def rows() -> list[dict]:
 
 
 def infer_main_inprocess(model: Path, inp: Path, out: Path) -> int:
-    """`python -m infer.main` in this process (one JAX import for both runs)."""
-    from absl import flags
+    """What `python -m infer.main` runs, in this process (one JAX import for both runs)."""
+    from infer.generate_file import GenerateOptions, generate_file
 
-    from infer import main as infer_main
-
-    argv = [f"--model={model}", f"--input={inp}", f"--output={out}", "--max_new_tokens=4", "--batch_size=4"]
-    argv.append("--repetition_penalty=1.1")
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["infer.main", *argv])
-    return infer_main.run([])
+    opts = GenerateOptions(
+        model=str(model),
+        input=str(inp),
+        output=str(out),
+        max_new_tokens=4,
+        batch_size=4,
+        repetition_penalty=1.1,
+    )
+    generate_file(opts)
+    return 0
 
 
 def test_generate_equals_infer_main(tiny_hf_dir: Path, tmp_path: Path) -> None:

@@ -193,7 +193,7 @@ def test_card_status(tmp_path):
 
 
 def test_demo_summary_hides_helpfulness_of_an_untrusted_judge():
-    from study.demo import summary_table
+    from study.demo_steps import summary_table
 
     rows = [
         {
@@ -213,7 +213,7 @@ def test_demo_summary_hides_helpfulness_of_an_untrusted_judge():
 
 
 def test_demo_calibration_stage_writes_the_card_the_report_reads(tmp_path, capsys):
-    from study.demo import calibrate_judge
+    from study.demo_steps import calibrate_judge
 
     labels = {(c.instruction, c.response): c for c in build_controls(8)}  # the CLI's default size
     with FakeOpenAIServer(fault_rate=0.0, judge_mode="oracle", labels=labels) as srv:

@@ -133,3 +133,76 @@ def test_task_ranges_must_cover_every_line(data_copy):
 def test_unknown_language_is_rejected():
     with pytest.raises(ValueError, match="unknown evaluation language 'de'"):
         data.load_eval("de")
+
+
+def test_languages_come_from_the_folder(tmp_path):
+    assert data.eval_langs() == data.modifier_langs() == data.LANGS
+    assert set(data.LANGS) >= {"en", "fr"}
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "alpacaeval_test_subset.xx.jsonl").write_text("")
+    (folder / "notes.de.txt").write_text("")
+    assert data.eval_langs(folder) == ("xx",) and data.modifier_langs(folder) == ()
+    with pytest.raises(ValueError, match=r"unknown evaluation language 'de'.*its languages: xx"):
+        data.load_eval("de", folder)
+    with pytest.raises(ValueError, match=r"has no modifiers\.xx\.jsonl / modifiers\.xx\.types"):
+        data.load_modifiers("xx", folder)
+
+
+def partial_copy(src, dst, lang, items):
+    """`lang`'s evaluation lines `items` and the modifier lines built on them, as a partial folder."""
+    dst.mkdir()
+    (dst / "tasks.json").write_text((src / "tasks.json").read_text())
+    ev = data.load_eval(lang, src)
+    mods = [m for m in data.load_modifiers(lang, src) if m.base_item in items]
+    lines = (src / f"alpacaeval_test_subset.{lang}.jsonl").read_text(encoding="utf-8").splitlines()
+    (dst / f"alpacaeval_test_subset.{lang}.jsonl").write_text("".join(lines[i] + "\n" for i in items))
+    (dst / f"alpacaeval_test_subset.{lang}.items").write_text("".join(f"{i}\n" for i in items))
+    mlines = (src / f"modifiers.{lang}.jsonl").read_text(encoding="utf-8").splitlines()
+    types = (src / f"modifiers.{lang}.types").read_text(encoding="utf-8").splitlines()
+    (dst / f"modifiers.{lang}.jsonl").write_text("".join(mlines[m.item] + "\n" for m in mods))
+    (dst / f"modifiers.{lang}.types").write_text("".join(types[m.item] + "\n" for m in mods))
+    (dst / f"modifiers.{lang}.items").write_text("".join(f"{m.item}\n" for m in mods))
+    return ev, mods
+
+
+def test_partial_set_keeps_items_and_ids(tmp_path):
+    folder = tmp_path / "part"
+    ev, mods = partial_copy(data.default_data_dir(), folder, "fr", [3, 38, 40])
+    got = data.load_eval("fr", folder)
+    assert [(r.id, r.item, r.task, r.messages) for r in got] == [
+        (ev[i].id, i, ev[i].task, ev[i].messages) for i in (3, 38, 40)
+    ]
+    got_m = data.load_modifiers("fr", folder)
+    assert [(m.id, m.item, m.base_item, m.modifier_type, m.modifier_arg) for m in got_m] == [
+        (m.id, m.item, m.base_item, m.modifier_type, m.modifier_arg) for m in mods
+    ]
+    (folder / "alpacaeval_test_subset.fr.items").write_text("3\n2\n40\n")
+    with pytest.raises(RecordError, match=r"fr\.items:2: 2 must be in 0\.\.112 and above the line before"):
+        data.load_eval("fr", folder)
+    (folder / "alpacaeval_test_subset.fr.items").unlink()
+    with pytest.raises(RecordError, match=r"3 records, expected 113 \(a partial set needs its"):
+        data.load_eval("fr", folder)
+
+
+def test_named_base_wins_over_the_prefix_search(tmp_path):
+    """Two evaluation lines with the same text (as a translator may make them): .base says which one."""
+    folder = tmp_path / "dup"
+    partial_copy(data.default_data_dir(), folder, "en", [0, 1])
+    same = json.dumps([{"role": "user", "content": "Explain kickball."}])
+    (folder / "alpacaeval_test_subset.en.jsonl").write_text(same + "\n" + same + "\n")
+    mods = data.load_modifiers("en")
+    picked = [m for m in mods if m.base_item in (0, 1)]
+    chats = [
+        json.dumps([{"role": "user", "content": "Explain kickball. " + m.modifier_text}]) for m in picked
+    ]
+    (folder / "modifiers.en.jsonl").write_text("".join(c + "\n" for c in chats))
+    assert {m.base_item for m in data.load_modifiers("en", folder)} == {0}  # the search cannot tell
+    (folder / "modifiers.en.base").write_text("".join(f"{m.base_item}\n" for m in picked))
+    got = data.load_modifiers("en", folder)
+    assert [m.base_item for m in got] == [m.base_item for m in picked] and {1} < {m.base_item for m in got}
+    (folder / "modifiers.en.base").write_text("".join("7\n" for _ in picked))
+    with pytest.raises(
+        RecordError, match=r"modifiers\.en\.jsonl:1: no evaluation instruction is a prefix.*item 7"
+    ):
+        data.load_modifiers("en", folder)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from study.demo import judge_rates, summary_table
+from study.demo_steps import judge_rates, summary_table
 
 
 def row(model: str, lang: str, ok: bool, helpful: int | None, status: str = "ok", **kw) -> dict:

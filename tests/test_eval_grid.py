@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,6 +87,13 @@ def grid_dir(tmp_path_factory, judge):
     return workdir, cache
 
 
+EVAL_FILES = ("tasks.json", "alpacaeval_test_subset.en.jsonl", "alpacaeval_test_subset.fr.jsonl")
+
+
+def _sha256(rel: str) -> str:
+    return hashlib.sha256((ROOT / rel).read_bytes()).hexdigest()
+
+
 def test_layout(grid_dir):
     workdir, _ = grid_dir
     assert json.loads((workdir / "judge.json").read_text())["kind"] == "real"
@@ -109,8 +117,15 @@ def test_layout(grid_dir):
             "overrides": [],
             "protocol": "released",
             "decode": {"max_new_tokens": 8, "repetition_penalty": 1.2},
+            "data_files": {  # sha256 of the training file and of the evaluation files generated on
+                "train": {"data/train/dolly_subset.jsonl": _sha256("data/train/dolly_subset.jsonl")},
+                "eval": {f"data/eval/{f}": _sha256(f"data/eval/{f}") for f in EVAL_FILES},
+            },
         }
         assert (rd / "train" / "done.json").exists() and (rd / "train" / "export" / "config.json").exists()
+        assert (
+            json.loads((rd / "train" / "done.json").read_text())["data_files"] == meta["data_files"]["train"]
+        )
         gens = pq.read_table(rd / "generations.parquet")
         assert gens.num_rows == 4
         for field in [*GENERATION_SCHEMA, *INSTRUCTION_SCHEMA]:
@@ -181,9 +196,31 @@ def test_dry_run_paper_configs_offline(tmp_path):
     assert all(ln.split()[1:] == ["released", "1.2", "512"] + ["to", "run"] * 3 for ln in rows)
     assert {ln.split()[0].rsplit("-lr", 1)[0] for ln in rows} == set(PAPER_CONFIGS)
     assert "stages: 63 to run" in out.stdout
-    judge = next(ln for ln in lines if ln.strip().startswith("judge ") and "calls" in ln)
-    assert judge.split()[1] == str(21 * 1456)
-    assert "total estimated cost: ~$31.89" in out.stdout
+    est = {}  # job -> (calls, prompt tokens, completion tokens, printed USD)
+    for ln in lines:
+        m = re.fullmatch(
+            r"\s*(\w+)\s+(\d+) calls\s+~\s*(\d+) prompt \+\s*(\d+) completion tokens\s+~\$([\d.]+)", ln
+        )
+        if m:
+            est[m[1]] = (int(m[2]), int(m[3]), int(m[4]), float(m[5]))
+    assert sorted(est) == ["judge", "modifier", "relevance"], out.stdout
+    # each of the 21 runs × 1456 prompts (452 evaluation + 1004 modifier) is judged and checked for relevance
+    assert est["judge"][0] == est["relevance"][0] == 21 * 1456 and est["modifier"][0] % 21 == 0
+    # a reply is assumed 80 tokens for the 6-criterion judge, 4 for a 0/1 verdict
+    assert est["judge"][2] == 80 * est["judge"][0]
+    assert est["relevance"][2] == 4 * est["relevance"][0] and est["modifier"][2] == 4 * est["modifier"][0]
+    # each prompt quotes a not-yet-generated response of max_new_tokens = 512 tokens (3.5 bytes a token)
+    assert all(prompt > calls * 512 for calls, prompt, _, _ in est.values())
+    # gpt-3.5-turbo-0125 costs $0.50 per million prompt tokens and $1.50 per million completion tokens
+    # (OpenAI's price list); today's numbers, by hand:
+    #   judge      31,706,136 × 0.50 + 2,446,080 × 1.50 = 15,853,068.0 + 3,669,120 = 19,522,188.0 µ$
+    #   relevance  21,694,239 × 0.50 +   122,304 × 1.50 = 10,847,119.5 +   183,456 = 11,030,575.5 µ$
+    #   modifier    2,631,741 × 0.50 +    14,448 × 1.50 =  1,315,870.5 +    21,672 =  1,337,542.5 µ$
+    #   total 31,890,306 µ$ ≈ $31.89
+    usd = {job: (prompt * 0.50 + completion * 1.50) / 1e6 for job, (_, prompt, completion, _) in est.items()}
+    for job, (*_, printed) in est.items():
+        assert printed == pytest.approx(usd[job], abs=0.005), job
+    assert f"total estimated cost: ~${sum(usd.values()):.2f}" in out.stdout
     assert not (tmp_path / "runs").exists() and not (tmp_path / "c").exists()  # nothing written
 
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import math
+
+import httpx
+import openai
 import pytest
+import tenacity
 from fake_openai_server import CRITERIA_KEYS, FakeOpenAIServer, judge_stars
 
 from chat.client import (
@@ -14,6 +20,7 @@ from chat.client import (
     cache_key,
     parse_model_spec,
 )
+from chat.retry import Backoff
 from evalsuite.judge import judge_request
 
 FAST = dict(timeout_s=0.5, backoff_s=0.005, backoff_max_s=0.02)
@@ -152,3 +159,123 @@ def test_concurrency_is_bounded():
         outs = ChatRunner(ModelSpec("judge", srv.base_url), concurrency=3, timeout_s=5).run(reqs)
         assert 2 <= srv.stats["max_inflight"] <= 3
     assert all(o.status == "ok" for o in outs)
+
+
+class RecordingBudget(Budget):
+    """A real Budget that also records each reservation and settlement (the per-attempt hook)."""
+
+    def __init__(self, max_cost_usd=None):
+        super().__init__(max_cost_usd)
+        self.log = []
+
+    def try_reserve(self, usd):
+        ok = super().try_reserve(usd)
+        self.log.append(("reserve", usd, ok))
+        return ok
+
+    def settle(self, reserved, actual):
+        super().settle(reserved, actual)
+        self.log.append(("settle", reserved, actual))
+
+
+PRICE = (1e6, 2e6)  # USD per 1M tokens: a call costs prompt_tokens + 2 * completion_tokens USD, exactly
+
+
+def estimated_usd(req):
+    """The runner's pre-call estimate, computed here from its documented formula (bytes / 3.5)."""
+    return math.ceil(len(str(req.messages).encode("utf-8")) / 3.5) + 2 * req.expected_completion_tokens
+
+
+def test_429_then_success_costs_one_retry_and_passes_the_budget_per_attempt():
+    seed = 5
+    with FakeOpenAIServer(seed=seed, fault_rate=0.5, fault_kinds=("429",)) as probe_srv:
+        probe = ChatRunner(ModelSpec("judge", probe_srv.base_url), max_retries=0, parse_retries=0, **FAST)
+        for i in range(64):  # a prompt whose 1st receipt gets a 429 and whose 2nd is answered
+            req = judge_request(f"Task {i}", "Response")
+            first = probe.run_one(req)
+            if first.status == "failed" and first.error.startswith("RateLimitError"):
+                if probe.run_one(req).status == "ok":
+                    break
+        else:
+            pytest.fail("no prompt with a 429 then an answer")
+    # faults depend only on (seed, prompt, receipt count): a fresh server replays the same sequence
+    with FakeOpenAIServer(seed=seed, fault_rate=0.5, fault_kinds=("429",)) as srv:
+        budget = RecordingBudget(max_cost_usd=1e9)
+        runner = ChatRunner(
+            ModelSpec("judge", srv.base_url), budget=budget, price_per_mtok=PRICE, max_retries=6, **FAST
+        )
+        out = runner.run_one(req)
+        assert (srv.stats["requests"], srv.stats["429"], srv.stats["ok"]) == (2, 1, 1)
+    assert (out.status, out.calls, out.value) == ("ok", 2, expected_scores(req))
+    assert (runner.stats.http_calls, runner.stats.transport_errors) == (2, 1)
+    est, actual = estimated_usd(req), out.prompt_tokens + 2 * out.completion_tokens
+    assert budget.log == [
+        ("reserve", est, True),
+        ("settle", est, 0.0),  # the 429 is not billed
+        ("reserve", est, True),
+        ("settle", est, actual),
+    ]
+    assert (budget.spent_usd, budget.reserved_usd, runner.stats.cost_usd) == (actual, 0.0, actual)
+
+
+def test_budget_stops_retries_once_a_timed_out_attempt_has_spent_it():
+    req = judge_request("Task", "Response")
+    est = estimated_usd(req)
+    budget = RecordingBudget(max_cost_usd=1.5 * est)  # room for one attempt's estimate, not two
+    with FakeOpenAIServer(seed=0, fault_rate=1.0, fault_kinds=("hang",), hang_s=0.8) as srv:
+        runner = ChatRunner(
+            ModelSpec("judge", srv.base_url), budget=budget, price_per_mtok=PRICE, max_retries=6, **FAST
+        )
+        out = runner.run_one(req)
+        assert srv.stats["requests"] == 1
+    # a timed-out call may be billed: its estimate stays spent, so the retry is refused before calling
+    assert (out.status, out.calls, runner.stats.http_calls) == ("failed", 1, 1)
+    assert out.error == f"cost cap ${1.5 * est} reached (${est:.4f} spent); not called"
+    assert budget.log == [("reserve", est, True), ("settle", est, est), ("reserve", est, False)]
+
+
+def _state_after(attempt_number, err):
+    state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+    state.attempt_number = attempt_number
+    state.set_exception((type(err), err, None))
+    return state
+
+
+def _status_error(cls, code, headers):
+    request = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    return cls(f"{code}", response=httpx.Response(code, headers=headers, request=request), body=None)
+
+
+def test_backoff_doubles_from_backoff_s_is_jittered_and_capped_and_honours_retry_after():
+    err = _status_error(openai.InternalServerError, 500, {})
+    top, low = Backoff(1.0, 5.0, uniform=lambda: 1.0), Backoff(1.0, 5.0, uniform=lambda: 0.0)
+    assert [top(_state_after(n, err)) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert [low(_state_after(n, err)) for n in range(1, 6)] == [0.5, 1.0, 2.0, 2.5, 2.5]
+    slow = _status_error(openai.RateLimitError, 429, {"retry-after": "3"})
+    assert low(_state_after(1, slow)) == 3.0  # the server's Retry-After wins over a shorter delay
+    assert low(_state_after(1, _status_error(openai.RateLimitError, 429, {"retry-after": "60"}))) == 5.0
+    assert top(_state_after(4, slow)) == 5.0
+    assert low(_state_after(1, _status_error(openai.RateLimitError, 429, {"retry-after": "soon"}))) == 0.5
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize(
+    "tty, progress, bar", [(True, True, True), (True, False, False), (False, True, False)]
+)
+def test_progress_bar_only_on_a_terminal_and_when_asked(monkeypatch, caplog, tty, progress, bar):
+    reqs = [judge_request(f"Task {i}", "Response") for i in range(3)]
+    err = _Tty() if tty else io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    caplog.set_level("INFO", logger="absl")
+    with FakeOpenAIServer(seed=0, fault_rate=0.0) as srv:
+        outs = ChatRunner(ModelSpec("judge", srv.base_url), **FAST).run(
+            reqs, desc="judgeX", progress=progress
+        )
+    assert [o.status for o in outs] == ["ok"] * 3
+    assert ("judgeX: 100%" in err.getvalue() and "3/3" in err.getvalue()) == bar
+    assert bar or err.getvalue() == ""
+    assert ("judgeX: 3/3 done, 3 HTTP calls" in caplog.text) == (not bar)  # the log line instead of a bar

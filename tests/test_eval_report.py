@@ -16,181 +16,12 @@ import pytest
 
 from evalsuite import aggregate as agg
 from evalsuite.agreement import weighted_kappa
-from records.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA, JUDGE_CRITERIA, SCORE_SCHEMA
-from reporting import report
+from records.schemas import JUDGE_CRITERIA
+from reporting import build as report
+from tests.report_helpers import ANCHOR, BASE, LOW, OTHER, OTHER_G, RELEVANCE, SCHEMA, TINY, make_runs
 
 REPO = Path(__file__).resolve().parents[1]
-FIELDS: dict[str, pa.Field] = {}
-for _schema in (INSTRUCTION_SCHEMA, GENERATION_SCHEMA, SCORE_SCHEMA):
-    for _f in _schema:
-        FIELDS.setdefault(_f.name, _f)
-SCHEMA = pa.schema(list(FIELDS.values()))
-HUMAN_SCHEMA = pa.schema(
-    [
-        ("run", pa.string()),
-        ("id", pa.string()),
-        ("item", pa.int32()),
-        ("lang", pa.string()),
-        ("task", pa.string()),
-    ]
-    + [("annotator", pa.string())]
-    + [(c, pa.int8()) for c in JUDGE_CRITERIA]
-)
-TASKS = ("brainstorm", "brainstorm", "calc", "calc")  # items 0-3
-ANCHOR, LOW, OTHER, BASE = "tiny-lr0.001", "tiny-lr0.0001", "other-lr0.0001", "tiny-base"
-TINY, OTHER_G = "Tiny / Dolly-En / LoRA", "Other / Dolly-En / FT"
 N_BOOT = 200
-RELEVANCE = "openai:llama-2-7b-chat@http://127.0.0.1:9/v1"
-DECODE = {"repetition_penalty": 1.2, "max_new_tokens": 512}
-
-
-def score_row(run, lang, item, *, language=2, help=2, status="ok", lang_correct=True, relevance=1, **kw):
-    eval_set = kw.pop("eval_set", "paper")
-    r = {name: None for name in SCHEMA.names}
-    r.update(
-        id=f"{eval_set}-{lang}-{item:03d}",
-        eval_set=eval_set,
-        item=item,
-        lang=lang,
-        task=TASKS[item % 4],
-        messages=[{"role": "user", "content": f"instruction {item}"}],
-        response=f"answer {item}",
-        prompt_tokens=5,
-        response_tokens=7,
-        finish_reason="stop",
-        model=run,
-        decoding="{}",
-        expected_lang=lang,
-        lang_pred=lang if lang_correct else "en",
-        lang_prob=0.9,
-        lang_correct=lang_correct,
-        spell_ok_rate=0.9,
-        relevance=relevance,
-        relevance_status="ok",
-        judge_status=status,
-        judge_error="parse error" if status == "failed" else None,
-    )
-    if status == "ok":
-        r.update({f"judge_{c}": help for c in JUDGE_CRITERIA}, judge_language=language)
-    r.update(kw)
-    return r
-
-
-def paper_rows(run):
-    if run == ANCHOR:
-        spec = {  # (judge language, helpfulness) per item; None = failed judge call
-            "en": [(2, 2), (2, 1), (2, 2), (2, 0)],
-            "fr": [(2, 2), (0, 2), (2, 1), (2, 1)],  # item 1 in the wrong language
-            "pt": [(2, 1)] * 4,
-            "ru": [(2, 2), (2, 0), (1, 2), None],  # item 3 failed
-        }
-        out = []
-        for lang, items in spec.items():
-            for i, s in enumerate(items):
-                if s is None:
-                    out.append(score_row(run, lang, i, status="failed"))
-                else:
-                    out.append(score_row(run, lang, i, language=s[0], help=s[1], lang_correct=s[0] > 0))
-        return out
-    help_ = 1 if run == LOW else 2
-    rel = [1, 0, 1, 0] if run == LOW else [1, 1, 1, 1]  # LR too low: relevance drops
-    return [
-        score_row(run, lang, i, help=help_, relevance=rel[i])
-        for lang in ("en", "fr", "pt", "ru")
-        for i in range(4)
-    ]
-
-
-def modifier_rows(run):
-    def mod(lang, item, mtype, ok, hmod, **kw):
-        return score_row(
-            run,
-            lang,
-            item,
-            eval_set="modifiers",
-            modifier_type=mtype,
-            modifier_arg="de" if mtype == "lang" else None,
-            modifier_ok=ok,
-            modifier_status="ok",
-            judge_helpfulness_mod=hmod,
-            **kw,
-        )
-
-    if run != ANCHOR:  # every modifier fulfilled: would show 100% if the wrong run were used
-        return [mod(lang, i, "short", True, 2) for lang in ("en", "ru") for i in range(2)]
-    return [
-        mod("en", 0, "short", True, 2),
-        mod("en", 1, "short", False, 1),
-        mod("ru", 0, "short", True, 2),
-        mod("ru", 1, "short", True, 1),
-        mod("ru", 2, "short", True, None, status="failed"),
-        mod("en", 3, "lang", True, 2),
-        mod("en", 4, "lang", False, 1, lang_correct=False),  # fastText decides for lang_XX: excluded
-    ]
-
-
-def human_rows():
-    def h(lang, item, help_, annotator="a1", language=2):
-        return {
-            "run": ANCHOR,
-            "id": f"paper-{lang}-{item:03d}",
-            "item": item,
-            "lang": lang,
-            "task": TASKS[item],
-            "annotator": annotator,
-            **{c: help_ for c in JUDGE_CRITERIA},
-            "language": language,
-        }
-
-    rows = [h("en", i, v) for i, v in enumerate([1, 1, 2, 0])]
-    rows.append(h("en", 0, 2, annotator="a2"))  # second annotator of item 0
-    rows += [h("fr", i, 2) for i in range(4)]
-    rows.append(h("ru", 3, 1))  # the judge failed on this item: no pair
-    return rows
-
-
-def make_runs(root: Path, judge_kind: str = "real", human: bool = True) -> tuple[Path, Path | None]:
-    runs = root / "runs"
-    runs.mkdir()
-    models = {"judge": f"{judge_kind}:test", "relevance": RELEVANCE, "modifier_judge": None}
-    (runs / "judge.json").write_text(
-        json.dumps({"spec": f"{judge_kind}:test", "kind": judge_kind, "note": "t", "models": models})
-    )
-    if (
-        judge_kind == "real"
-    ):  # a calibrated judge: its figures are results (see test_untrusted_judge_is_greyed)
-        (runs / "calibration").mkdir()
-        card = {"verdict": "pass", "failed": [], "judge": {"spec": "real:test", "kind": "real"}}
-        (runs / "calibration" / "card.json").write_text(json.dumps(card))
-    specs = [(ANCHOR, TINY, 1e-3, True), (LOW, TINY, 1e-4, True), (OTHER, OTHER_G, 1e-4, False)]
-    specs += [(BASE, "Tiny (untuned)", None, False), ("pending-lr0.01", OTHER_G, 1e-2, False)]
-    for name, group, lr, anchor in specs:
-        d = runs / name
-        d.mkdir()
-        info = {
-            "run": name,
-            "config": f"configs/{name}.py",
-            "config_hash": "0" * 64,
-            "label": group,
-            "group": group,
-            "base_model": "tiny",
-            "data": "dolly_en",
-            "method": "lora",
-            "lr": lr,
-            "anchor": anchor,
-        }
-        if name != BASE:  # BASE: a run.json written before protocols existed
-            info.update(protocol="released" if name != OTHER else "paper", decode=DECODE)
-        (d / "run.json").write_text(json.dumps(info))
-        if name != "pending-lr0.01":
-            rows = paper_rows(name) + (modifier_rows(name) if name != BASE else [])
-            pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), d / "scores.parquet")
-    (runs / "trainer-workdir").mkdir()  # a folder without run.json is ignored
-    ratings = None
-    if human:
-        ratings = root / "ratings.parquet"
-        pq.write_table(pa.Table.from_pylist(human_rows(), schema=HUMAN_SCHEMA), ratings)
-    return runs, ratings
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -482,7 +313,7 @@ def test_demo_banner_and_no_human(tmp_path):
     rep = report.build_report(runs, None, "fasttext", 50)
     page = report.write_report(rep, tmp_path / "out").read_text(encoding="utf-8")
     assert report.DEMO_BANNER in page and "--rule=fasttext" in page
-    assert "python -m reporting.human export --runs=" in page
+    assert "python -m reporting.annotate export --runs=" in page
     # no human panels; fastText still rates the language criterion of every judged paper response
     assert (tmp_path / "out" / "fig5.png").exists()
     fig5 = read_csv(tmp_path / "out" / "fig5.csv")
@@ -521,7 +352,7 @@ def test_malformed_run_json(tmp_path, patch, field):
     assert str(path) in str(e.value)
 
 
-def test_cli(tmp_path, capsys):
+def test_cli(tmp_path):
     runs, ratings = make_runs(tmp_path)
     out = runs / "report"  # inside the runs directory, as `make demo` does: not listed as a stray folder
     out.mkdir()
@@ -539,12 +370,11 @@ def test_cli(tmp_path, capsys):
     assert f"report: {out / 'index.html'}" in res.stdout and "help_en" in res.stdout
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "trainer-workdir/ has no run.json" in page and "report/ has no run.json" not in page
-    (runs / ANCHOR / "run.json").write_text("{not json")  # the same main(), in-process (no second start-up)
-    report.FLAGS([cmd[2], *cmd[3:]])
-    with pytest.raises(SystemExit) as e:
-        report.main(["reporting.report"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and str(runs / ANCHOR / "run.json") in err and "invalid JSON" in err
+    (runs / ANCHOR / "run.json").write_text("{not json")  # an expected failure: one error line, exit 2
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert str(runs / ANCHOR / "run.json") in errors[0] and "invalid JSON" in errors[0]
 
 
 def test_without_judge_and_without_scores(tmp_path):
@@ -583,7 +413,7 @@ def test_note_when_the_judge_rejects_every_language(tmp_path):
 
 
 def test_untrusted_judge_is_greyed(tmp_path):
-    from reporting.report import build_report
+    from reporting.build import build_report
 
     runs, _ = make_runs(tmp_path, human=False)
     trusted = build_report(runs, n_boot=20)

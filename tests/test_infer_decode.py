@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from infer.decode import DecodeParams, bucket
 from infer.engine import Engine
+from tests.constraint_helpers import RICH_SCHEMA, check_rich
 from tests.infer_helpers import eval_prompts, hf_greedy
 
 PROMPTS = eval_prompts(
@@ -115,6 +116,24 @@ def test_json_constraint_closes_nested_structures(engine):
     assert c.closing_text() == '"}]}'
     assert json.loads('{"a": [1, {"b": "x' + c.closing_text()) == {"a": [1, {"b": "x"}]}
     assert not c.allowed(100)[tok.eos_token_id]  # EOS only once the object is complete
+
+
+def test_json_schema_constraint_mixes_with_other_rows(engine):
+    from infer.json_constraint import JsonVocab, parse_response_format
+
+    vocab = JsonVocab(engine.tokenizer, engine.cfg.vocab_size, engine.eos_ids)
+    fmt = parse_response_format({"type": "json_schema", "json_schema": {"schema": RICH_SCHEMA}})
+    msgs = [[{"role": "user", "content": f"Describe pupil {i} as JSON."}] for i in range(6)]
+    params = [
+        DecodeParams(max_new_tokens=40 + 8 * (i % 3), temperature=0.8 * (i % 2), seed=i) for i in range(5)
+    ]
+    params.append(DecodeParams(max_new_tokens=40))  # greedy: its tokens do not depend on the batch
+    cons = [vocab.constraint(fmt.grammar) for _ in range(4)] + [engine.json_constraint(), None]
+    res = engine.generate(msgs, params, constraints=cons)
+    for r in res[:4]:
+        check_rich(json.loads(r.text))
+    assert isinstance(json.loads(res[4].text), dict)
+    assert res[5].text == engine.generate(msgs[5:], params[5:])[0].text  # unconstrained rows are untouched
 
 
 def test_bad_prompts_are_reported_not_dropped(engine):

@@ -20,7 +20,7 @@ from models.config import preset
 from models.lora import _IN_OUT, PROJ_EQ, LoRAConfig, init_lora
 from models.modules import _proj
 from models.sharding import make_mesh
-from tests.test_train_util import tiny_config
+from tests.train_helpers import tiny_config
 from train.optim import make_optimizer
 from train.state import build_state
 from train.step import make_train_step, token_nll

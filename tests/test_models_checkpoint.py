@@ -21,8 +21,7 @@ from models.checkpoint import CheckpointError, export_hf, load_model
 from models.config import UnsupportedModelError, from_hf_config
 from models.lora import LoRAConfig, LoRAParam, merge_lora
 from models.sharding import make_mesh, state_shardings
-from tests.conftest import make_tiny_hf
-from tests.test_models_parity import hf_logits, padded_batch, run
+from tests.model_helpers import hf_logits, make_tiny_hf, padded_batch, run
 
 VOCAB = 320
 

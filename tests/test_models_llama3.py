@@ -26,7 +26,7 @@ from models.config import (
 from models.modules import rope_inv_freq
 from models.tokenizer import ChatTokenizer
 from tests.infer_helpers import hf_greedy
-from tests.test_models_parity import hf_logits, padded_batch, run
+from tests.model_helpers import hf_logits, padded_batch, run
 
 # Head dim 32 with LLaMA-3's theta gives rotary wavelengths 6.3, 14.3, 32.4, 73.5, 167, 379, ... positions.
 # With an original context of 128 and low/high factors 1/8, wavelengths under 16 are kept (2), those over 128

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from models.checkpoint import load_model
 from models.config import preset
 from models.modules import Llama, init_cache
-from tests.conftest import make_tiny_hf
+from tests.model_helpers import hf_logits, make_tiny_hf, padded_batch, run
 
 PROMPTS = {
     "en": "Explain the rules of volleyball in two sentences.",
@@ -23,37 +21,6 @@ PROMPTS = {
     "pt": "Explique as regras do voleibol em duas frases.",
     "ru": "Объясни правила волейбола в двух предложениях.",
 }
-
-
-def padded_batch(lengths: list[int], total: int, vocab: int, seed: int = 0):
-    """Left-padded token batch with HF-convention positions."""
-    rng = np.random.default_rng(seed)
-    toks = rng.integers(3, vocab, size=(len(lengths), total))
-    mask = np.zeros_like(toks)
-    for i, n in enumerate(lengths):
-        mask[i, total - n :] = 1
-    toks = np.where(mask == 1, toks, 0)
-    pos = np.maximum(mask.cumsum(-1) - 1, 0)
-    return toks, mask, pos
-
-
-@functools.cache
-def _jitted(graphdef):
-    return jax.jit(lambda state, *a: nnx.merge(graphdef, state)(*a))
-
-
-def run(model, toks, pos, seg, cache=None):
-    """model(...) under jit (eager nnx calls re-trace the layer scan on every call)."""
-    graphdef, state = nnx.split(model)
-    return _jitted(graphdef)(state, jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(seg), cache)
-
-
-def hf_logits(hm, toks, mask, pos) -> np.ndarray:
-    with torch.no_grad():
-        out = hm(
-            input_ids=torch.tensor(toks), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)
-        )
-    return out.logits.float().numpy()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from models.checkpoint import export_hf, load_model
 from models.sharding import make_mesh
-from tests.test_train_util import tiny_config
+from tests.train_helpers import tiny_config
 from train.optim import make_optimizer
 from train.state import build_state, merged_model
 from train.step import make_train_step

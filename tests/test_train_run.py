@@ -16,8 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.test_train_util import tiny_config
-from train.main import ConfigError, is_finished, run, validate_config
+from tests.train_helpers import compile_cache_env, tiny_config
+from train.loop import ConfigError, is_finished, run, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("__init__", "common"))
@@ -62,7 +62,7 @@ def test_sigkill_resume_is_bitwise_exact(tmp_path):
     args = [f"--config.{k}={v}" for k, v in kw.items()]
     cmd = [sys.executable, "-m", "train.main", f"--config={ROOT}/configs/smollm2.py:runlocal",
            f"--workdir={work}", "--config.export.enabled=False", "--config.checkpoint.async_save=False", *args]  # fmt: skip
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.path.abspath(jax.config.jax_compilation_cache_dir)}
+    env = {**os.environ, **compile_cache_env()}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while not (work / "checkpoints" / "2").is_dir():

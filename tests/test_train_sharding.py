@@ -10,13 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.train_helpers import compile_cache_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import jax, numpy as np
 assert jax.device_count() == 8, jax.devices()
 from models.sharding import make_mesh
-from tests.test_train_util import tiny_config  # also turns on the persistent compile cache
+from tests.train_helpers import tiny_config
 from train.optim import make_optimizer
 from train.state import build_state, jit_train_step, put_batch
 
@@ -52,7 +54,12 @@ print("OK", l1, l8, worst)
 
 
 def test_sharded_step_equals_single_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        **compile_cache_env(),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+    }
     r = subprocess.run(
         [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )

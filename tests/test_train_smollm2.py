@@ -13,7 +13,7 @@ import pytest
 from configs.smollm2 import get_config
 from models.sharding import make_mesh
 from models.tokenizer import ChatTokenizer
-from tests.test_train_util import override
+from tests.train_helpers import override
 from train.data import Loader, read_corpus
 from train.optim import make_optimizer
 from train.state import build_state, jit_train_step, put_batch, tokenizer_dir

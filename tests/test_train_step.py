@@ -12,8 +12,8 @@ import pytest
 from flax import nnx
 
 from models.sharding import make_mesh
-from tests.test_train_util import tiny_config
-from train.optim import make_optimizer, make_schedule, schedule_value
+from tests.train_helpers import tiny_config
+from train.optim import make_optimizer, make_schedule
 from train.state import build_state
 from train.step import accumulated_grads, token_nll
 
@@ -135,18 +135,41 @@ def test_four_micro_batches_equal_one_batch(ft):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
+def reference_lr(name: str, t: int, *, lr: float, min_lr: float, steps: int, warmup: int = 0) -> float:
+    """The schedules of train/optim.py's docstring in plain Python, written independently of make_schedule."""
+    if name == "inverse_sqrt":
+        tau = max(warmup, 1)
+        v = lr * math.sqrt(tau / max(t + 1, tau))
+    elif name == "linear_to_min":
+        v = lr + (min_lr - lr) * min(t, steps) / steps
+    else:
+        assert name == "constant", name
+        v = lr
+    if warmup > 0 and t < warmup:
+        v *= (t + 1) / warmup
+    return v
+
+
 @pytest.mark.parametrize("name", ["inverse_sqrt", "linear_to_min", "constant"])
 def test_schedule_values(name):
     lr, min_lr, steps = 1e-5, 1e-6, 1000
-    sched = make_schedule(name, lr=lr, min_lr=min_lr, steps=steps)
-    formula = {
+    formula = {  # without warmup: the paper's lr/sqrt(t+1), a straight line to min_lr, a constant
         "inverse_sqrt": lambda t: lr / math.sqrt(t + 1),
         "linear_to_min": lambda t: lr - (lr - min_lr) * t / steps,
         "constant": lambda t: lr,
     }[name]
+    sched = make_schedule(name, lr=lr, min_lr=min_lr, steps=steps)
     for t in (0, 1, 10, 999):
-        assert schedule_value(name, t, lr=lr, min_lr=min_lr, steps=steps) == pytest.approx(
+        assert reference_lr(name, t, lr=lr, min_lr=min_lr, steps=steps) == pytest.approx(
             formula(t), rel=1e-12
         )
         assert float(sched(t)) == pytest.approx(formula(t), rel=1e-6)
-    assert float(make_schedule("inverse_sqrt", lr=1.0, min_lr=0, steps=10, warmup=4)(1)) == pytest.approx(0.5)
+    # with warmup W = 4: lr(t) scaled by (t + 1)/W for t < W; past the end, linear_to_min stays at min_lr
+    warm = make_schedule(name, lr=lr, min_lr=min_lr, steps=steps, warmup=4)
+    for t in (0, 1, 3, 4, 5, 999, 1500):
+        want = reference_lr(name, t, lr=lr, min_lr=min_lr, steps=steps, warmup=4)
+        assert float(warm(t)) == pytest.approx(want, rel=1e-6), t
+    # by hand: inverse_sqrt, lr 1, W 4 (τ = 4): t = 1 -> sqrt(4/4) · 2/4 = 0.5; t = 15 -> sqrt(4/16) = 0.5
+    hand = make_schedule("inverse_sqrt", lr=1.0, min_lr=0, steps=10, warmup=4)
+    assert float(hand(1)) == pytest.approx(0.5) and float(hand(15)) == pytest.approx(0.5)
+    assert float(make_schedule("linear_to_min", lr=1.0, min_lr=0.5, steps=10)(20)) == pytest.approx(0.5)

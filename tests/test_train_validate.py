@@ -137,7 +137,7 @@ def test_summarize_means_over_items():
 
 def test_loss_batch_is_the_training_format():
     from models.tokenizer import ChatTokenizer
-    from tests.test_train_util import tiny_config
+    from tests.train_helpers import tiny_config
     from train.state import tokenizer_dir
 
     cfg = tiny_config()
@@ -161,8 +161,8 @@ def test_loss_batch_is_the_training_format():
 
 
 def test_runlocal_run_logs_validation_at_the_configured_steps(tmp_path):
-    from tests.test_train_util import tiny_config
-    from train.main import run
+    from tests.train_helpers import tiny_config
+    from train.loop import run
 
     kw = {
         "train.steps": 3,
@@ -244,8 +244,8 @@ def _add_training_logs(runs: Path) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def val_report(tmp_path_factory):
-    from reporting import report
-    from tests.test_eval_report import make_runs
+    from reporting import build as report
+    from tests.report_helpers import make_runs
 
     root = tmp_path_factory.mktemp("val_report")
     runs, ratings = make_runs(root)
@@ -282,8 +282,8 @@ def test_report_draws_validation_curves_from_the_metrics_lines(val_report):
 
 
 def test_report_without_validation_lines_has_no_curves(tmp_path):
-    from reporting import report
-    from tests.test_eval_report import make_runs
+    from reporting import build as report
+    from tests.report_helpers import make_runs
 
     runs, ratings = make_runs(tmp_path)
     rep = report.build_report(runs, ratings, "judge", 20)

@@ -50,7 +50,9 @@ from typing import Any
 
 import numpy as np
 
+from records.errors import InputError
 from records.files import RecordError, iter_jsonl, read_table
+from records.rows import LimaRecord, TrainingRecord, check
 from records.schemas import TRANSLATION_SCHEMA, validate
 
 FORMATS = ("dolly", "lima")
@@ -64,7 +66,7 @@ BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
 HUB_DOLLY = "databricks/databricks-dolly-15k"
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Training data cannot be used; the message names the file (and line)."""
 
 
@@ -80,38 +82,29 @@ class Corpus:
 
     by_lang: dict[str, list[Record]]
     stats: dict[str, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # the files read, as named (a `lang=` prefix dropped)
 
 
-def _dolly_messages(rec: dict, where: str) -> list[dict[str, str]]:
-    for key in ("instruction", "response"):
-        if not isinstance(rec.get(key), str):
-            raise DataError(f"{where}: field {key!r} must be a string, got {type(rec.get(key)).__name__}")
-    ctx = rec.get("context") or ""
-    if not isinstance(ctx, str):
-        raise DataError(f"{where}: field 'context' must be a string")
-    prompt = rec["instruction"].strip()
-    if ctx.strip():
-        prompt = f"{prompt}\n\n{ctx.strip()}"
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": rec["response"]}]
+def _dolly_chat(rec: TrainingRecord) -> list[dict[str, str]]:
+    prompt = rec.instruction.strip()
+    ctx = (rec.context or "").strip()
+    if ctx:
+        prompt = f"{prompt}\n\n{ctx}"
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": rec.response}]
 
 
-def _lima_messages(rec: dict, where: str) -> list[dict[str, str]]:
-    if isinstance(rec.get("messages"), list):
-        msgs = rec["messages"]
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-                raise DataError(
-                    f"{where}: messages[{i}] must be {{'role': system|user|assistant, 'content'}}"
-                )
-            if not isinstance(m.get("content"), str):
-                raise DataError(f"{where}: messages[{i}].content must be a string")
-        if not any(m["role"] == "assistant" for m in msgs):
-            raise DataError(f"{where}: no assistant message")
-        return [{"role": m["role"], "content": m["content"]} for m in msgs]
-    conv = rec.get("conversations")
-    if not isinstance(conv, list) or len(conv) < 2 or not all(isinstance(t, str) for t in conv):
-        raise DataError(f"{where}: 'conversations' must be a list of >= 2 strings (user, assistant, ...)")
-    return [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(conv)]
+def _dolly_messages(rec: Any, where: str) -> list[dict[str, str]]:
+    """A Dolly record (checked as records.rows.TrainingRecord) → [user: instruction + context, assistant]."""
+    return _dolly_chat(check(TrainingRecord, rec, where, DataError))
+
+
+def _messages(rec: Any, fmt: str, where: str) -> tuple[list[dict[str, str]], str | None]:
+    """A record checked (records.rows: TrainingRecord for dolly, LimaRecord for lima) → (chat, its `lang`)."""
+    if fmt == "dolly":
+        dolly = check(TrainingRecord, rec, where, DataError)
+        return _dolly_chat(dolly), dolly.lang
+    lima = check(LimaRecord, rec, where, DataError)
+    return lima.chat(), lima.lang
 
 
 def _file_lang(path: str) -> tuple[str | None, str]:
@@ -148,12 +141,12 @@ def read_corpus(
     non-empty `flags` list (translation quality flags) are skipped and counted, unless `keep_flagged`."""
     if fmt not in FORMATS:
         raise DataError(f"data.format={fmt!r}: use one of {FORMATS}")
-    to_messages = _dolly_messages if fmt == "dolly" else _lima_messages
     paths = list(paths) + ([_hub_file(hub_dataset)] if hub_dataset else [])
     if not paths:
         raise DataError("no training data: set data.paths (or data.hub_dataset when online)")
     by_lang: dict[str, list[Record]] = {}
     stats = {"records": 0, "empty_response_skipped": 0}
+    files: list[str] = []
     for spec in paths:
         lang, path = _file_lang(spec)
         if not os.path.isfile(path):
@@ -173,21 +166,19 @@ def read_corpus(
                 rows = [(f"{path}:{n}", r) for n, r in iter_jsonl(path)]
             except RecordError as e:
                 raise DataError(str(e)) from None
+        files.append(path)
         for where, rec in rows:
-            if not isinstance(rec, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            if rec.get("flags"):
+            if isinstance(rec, dict) and rec.get("flags"):
                 if not keep_flagged:
                     stats["translation_flagged_skipped"] = stats.get("translation_flagged_skipped", 0) + 1
                     continue
                 stats["translation_flagged_kept"] = stats.get("translation_flagged_kept", 0) + 1
-            msgs = to_messages(rec, where)
+            msgs, rec_lang = _messages(rec, fmt, where)
             if any(m["role"] == "assistant" and not m["content"].strip() for m in msgs):
                 if empty_response == "error":
                     raise DataError(f"{where}: empty response (data.empty_response='error')")
                 stats["empty_response_skipped"] += 1
                 continue
-            rec_lang = rec.get("lang") if isinstance(rec.get("lang"), str) else None
             code = rec_lang or lang or "en"
             if languages and code not in languages:
                 continue
@@ -199,7 +190,7 @@ def read_corpus(
             raise DataError(f"data.languages lists {missing}, but no record in {paths} has that language")
     if not by_lang:
         raise DataError(f"{paths}: no usable training record")
-    return Corpus(dict(sorted(by_lang.items())), stats)
+    return Corpus(dict(sorted(by_lang.items())), stats, list(dict.fromkeys(files)))
 
 
 @dataclass
@@ -514,10 +505,15 @@ class Loader:
         self.state["microbatches"] += 1
         return out
 
-    def next_batch(self) -> dict[str, np.ndarray]:
-        """The next optimizer step's data: each array `[grad_accum, rows, seq_len]`."""
+    def next_batch(self, rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """The next optimizer step's data: each array `[grad_accum, rows, seq_len]`.
+
+        rows: only these rows of the global batch (a host's share on a multi-host mesh,
+        train.state.local_rows). Every process packs the same global batch, so the position stays the same.
+        """
         mbs = [self.next_microbatch() for _ in range(self.grad_accum)]
-        return {k: np.stack([m[k] for m in mbs]) for k in BATCH_KEYS}
+        pick = slice(None) if rows is None else np.asarray(rows)
+        return {k: np.stack([m[k][pick] for m in mbs]) for k in BATCH_KEYS}
 
 
 def check_paths(paths: Sequence[str]) -> None:

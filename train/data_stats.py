@@ -18,6 +18,7 @@ from ml_collections import ConfigDict, config_flags
 
 from models.embedded import resolve_model
 from models.tokenizer import ChatTokenizer
+from records.cli import expected_errors
 
 from .data import BATCHING, Loader, read_corpus
 
@@ -103,4 +104,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(expected_errors(main))

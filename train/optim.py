@@ -14,28 +14,10 @@ With W > 0, lr(t) is first scaled by (t + 1)/W for t < W (linear warmup).
 
 from __future__ import annotations
 
-import math
-
 import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("inverse_sqrt", "linear_to_min", "constant")
-
-
-def schedule_value(name: str, t: int, *, lr: float, min_lr: float, steps: int, warmup: int = 0) -> float:
-    """The schedule in plain Python (the reference the tests compare with)."""
-    if name == "inverse_sqrt":
-        tau = max(warmup, 1)
-        v = lr * math.sqrt(tau / max(t + 1, tau))
-    elif name == "linear_to_min":
-        v = lr + (min_lr - lr) * min(t, steps) / steps
-    elif name == "constant":
-        v = lr
-    else:
-        raise ValueError(f"optimizer.schedule={name!r}: use one of {SCHEDULES}")
-    if warmup > 0 and t < warmup:
-        v *= (t + 1) / warmup
-    return v
 
 
 def make_schedule(name: str, *, lr: float, min_lr: float, steps: int, warmup: int = 0) -> optax.Schedule:

@@ -35,6 +35,7 @@ class Built:
     model_cfg: LlamaConfig
     lora: LoRAConfig | None
     mesh: Mesh
+    loss_chunk_tokens: int = 0  # config train.loss_chunk_tokens (train/step.py's chunked_nll; 0 = off)
 
 
 def lora_config(cfg) -> LoRAConfig | None:
@@ -50,6 +51,7 @@ def model_overrides(cfg) -> dict[str, Any]:
         dtype=cfg.model.dtype,
         param_dtype=cfg.model.param_dtype,
         remat=cfg.model.remat,
+        remat_policy=cfg.model.get("remat_policy", "nothing_saveable"),
         attention=cfg.model.get("attention", "auto"),
     )
 
@@ -99,6 +101,9 @@ def split_trainable(model: nnx.Module, lora: LoRAConfig | None):
 
 
 def build_state(cfg, mesh: Mesh, tx: optax.GradientTransformation, vocab_size: int | None = None) -> Built:
+    chunk = cfg.train.get("loss_chunk_tokens", 0)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+        raise ValueError(f"config.train.loss_chunk_tokens={chunk!r}: must be an integer >= 0 (0 = off)")
     lora = lora_config(cfg)
     model = build_model(cfg, mesh, vocab_size)
     graphdef, trainable, frozen = split_trainable(model, lora)
@@ -130,7 +135,7 @@ def build_state(cfg, mesh: Mesh, tx: optax.GradientTransformation, vocab_size: i
         "opt_state": o_sh,
         "rng": replicated,
     }
-    return Built(graphdef, state, shardings, model.cfg, lora, mesh)
+    return Built(graphdef, state, shardings, model.cfg, lora, mesh, chunk)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -139,7 +144,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def jit_train_step(built: Built, tx, schedule):
-    step = make_train_step(built.graphdef, tx, schedule)
+    step = make_train_step(built.graphdef, tx, schedule, built.loss_chunk_tokens)
     replicated = NamedSharding(built.mesh, PartitionSpec())
     return jax.jit(
         step,
@@ -149,10 +154,27 @@ def jit_train_step(built: Built, tx, schedule):
     )
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host arrays (the same global batch on every process) → global sharded arrays."""
+def local_rows(mesh: Mesh, rows: int) -> np.ndarray:
+    """The rows of a global `[grad_accum, rows, seq_len]` batch that this process's devices hold, in the
+    order `put_batch` takes them: all rows on one process; on a multi-host mesh, this host's share of the
+    ("data", "fsdp") shards (every row when the processes differ only along "tensor")."""
+    index = batch_sharding(mesh).addressable_devices_indices_map((1, rows, 1))
+    spans = sorted({(s.start or 0, rows if s.stop is None else s.stop) for _, s, _ in index.values()})
+    return np.concatenate([np.arange(a, b) for a, b in spans])
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh, rows: int | None = None) -> dict[str, jax.Array]:
+    """Host arrays → global arrays sharded by `batch_sharding` (jax.make_array_from_process_local_data).
+
+    `batch` holds this process's rows only (`local_rows(mesh, rows)` of the global batch of `rows` rows);
+    with `rows` None it is the whole global batch, the same on every process.
+    """
     sh = batch_sharding(mesh)
-    return {k: jax.make_array_from_callback(v.shape, sh, lambda idx, v=v: v[idx]) for k, v in batch.items()}
+    out = {}
+    for k, v in batch.items():
+        shape = (v.shape[0], v.shape[1] if rows is None else rows, *v.shape[2:])
+        out[k] = jax.make_array_from_process_local_data(sh, v, shape)
+    return out
 
 
 def merged_model(built: Built, state: dict[str, Any]) -> nnx.Module:

@@ -7,10 +7,14 @@ The loss is Σ weight·CE over every micro-batch divided by the number of respon
 accumulated batch (so 4 micro-batches give exactly the gradient of one batch holding the same tokens).
 Compute runs in the model config's `dtype` (bf16 by default) on `param_dtype` master weights (fp32);
 gradients and their accumulator are in the master dtype.
+
+`loss_chunk_tokens` (config `train.loss_chunk_tokens`, 0 = off): the cross-entropy is computed by
+`chunked_nll`, a few sequence positions at a time, instead of from the full float32 [rows, T, vocab] logits.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,26 +22,137 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.custom_derivatives import SymbolicZero
+
+from models.modules import forward
+from models.sharding import constrain
 
 TrainState = dict[str, Any]
 
 
-def token_nll(graphdef, params, frozen, mb) -> tuple[jax.Array, jax.Array]:
-    """(Σ weighted CE, Σ weights) of one micro-batch."""
+def token_nll(graphdef, params, frozen, mb, loss_chunk_tokens: int = 0) -> tuple[jax.Array, jax.Array]:
+    """(Σ weighted CE, Σ weights) of one micro-batch; `loss_chunk_tokens` > 0: by `chunked_nll`."""
     model = nnx.merge(graphdef, params, frozen)
+    w = mb["weights"].astype(jnp.float32)
+    if loss_chunk_tokens > 0:
+        hidden, _ = forward(model, mb["inputs"], mb["positions"], mb["segment_ids"], return_hidden=True)
+        tied = model.cfg.tie_embeddings
+        head = model.embed[...] if tied else model.lm_head[...]
+        return chunked_nll(hidden, head, mb["targets"], w, loss_chunk_tokens, tied=tied), jnp.sum(w)
     logits, _ = model(mb["inputs"], mb["positions"], mb["segment_ids"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), mb["targets"])
-    w = mb["weights"].astype(jnp.float32)
     return jnp.sum(ce * w), jnp.sum(w)
 
 
-def accumulated_grads(graphdef, params, frozen, batch):
+def _to_chunks(a: jax.Array, n_chunks: int, chunk_len: int) -> jax.Array:
+    """[B, T, ...] -> [C, B, n, ...], T zero-padded to C·n (padding has weight 0)."""
+    pad = n_chunks * chunk_len - a.shape[1]
+    a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+    return jnp.moveaxis(a.reshape(a.shape[0], n_chunks, chunk_len, *a.shape[2:]), 1, 0)
+
+
+def _from_chunks(a: jax.Array, t: int) -> jax.Array:
+    """[C, B, n, ...] -> [B, T, ...] (padding dropped)."""
+    a = jnp.moveaxis(a, 0, 1)
+    return a.reshape(a.shape[0], -1, *a.shape[3:])[:, :t]
+
+
+def chunked_nll(
+    hidden: jax.Array,
+    head: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array,
+    chunk_tokens: int,
+    *,
+    tied: bool,
+) -> jax.Array:
+    """Σ weights · cross-entropy(hidden @ head, targets), never holding more than ~`chunk_tokens` positions
+    of float32 logits.
+
+    hidden [B,T,D] (compute dtype, final norm applied); head: the LM head [D,V], or the embedding [V,D] when
+    `tied`, in its master dtype (cast to the compute dtype for the matmuls, as the model does); targets int
+    [B,T]; weights float32 [B,T]. The sequence is cut into C chunks of n = ⌈T/C⌉ positions (all rows
+    together, B·n ≤ chunk_tokens where it can; T zero-padded to C·n with weight 0) and a scan goes over them.
+
+    A custom VJP computes the gradient in the same pass as the loss: per chunk, logits -> log-sum-exp,
+    d logits = (softmax - one_hot) · weight, cast to the compute dtype, then d hidden = d logits · headᵀ and
+    d head += hiddenᵀ · d logits (accumulated in float32 across chunks). The backward pass only scales them
+    by the incoming cotangent, so the LM head matmul runs 3 times as without chunking (no recompute), the
+    [B,T,V] float32 logits, softmax and their gradient are never in memory at once, and the two
+    gradient matmuls run in the compute dtype (bf16) instead of float32 × bf16. d head is skipped when the
+    head is not being differentiated (LoRA: the head is frozen). Without differentiation (evaluation) the
+    scan computes the loss only.
+    """
+    b, t, _ = hidden.shape
+    n_chunks = max(1, math.ceil(b * t / max(chunk_tokens, 1)))
+    n_chunks = min(n_chunks, t)
+    chunk_len = math.ceil(t / n_chunks)
+    n_chunks = math.ceil(t / chunk_len)
+    dt = hidden.dtype
+    eq_logits, eq_dx, eq_dw = (
+        ("bnd,vd->bnv", "bnv,vd->bnd", "bnd,bnv->vd")
+        if tied
+        else ("bnd,dv->bnv", "bnv,dv->bnd", "bnd,bnv->dv")
+    )
+
+    def scan_chunks(h, hd, tg, w, need_dx: bool, need_dw: bool):
+        hd_c = hd.astype(dt)
+        vocab = hd.shape[0] if tied else hd.shape[1]
+
+        def body(carry, xs):
+            loss, dw = carry
+            x, tgt, wt = xs  # [B,n,D], [B,n], [B,n]
+            logits = jnp.einsum(eq_logits, x, hd_c, preferred_element_type=jnp.float32)
+            logits = constrain(logits, ("batch", "length", "act_vocab"))
+            lse = jax.nn.logsumexp(logits, axis=-1)
+            ce = lse - jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
+            out = {"ce": ce}
+            if need_dx or need_dw:
+                onehot = tgt[..., None] == jnp.arange(vocab, dtype=tgt.dtype)
+                dlogits = ((jnp.exp(logits - lse[..., None]) - onehot) * wt[..., None]).astype(dt)
+                if need_dx:
+                    out["dx"] = jnp.einsum(eq_dx, dlogits, hd_c, preferred_element_type=jnp.float32).astype(
+                        dt
+                    )
+                if need_dw:
+                    dw = dw + jnp.einsum(eq_dw, x, dlogits, preferred_element_type=jnp.float32)
+            return (loss + jnp.sum(ce * wt), dw), out
+
+        dw0 = jnp.zeros(hd.shape, jnp.float32) if need_dw else None
+        xs = (_to_chunks(h, n_chunks, chunk_len), _to_chunks(tg, n_chunks, chunk_len))
+        xs = (*xs, _to_chunks(w, n_chunks, chunk_len))
+        (loss, dw), out = jax.lax.scan(body, (jnp.zeros((), jnp.float32), dw0), xs)
+        return loss, dw, {k: _from_chunks(v, t) for k, v in out.items()}
+
+    @jax.custom_vjp
+    def nll(h, hd, tg, w):
+        return scan_chunks(h, hd, tg, w, False, False)[0]
+
+    def nll_fwd(h, hd, tg, w):
+        loss, dw, out = scan_chunks(h.value, hd.value, tg.value, w.value, h.perturbed, hd.perturbed)
+        return loss, (out, dw)
+
+    def nll_bwd(res, g):
+        out, dw = res
+        if isinstance(g, SymbolicZero):
+            return None, None, None, None
+        dh = (g * out["dx"].astype(jnp.float32)).astype(dt) if "dx" in out else None
+        dhd = (g * dw).astype(head.dtype) if dw is not None else None
+        return dh, dhd, None, g * out["ce"]
+
+    nll.defvjp(nll_fwd, nll_bwd, symbolic_zeros=True)
+    return nll(hidden, head, targets, weights)
+
+
+def accumulated_grads(graphdef, params, frozen, batch, loss_chunk_tokens: int = 0):
     """(mean loss, mean grads, response-token count) over the micro-batches of `batch` ([A, rows, T])."""
     n_resp = jnp.sum(batch["weights"].astype(jnp.float32))
 
     def micro(carry, mb):
         g_acc, loss_acc = carry
-        loss, g = jax.value_and_grad(lambda p: token_nll(graphdef, p, frozen, mb)[0])(params)
+        loss, g = jax.value_and_grad(lambda p: token_nll(graphdef, p, frozen, mb, loss_chunk_tokens)[0])(
+            params
+        )
         g_acc = jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_acc, g)
         return (g_acc, loss_acc + loss), None
 
@@ -48,12 +163,14 @@ def accumulated_grads(graphdef, params, frozen, batch):
     return loss_sum / denom, grads, n_resp
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, schedule) -> Callable:
+def make_train_step(
+    graphdef, tx: optax.GradientTransformation, schedule, loss_chunk_tokens: int = 0
+) -> Callable:
     """The un-jitted step function (jit it with shardings, see train/state.py)."""
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         params = state["params"]
-        loss, grads, n_resp = accumulated_grads(graphdef, params, state["frozen"], batch)
+        loss, grads, n_resp = accumulated_grads(graphdef, params, state["frozen"], batch, loss_chunk_tokens)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         rng, _ = jax.random.split(state["rng"])  # dropout is 0; the key still advances with the step

@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from infer.decode import DecodeParams
 from infer.engine import Engine
 from models.tokenizer import ChatTokenizer
+from records.errors import InputError
 from train.state import merged_model
 from train.step import token_nll
 
@@ -48,7 +49,7 @@ FIELDS = ("lang", "lang_correct", "code_switch_rate", "spell_ok_rate", "answer_t
 LOSS_ROW_MULTIPLE = 16  # loss batch lengths are rounded up to a multiple of this (fewer compiled shapes)
 
 
-class ValidationError(ValueError):
+class ValidationError(InputError):
     """The validation set or settings cannot be used; the message names the file or key."""
 
 

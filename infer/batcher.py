@@ -1,0 +1,150 @@
+"""Dynamic batching for the server: requests become `Job`s, one worker thread decodes them in batches.
+
+The worker takes the first waiting job, gathers whatever else arrives within `wait_s` (up to `max_batch`),
+and runs them through `Engine.generate_ids` as one batch per prompt-length bucket, each row with its own
+decoding parameters, output format and log-prob request. Results (and streamed text) go back to the
+request's event loop through `Job.put`, so a waiting request holds no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from infer.decode import DecodeParams, bucket
+from infer.engine import MIN_PROMPT_BUCKET, Constraint, Engine, Prompt, Result
+from infer.json_constraint import JsonFormat, JsonVocab, token_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Job:
+    """One request for a backend; create it on the server's event loop (it answers there)."""
+
+    prompt: Prompt  # the request's messages (roles normalised, text content) or completion text
+    ids: list[int]
+    params: DecodeParams
+    fmt: JsonFormat | None  # None: free text; else the reply's JSON format (json_object / json_schema)
+    stream: bool
+    logprobs: int | None = None  # None: no log-probs; k: the chosen token's and the top k per step
+    _loop: asyncio.AbstractEventLoop = dataclasses.field(default_factory=asyncio.get_running_loop, repr=False)
+    _events: asyncio.Queue = dataclasses.field(default_factory=asyncio.Queue, repr=False)
+
+    def put(self, kind: str, value: Any) -> None:
+        """From any thread: ("delta", text) while streaming, then once ("done", Result | Exception)."""
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, value))
+        except RuntimeError:  # the server's loop is closed: nobody waits for this job any more
+            pass
+
+    async def next(self) -> tuple[str, Any]:
+        return await self._events.get()
+
+    async def result(self) -> Result | Exception:
+        """The final Result (or the exception that ended the job), skipping streamed text."""
+        while True:
+            kind, value = await self.next()
+            if kind == "done":
+                return value
+
+
+class Batcher:
+    """Collects concurrent jobs into batches for the engine (one worker thread)."""
+
+    def __init__(self, engine: Engine, max_batch: int, wait_s: float):
+        self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
+        self.queue: queue.Queue[Job] = queue.Queue()
+        self.batches: list[int] = []  # sizes of the batches run (observability, tests)
+        # one table for every response format (json_object and json_schema rows alike)
+        self.vocab = JsonVocab(engine.tokenizer, engine.cfg.vocab_size, engine.eos_ids)
+        threading.Thread(target=self._loop, daemon=True, name="batcher").start()
+
+    def submit(self, job: Job) -> Job:
+        self.queue.put(job)
+        return job
+
+    def _loop(self) -> None:
+        while True:
+            jobs = [self.queue.get()]
+            deadline = time.monotonic() + self.wait_s
+            while len(jobs) < self.max_batch:
+                try:
+                    jobs.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            self.batches.append(len(jobs))
+            self._run(jobs)
+
+    def constraint(self, fmt: JsonFormat | None) -> Constraint | None:
+        """A fresh constraint for one row of format `fmt` (None: free text); grammars are compiled once."""
+        return None if fmt is None else self.vocab.constraint(fmt.grammar)
+
+    def _run(self, jobs: list[Job]) -> None:
+        t0 = time.perf_counter()
+        # one engine batch per prompt-length bucket: a long prompt does not pad every other row to its length
+        groups: dict[int, list[int]] = {}
+        for i, j in enumerate(jobs):
+            groups.setdefault(bucket(len(j.ids), MIN_PROMPT_BUCKET), []).append(i)
+        results: list[Result | Exception] = [RuntimeError("not run")] * len(jobs)
+        for idx in groups.values():
+
+            def delta(k: int, text: str, finished: bool, idx: list[int] = idx) -> None:
+                if jobs[idx[k]].stream and text:
+                    jobs[idx[k]].put("delta", text)
+
+            try:
+                out = self.engine.generate_ids(
+                    [jobs[i].ids for i in idx],
+                    [jobs[i].params for i in idx],
+                    constraints=[self.constraint(jobs[i].fmt) for i in idx],
+                    on_delta=delta if any(jobs[i].stream for i in idx) else None,
+                    logprobs=[jobs[i].logprobs for i in idx],
+                )
+            except Exception as e:  # report to every waiting client, keep serving
+                log.exception("batch failed")
+                out = [e] * len(idx)
+            for i, r in zip(idx, out, strict=True):
+                results[i] = r
+        # logged before answering: once a client has its reply, its batch is in the log
+        log.info("batch of %d requests in %.1fs", len(jobs), time.perf_counter() - t0)
+        for j, r in zip(jobs, results, strict=True):
+            j.put("done", r)
+
+
+class EngineBackend:
+    """The server's backend over one Engine: tokenization, context size, token texts, the batcher."""
+
+    def __init__(self, engine: Engine, max_batch: int = 16, batch_wait_ms: int = 10):
+        self.engine = engine
+        self.name = engine.name
+        self.context_length = engine.cfg.max_position_embeddings
+        self.eos_ids = engine.eos_ids
+        self.batcher = Batcher(engine, max_batch, batch_wait_ms / 1000)
+        self._token_bytes: list[bytes | None] | None = None
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        return self.engine.encode(prompt)
+
+    def submit(self, job: Job) -> None:
+        self.batcher.submit(job)
+
+    def min_tokens(self, fmt: JsonFormat) -> int | None:
+        """Tokens of the shortest reply found in format `fmt` (None: none within the search limit);
+        ValueError if the grammar does not compile for this tokenizer."""
+        return self.batcher.vocab.min_tokens(fmt.grammar)
+
+    def token(self, token_id: int) -> tuple[str, list[int]]:
+        """A token's text and UTF-8 bytes as OpenAI reports them (special tokens: their name, no bytes)."""
+        if self._token_bytes is None:
+            self._token_bytes = token_bytes(self.engine.tokenizer)
+        table = self._token_bytes
+        b = table[token_id] if 0 <= token_id < len(table) else None
+        if b is None:
+            return str(self.engine.tokenizer.tok.convert_ids_to_tokens(token_id)), []
+        return b.decode("utf-8", errors="replace"), list(b)
