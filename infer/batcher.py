@@ -1,24 +1,38 @@
-"""Dynamic batching for the server: requests become `Job`s, one worker thread decodes them in batches.
+"""Batching for the server: requests become `Job`s, one worker thread decodes them.
 
-The worker takes the first waiting job, gathers whatever else arrives within `wait_s` (up to `max_batch`),
-and runs them through `Engine.generate_ids` as one batch per prompt-length bucket, each row with its own
-decoding parameters, output format and log-prob request. Results (and streamed text) go back to the
-request's event loop through `Job.put`, so a waiting request holds no thread.
+Two schedulers, chosen by `EngineBackend(batching=...)` (`infer.serve --batching`):
+
+* `SlotScheduler` (continuous, the default): `max_batch` decode slots (`infer.slots.Slots`). A request
+  that arrives is admitted into a free slot at the end of the current decode segment (at most
+  `infer.slots.SEGMENT` steps), while the other slots keep decoding; a row that ends (EOS, max_tokens, a
+  stop string) frees its slot and its request is answered at once. A request too long for a slot's cache
+  (`slot_cache_len`) is decoded on its own, as a static batch of one.
+* `Batcher` (static): takes the first waiting job, gathers whatever else arrives within `wait_s` (up to
+  `max_batch`), and runs them through `Engine.generate_ids` as one batch per prompt-length bucket, until the
+  longest row of each ends.
+
+Each row has its own decoding parameters, output format and log-prob request. Results (and streamed text)
+go back to the request's event loop through `Job.put`, so a waiting request holds no thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 from infer.decode import DecodeParams, bucket
 from infer.engine import MIN_PROMPT_BUCKET, Constraint, Engine, Prompt, Result
 from infer.json_constraint import JsonFormat, JsonVocab, token_bytes
+from infer.rows import Row
+from infer.slots import SEGMENT
+
+Batching = Literal["continuous", "static"]
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +71,15 @@ class Job:
 class Batcher:
     """Collects concurrent jobs into batches for the engine (one worker thread)."""
 
-    def __init__(self, engine: Engine, max_batch: int, wait_s: float):
+    def __init__(self, engine: Engine, max_batch: int, wait_s: float, start: bool = True):
+        """start=False: no worker thread (only the JSON vocabulary table, for the continuous scheduler)."""
         self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
         self.queue: queue.Queue[Job] = queue.Queue()
         self.batches: list[int] = []  # sizes of the batches run (observability, tests)
         # one table for every response format (json_object and json_schema rows alike)
         self.vocab = JsonVocab(engine.tokenizer, engine.cfg.vocab_size, engine.eos_ids)
-        threading.Thread(target=self._loop, daemon=True, name="batcher").start()
+        if start:
+            threading.Thread(target=self._loop, daemon=True, name="batcher").start()
 
     def submit(self, job: Job) -> Job:
         self.queue.put(job)
@@ -83,7 +99,7 @@ class Batcher:
 
     def constraint(self, fmt: JsonFormat | None) -> Constraint | None:
         """A fresh constraint for one row of format `fmt` (None: free text); grammars are compiled once."""
-        return None if fmt is None else self.vocab.constraint(fmt.grammar)
+        return _constraint(self.vocab, fmt)
 
     def _run(self, jobs: list[Job]) -> None:
         t0 = time.perf_counter()
@@ -105,6 +121,7 @@ class Batcher:
                     constraints=[self.constraint(jobs[i].fmt) for i in idx],
                     on_delta=delta if any(jobs[i].stream for i in idx) else None,
                     logprobs=[jobs[i].logprobs for i in idx],
+                    batching="static",
                 )
             except Exception as e:  # report to every waiting client, keep serving
                 log.exception("batch failed")
@@ -117,22 +134,129 @@ class Batcher:
             j.put("done", r)
 
 
-class EngineBackend:
-    """The server's backend over one Engine: tokenization, context size, token texts, the batcher."""
+class SlotScheduler:
+    """Continuous batching for the server: requests enter free decode slots as they arrive (module doc)."""
 
-    def __init__(self, engine: Engine, max_batch: int = 16, batch_wait_ms: int = 10):
+    def __init__(self, engine: Engine, max_batch: int, slot_cache_len: int, vocab: JsonVocab):
+        self.engine, self.vocab = engine, vocab
+        # a slot never needs more entries than the model has positions (plus the cursor's segment of room)
+        self.cache_len = min(slot_cache_len, engine.cfg.max_position_embeddings + SEGMENT)
+        self.size = max_batch
+        self.slots = engine.slots(max_batch, cache_len=self.cache_len)
+        self.queue: queue.Queue[Job] = queue.Queue()
+        self.jobs: dict[int, Job] = {}  # Row.index -> its request, while in a slot or waiting for one
+        self.admitted: list[int] = []  # requests admitted per decode segment (observability, tests)
+        self._ids = itertools.count()
+        threading.Thread(target=self._loop, daemon=True, name="slots").start()
+
+    def submit(self, job: Job) -> Job:
+        self.queue.put(job)
+        return job
+
+    def _loop(self) -> None:
+        while True:
+            if not self.slots.busy:  # idle: sleep until a request comes
+                self._take(self.queue.get())
+            while True:  # everything that arrived during the last segment
+                try:
+                    self._take(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            if self.slots.busy:
+                self._segment()
+
+    def _take(self, job: Job) -> None:
+        row = Row(next(self._ids), job.ids, job.params, _constraint(self.vocab, job.fmt), job.logprobs)
+        if self.slots.check(row) is not None:  # longer than a slot holds: decoded alone (static)
+            self._alone(job, row)
+            return
+        self.jobs[row.index] = job
+
+        def delta(_i: int, text: str, finished: bool, job: Job = job) -> None:
+            if text:
+                job.put("delta", text)
+
+        self.slots.submit(row, delta if job.stream else None)
+
+    def _alone(self, job: Job, row: Row) -> None:
+        def delta(_i: int, text: str, finished: bool) -> None:
+            if text:
+                job.put("delta", text)
+
+        try:
+            (out,) = self.engine.generate_ids(
+                [row.ids],
+                [row.params],
+                constraints=[row.constraint],
+                on_delta=delta if job.stream else None,
+                logprobs=[row.logprobs],
+                batching="static",
+            )
+        except Exception as e:
+            log.exception("request failed")
+            out = e
+        log.info("batch of 1 requests decoded alone (longer than a slot's %d cache entries)", self.cache_len)
+        job.put("done", out)
+
+    def _segment(self) -> None:
+        waiting = len(self.slots.waiting)
+        try:
+            finished = self.slots.step()
+        except Exception as e:  # report to every request in the slots, start again with fresh slots
+            log.exception("decode failed")
+            for job in self.jobs.values():
+                job.put("done", e)
+            self.jobs.clear()
+            self.slots = self.engine.slots(self.size, cache_len=self.cache_len)
+            return
+        admitted = waiting - len(self.slots.waiting)
+        if admitted:
+            self.admitted.append(admitted)
+            # logged before any of them is answered
+            log.info(
+                "batch of %d requests admitted into free slots (%d of %d slots busy)",
+                admitted,
+                self.slots.active + len(finished),
+                self.size,
+            )
+        for row, res in finished:
+            self.jobs.pop(row.index).put("done", res)
+
+
+def _constraint(vocab: JsonVocab, fmt: JsonFormat | None) -> Constraint | None:
+    return None if fmt is None else vocab.constraint(fmt.grammar)
+
+
+class EngineBackend:
+    """The server's backend over one Engine: tokenization, context size, token texts, the scheduler."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch: int = 16,
+        batch_wait_ms: int = 10,
+        batching: Batching = "continuous",
+        slot_cache_len: int = 2048,
+    ):
+        """batching: "continuous" (SlotScheduler: `max_batch` slots of `slot_cache_len` cache entries) or
+        "static" (Batcher: batches gathered over `batch_wait_ms`)."""
+        if batching not in ("continuous", "static"):
+            raise ValueError(f"EngineBackend: batching must be 'continuous' or 'static', got {batching!r}")
         self.engine = engine
         self.name = engine.name
         self.context_length = engine.cfg.max_position_embeddings
         self.eos_ids = engine.eos_ids
-        self.batcher = Batcher(engine, max_batch, batch_wait_ms / 1000)
+        self.batcher = Batcher(engine, max_batch, batch_wait_ms / 1000, start=batching == "static")
+        self.scheduler: Batcher | SlotScheduler = self.batcher
+        if batching == "continuous":
+            self.scheduler = SlotScheduler(engine, max_batch, slot_cache_len, self.batcher.vocab)
         self._token_bytes: list[bytes | None] | None = None
 
     def encode(self, prompt: Prompt) -> list[int]:
         return self.engine.encode(prompt)
 
     def submit(self, job: Job) -> None:
-        self.batcher.submit(job)
+        self.scheduler.submit(job)
 
     def min_tokens(self, fmt: JsonFormat) -> int | None:
         """Tokens of the shortest reply found in format `fmt` (None: none within the search limit);

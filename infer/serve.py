@@ -1,6 +1,7 @@
 """Serve one model over the OpenAI-compatible API of `infer.server` (FastAPI on uvicorn).
 
-  python -m infer.serve --model=DIR [--host=127.0.0.1 --port=8000 --api_key=KEY --max_batch=16]
+  python -m infer.serve --model=DIR [--host=127.0.0.1 --port=8000 --api_key=KEY --max_batch=16
+                                [--batching=continuous|static]]
 
 Prints `xlit infer server: model 'ID' on http://HOST:PORT/v1` once the port is bound (with --port=0 the port
 is the one the system chose; study/judge_server.py reads it from this line).
@@ -20,8 +21,19 @@ flags.DEFINE_string("served_model_name", None, "Model id clients use (default: t
 flags.DEFINE_string("host", "127.0.0.1", "Bind address.")
 flags.DEFINE_integer("port", 8000, "Port (0 = any free port; the chosen one is printed).")
 flags.DEFINE_string("api_key", None, "If set, requests need `Authorization: Bearer <key>`.")
-flags.DEFINE_integer("max_batch", 16, "Most requests decoded together.")
-flags.DEFINE_integer("batch_wait_ms", 10, "How long the batcher waits for more requests after the first.")
+flags.DEFINE_integer("max_batch", 16, "Most requests decoded together (decode slots, continuous batching).")
+flags.DEFINE_enum(
+    "batching",
+    "continuous",
+    ["continuous", "static"],
+    "continuous: requests enter free decode slots as they arrive; static: batches gathered over batch_wait_ms.",
+)
+flags.DEFINE_integer(
+    "batch_wait_ms", 10, "Static batching: how long to wait for more requests after the first."
+)
+flags.DEFINE_integer(
+    "slot_cache_len", 2048, "Continuous batching: KV-cache entries per slot (longer requests decode alone)."
+)
 flags.DEFINE_integer("max_tokens_default", 512, "max_tokens when a request gives none.")
 flags.DEFINE_string("template", "model", "Chat template: model, llama-2, or Jinja text.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype.")
@@ -44,6 +56,8 @@ def run(argv_unused: list[str]) -> None:
         served_model_name=FLAGS.served_model_name,
         max_batch=FLAGS.max_batch,
         batch_wait_ms=FLAGS.batch_wait_ms,
+        batching=FLAGS.batching,
+        slot_cache_len=FLAGS.slot_cache_len,
         max_tokens_default=FLAGS.max_tokens_default,
     )
     sock = bind(FLAGS.host, FLAGS.port)

@@ -6,9 +6,10 @@ Requests are pydantic models (`ChatRequest`, `CompletionRequest`); errors are Op
 fails validation), 401 for a missing/wrong `Authorization: Bearer KEY` when `api_key` is set, 404 for an
 unknown model or route, 500 when generation fails.
 
-An Engine is served through `infer.batcher` (dynamic batching: a worker thread gathers the requests that
-arrive within `batch_wait_ms`, up to `max_batch`, and decodes them as one batch, each row with its own
-parameters). `stream=true` answers with server-sent events; `response_format={"type": "json_object"}`
+An Engine is served through `infer.batcher`: by default continuous batching (`max_batch` decode slots; a
+request enters a free slot as soon as the current decode segment ends, a finished row frees its slot and is
+answered at once), or static batches (`batching="static"`: the requests that arrive within `batch_wait_ms`,
+up to `max_batch`, decoded as one batch); each row has its own parameters. `stream=true` answers with server-sent events; `response_format={"type": "json_object"}`
 constrains decoding so the reply always parses as a JSON object, and `{"type": "json_schema", "json_schema":
 {"schema": ...}}` so that it fits any JSON Schema llguidance supports (infer.json_constraint; a schema it cannot
 compile is a 400 naming `json_schema`), in `json.dumps`'s layout — the judge schema decodes exactly
@@ -41,7 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from infer.batcher import EngineBackend, Job
+from infer.batcher import Batching, EngineBackend, Job
 from infer.decode import DecodeParams
 from infer.engine import Engine, Prompt, Result
 from infer.json_constraint import JsonFormat, parse_response_format
@@ -343,16 +344,19 @@ def make_app(
     served_model_name: str | None = None,
     max_batch: int = 16,
     batch_wait_ms: int = 10,
+    batching: Batching = "continuous",
+    slot_cache_len: int = 2048,
     max_tokens_default: int = 512,
     any_model: bool = False,
 ) -> FastAPI:
-    """The API over an Engine (batched by `infer.batcher`; max_batch, batch_wait_ms apply) or a Backend.
+    """The API over an Engine (scheduled by `infer.batcher.EngineBackend`: max_batch, batching, and
+    batch_wait_ms for static batches or slot_cache_len for continuous ones apply) or a Backend.
 
     served_model_name: the model id clients use (default: the engine's / backend's name); any_model: answer
     requests for any model id (echoed back) instead of 404, for a test double standing in for several models.
     """
     backend: Backend = (
-        EngineBackend(engine_or_backend, max_batch, batch_wait_ms)
+        EngineBackend(engine_or_backend, max_batch, batch_wait_ms, batching, slot_cache_len)
         if isinstance(engine_or_backend, Engine)
         else engine_or_backend
     )

@@ -9,7 +9,8 @@ compiles one decode program, and one prefill program per (prompt rows, prompt bu
   those. RoPE positions are per slot (`prompt_len + n_gen`), so where a row sits in the cache changes
   nothing in its numbers (greedy tokens equal those of the prompt decoded alone).
 * `admit` prefills prompts (left-padded to a bucket P) in a cache of their own and writes their keys and
-  values into their slots at [cursor - P, cursor) (the cursor first moves up to P if it is lower); the
+  values into their slots at [cursor - P, cursor) (if the cursor is lower than P, every slot's entries
+  first move right by the difference, so a live row never loses cache room to an admission); the
   slot's other entries get segment id 0, and its logits, "seen" set, outputs and counters are reset. The
   writes are `where` selects over the slot axis and dynamic slices over the length axis, so a cache sharded
   by slot (batch over data x fsdp) stays sharded.
@@ -116,11 +117,13 @@ def _admit(model_info, params, st: DecodeState, tokens, mask, slot_of) -> Decode
 
 
 def _compact(st: DecodeState, shift) -> DecodeState:
-    """Moves every slot's cache entries `shift` places left (entries that wrap around get segment 0)."""
+    """Moves every slot's cache entries `shift` places left (right if negative); entries that wrap around
+    get segment 0."""
     c = st.cache
     cache_len = c["segment_ids"].shape[1]
     seg = jnp.roll(c["segment_ids"], -shift, axis=1)
-    seg = jnp.where(jnp.arange(cache_len)[None, :] < cache_len - shift, seg, 0)
+    pos = jnp.arange(cache_len)[None, :]
+    seg = jnp.where((pos < cache_len - shift) & (pos >= -shift), seg, 0)
     cache = {
         "k": jnp.roll(c["k"], -shift, axis=3),
         "v": jnp.roll(c["v"], -shift, axis=3),
@@ -299,6 +302,10 @@ class Slots:
     def _prefill(self, group: list[tuple[Row, DeltaCallback | None]], slots: list[int], k: int) -> None:
         ids = [r.ids for r, _ in group]
         p = min(bucket(max(len(x) for x in ids), MIN_PROMPT_BUCKET), self.cache_len - self.segment)
+        if self.cursor < p and self.active:
+            # make room on the left instead of moving the cursor up: a jump of the shared cursor would use up
+            # live rows' cache entries without them decoding (and could leave a row no room to finish)
+            self._shift(self.cursor - p)
         tokens, mask = left_pad(ids, p, k, self.decoder.pad_id)
         slot_of = np.full(self.size, -1, np.int32)
         slot_of[slots] = np.arange(len(slots))
@@ -322,11 +329,15 @@ class Slots:
     def _compact(self) -> None:
         live = [s for s in range(self.size) if self.tracks[s] is not None]
         shift = min(self.start[s] for s in live) if live else self.cursor
-        if shift <= 0:
-            return
+        if shift > 0:
+            self._shift(shift)
+            self.compactions += 1
+
+    def _shift(self, shift: int) -> None:
+        """Every slot's entries `shift` places left (right if negative), the cursor with them."""
         with self.decoder._mesh_scope():
             self.state = compact_jit(self.state, jnp.asarray(shift, jnp.int32))
         self.cursor -= shift
-        self.compactions += 1
-        for s in live:
-            self.start[s] -= shift
+        for s in range(self.size):
+            if self.tracks[s] is not None:
+                self.start[s] -= shift

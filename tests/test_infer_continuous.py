@@ -83,6 +83,28 @@ def test_slots_admit_as_requests_arrive_and_compact(engine, prompt_ids):
     assert len(slots.prefills) >= 5 and not slots.busy
 
 
+def test_a_long_prompt_admitted_early_does_not_starve_a_live_row(engine):
+    """Regression: a prompt whose bucket is above the cursor used to move the shared cursor up, using up a
+    live row's cache room; with no room to compact, decoding stopped making progress. Now the live row's
+    entries move right instead, and both rows finish as they would alone."""
+    a = Row(0, list(range(3, 19)), DecodeParams(max_new_tokens=96))  # 16 + 96 = the slots' 112 positions
+    b = Row(1, list(range(3, 103)), DecodeParams(max_new_tokens=12))  # bucket 112 > the cursor (32) below
+    want = engine.generate_ids([a.ids, b.ids], [a.params, b.params], batching="static")
+    slots = engine.slots(2, cache_len=128)
+    assert slots.capacity == 112
+    slots.submit(a)
+    assert slots.step() == [] and slots.cursor == 32
+    slots.submit(b)
+    got = {}
+    for _ in range(20):  # a needs 80 more steps: 5 segments, plus one for b's admission
+        got.update({row.index: res for row, res in slots.step()})
+        if not slots.busy:
+            break
+    assert not slots.busy, "decoding stopped making progress"
+    assert [got[0].ids, got[1].ids] == [want[0].ids, want[1].ids]
+    assert (got[0].response_tokens, got[1].response_tokens) == (96, 12)
+
+
 def test_stop_strings_streaming_and_logprobs_match_static(engine, prompt_ids):
     base = engine.generate_ids(prompt_ids, params_for(BUDGETS), batching="static")
     text = base[1].text

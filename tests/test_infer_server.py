@@ -199,11 +199,40 @@ def test_concurrent_clients_get_their_own_answers(tiny_hf_dir, client):
         concurrent = list(pool.map(lambda job: chat(client, job[0], max_tokens=job[1]), jobs))
     assert concurrent == sequential
     assert len(set(sequential)) == 8
-    # the server admitted them together: the batcher decoded some of them as one batch. It logs each batch
-    # before answering it, so every batch before `seen` (the sequential ones included) is logged there, and
-    # all of the concurrent ones are in the log now
-    sizes = [int(n) for n in re.findall(r"batch of (\d+) req", log.read_text()[seen:])]
+    # the server admitted them together: some of them entered the decode slots in one batch. It logs each
+    # admission before answering any of its requests, so every admission before `seen` (the sequential ones
+    # included) is logged there, and all of the concurrent ones are in the log now
+    sizes = [int(n) for n in re.findall(r"batch of (\d+) requests admitted", log.read_text()[seen:])]
     assert sum(sizes) == 8 and max(sizes) >= 2, sizes
+
+
+def test_a_request_enters_a_free_slot_while_another_decodes(tiny_hf_dir, client):
+    """Continuous batching: a short request that arrives while a long one decodes is admitted into a free
+    slot and answered before the long one ends; both answers equal those of each request alone."""
+    long_kw = dict(model="tiny", messages=[{"role": "user", "content": "Count the stars."}], max_tokens=200)
+    alone = client.chat.completions.create(**long_kw)
+    assert alone.choices[0].finish_reason == "length"  # the long request really runs 200 steps (13 segments)
+    short_alone = chat(client, "Name a bird.", max_tokens=3)  # 1 segment
+    log = Path(tiny_hf_dir).parent / "server.log"
+    seen = len(log.read_text())
+
+    def long_streamed() -> tuple[str, float]:
+        chunks = list(client.chat.completions.create(**long_kw, stream=True))
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), time.monotonic()
+
+    with ThreadPoolExecutor(1) as pool:
+        long_job = pool.submit(long_streamed)
+        deadline = time.time() + 60
+        while "admitted" not in log.read_text()[seen:]:  # the long request is in its slot
+            assert time.time() < deadline and not long_job.done()
+            time.sleep(0.01)
+        short = chat(client, "Name a bird.", max_tokens=3)
+        short_done = time.monotonic()
+        long_text, long_done = long_job.result()
+    assert short == short_alone and long_text == alone.choices[0].message.content
+    assert short_done < long_done, "the short request waited for the long one"
+    busy = re.findall(r"batch of 1 requests admitted into free slots \((\d+) of 8", log.read_text()[seen:])
+    assert busy == ["1", "2"], busy  # the short one entered while the long one held a slot
 
 
 def test_errors_400_401_404(server, client):
