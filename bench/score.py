@@ -38,16 +38,14 @@ flags.DEFINE_integer("judge_items", 452, "Judge calls per pass (0 = skip the jud
 flags.DEFINE_integer("concurrency", 8, "Judge client threads.")
 flags.DEFINE_string("json_out", "bench/results/score.json", "Write the results as JSON here ('' = no).")
 
-LANGS = ("en", "fr", "pt", "ru")
-
 
 def responses() -> dict[str, list[tuple[str, str]]]:
     """{set name: [(lang, response)]} over the 452 evaluation prompts."""
-    from evalsuite.data import load_eval
+    from evalsuite.data import eval_langs, load_eval
     from evalsuite.judge import task_text
 
     short, long = [], []
-    for lang in LANGS:
+    for lang in eval_langs():  # the shipped evaluation folder's languages
         texts = [task_text(r.messages) for r in load_eval(lang)]
         for i, t in enumerate(texts):
             short.append((lang, t))
@@ -64,9 +62,10 @@ def surface_pass(scorer, items: list[tuple[str, str]]) -> tuple[float, float]:
 
 
 def clear_word_caches() -> None:
+    from evalsuite.data import eval_langs
     from evalsuite.spelling import get_checker
 
-    for lang in LANGS:
+    for lang in eval_langs():
         checker = get_checker(lang)
         if checker is not None:
             checker._cache.clear()

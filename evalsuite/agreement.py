@@ -112,8 +112,10 @@ def agreement_table(
     criteria: Sequence[str] = JUDGE_CRITERIA,
     lang_groups: dict[str, Sequence[str]] | None = None,
 ) -> list[Row]:
-    """Per criterion x language group ("en", "non_en" by default): n, exact agreement, kappa, matrix."""
-    groups = lang_groups or {"en": ("en",), "non_en": ("fr", "pt", "ru")}
+    """Per criterion x language group: n, exact agreement, kappa, matrix. Default groups: "en" and
+    "non_en" (every other language the human ratings have)."""
+    others = tuple(sorted({h.get("lang") for h in human_rows} - {"en", None}))
+    groups = lang_groups or {"en": ("en",), "non_en": others}
     out = []
     for c in criteria:
         for name, langs in groups.items():

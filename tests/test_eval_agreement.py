@@ -45,6 +45,17 @@ def test_join_skips_failed_and_unrated():
     assert table[("logic", "non_en")]["n"] == 0 and table[("logic", "non_en")]["kappa"] is None
 
 
+def test_non_english_group_is_every_other_language_rated():
+    scores = [{"run": "a", "id": i, "judge_status": "ok", "judge_logic": 2} for i in ("x", "y", "z")]
+    human = [
+        {"run": "a", "id": "x", "lang": "en", "logic": 2},
+        {"run": "a", "id": "y", "lang": "de", "logic": 2},  # German: not one of the paper's languages
+        {"run": "a", "id": "z", "lang": "sw", "logic": 0},
+    ]
+    table = {r["langs"]: r for r in agreement_table(human, scores, criteria=("logic",))}
+    assert (table["en"]["n"], table["non_en"]["n"], table["non_en"]["exact"]) == (1, 2, 0.5)
+
+
 def test_fasttext_language_score_uses_the_judge_scale():
     from evalsuite.agreement import fasttext_language_score, fasttext_ratings
 
