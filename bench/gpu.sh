@@ -34,7 +34,8 @@ if [[ "${1:-}" == "--smoke" ]]; then
   JAX_BUDGET=1e9 JAX_STOP=600 TORCH_BUDGET=1e9 TORCH_STOP=600 DECODE_STOP=600
   MFU_ARGS=(--smoke --models=1b --modes=ft,lora --remat=false)
   TORCH_ARGS=(--smoke --models=1b)
-  DECODE_ARGS=(--batch_sizes=2,3 --max_new_tokens=4 --runs=1)
+  DECODE_ARGS=(--batch_sizes=2,3 --max_new_tokens=4 --runs=1 --continuous_prompts=4 --continuous_batch=2
+    --continuous_max_new_tokens=8)
 else
   SMOKE=0
   PY="${XLIT_GPU_PY:-python3}"
@@ -43,7 +44,8 @@ else
   DECODE_STOP="${XLIT_DECODE_STOP_S:-75}"
   MFU_ARGS=(--models=1b --modes=ft,lora --remat=false --loss_chunk_tokens="0,$CHUNK" --decode_batches=64,256)
   TORCH_ARGS=(--models=1b --decode_batches=64,256)
-  DECODE_ARGS=(--batch_sizes=64,256 --max_new_tokens=128 --runs=2)
+  DECODE_ARGS=(--batch_sizes=64,256 --max_new_tokens=128 --runs=2 --continuous_prompts=128 --continuous_batch=64
+    --continuous_max_new_tokens=128)
   if compgen -G ".whl/*.whl" >/dev/null; then
     rm -rf /tmp/xlit_site && "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/xlit_site .whl/*.whl || exit 1
