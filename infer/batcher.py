@@ -166,17 +166,21 @@ class SlotScheduler:
                 self._segment()
 
     def _take(self, job: Job) -> None:
-        row = Row(next(self._ids), job.ids, job.params, _constraint(self.vocab, job.fmt), job.logprobs)
-        if self.slots.check(row) is not None:  # longer than a slot holds: decoded alone (static)
-            self._alone(job, row)
-            return
-        self.jobs[row.index] = job
+        try:
+            row = Row(next(self._ids), job.ids, job.params, _constraint(self.vocab, job.fmt), job.logprobs)
+            if self.slots.check(row) is not None:  # longer than a slot holds: decoded alone (static)
+                self._alone(job, row)
+                return
 
-        def delta(_i: int, text: str, finished: bool, job: Job = job) -> None:
-            if text:
-                job.put("delta", text)
+            def delta(_i: int, text: str, finished: bool, job: Job = job) -> None:
+                if text:
+                    job.put("delta", text)
 
-        self.slots.submit(row, delta if job.stream else None)
+            self.slots.submit(row, delta if job.stream else None)
+            self.jobs[row.index] = job
+        except Exception as e:  # this request fails (its client gets a 500); the worker keeps serving
+            log.exception("request not admitted")
+            job.put("done", e)
 
     def _alone(self, job: Job, row: Row) -> None:
         def delta(_i: int, text: str, finished: bool) -> None:

@@ -225,3 +225,31 @@ def test_sharded_slots_keep_cache_sharded_and_tokens(tiny_hf_dir: Path) -> None:
         timeout=900,
     )
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def test_server_scheduler_survives_a_request_that_cannot_enter(engine):
+    """infer.batcher.SlotScheduler: a request whose constraint cannot be built gets its error, and the
+    worker thread keeps serving the next one (answered as greedy decoding alone)."""
+    import asyncio
+    import dataclasses
+
+    from infer.batcher import Job, SlotScheduler
+    from infer.json_constraint import JsonVocab
+
+    @dataclasses.dataclass
+    class BrokenFormat:
+        grammar: str = "this is not a grammar"
+
+    ids = engine.encode("Hello there")
+    params = DecodeParams(max_new_tokens=6)
+
+    async def serve() -> tuple[object, object]:
+        vocab = JsonVocab(engine.tokenizer, engine.cfg.vocab_size, engine.eos_ids)
+        sched = SlotScheduler(engine, 2, 256, vocab)
+        bad = sched.submit(Job("Hello there", ids, params, BrokenFormat(), False))
+        good = sched.submit(Job("Hello there", ids, params, None, False))
+        return await asyncio.wait_for(bad.result(), 120), await asyncio.wait_for(good.result(), 120)
+
+    bad, good = asyncio.run(serve())
+    assert isinstance(bad, Exception)
+    assert good.ids == engine.generate_ids([ids], [params], batching="static")[0].ids
