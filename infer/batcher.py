@@ -27,7 +27,7 @@ import time
 from typing import Any, Literal
 
 from infer.decode import DecodeParams, bucket
-from infer.engine import MIN_PROMPT_BUCKET, Constraint, Engine, Prompt, Result
+from infer.engine import MIN_PROMPT_BUCKET, Constraint, DeltaCallback, Engine, Prompt, Result
 from infer.json_constraint import JsonFormat, JsonVocab, token_bytes
 from infer.rows import Row
 from infer.slots import SEGMENT
@@ -71,15 +71,11 @@ class Job:
 class Batcher:
     """Collects concurrent jobs into batches for the engine (one worker thread)."""
 
-    def __init__(self, engine: Engine, max_batch: int, wait_s: float, start: bool = True):
-        """start=False: no worker thread (only the JSON vocabulary table, for the continuous scheduler)."""
-        self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
+    def __init__(self, engine: Engine, max_batch: int, wait_s: float, vocab: JsonVocab):
+        self.engine, self.max_batch, self.wait_s, self.vocab = engine, max_batch, wait_s, vocab
         self.queue: queue.Queue[Job] = queue.Queue()
         self.batches: list[int] = []  # sizes of the batches run (observability, tests)
-        # one table for every response format (json_object and json_schema rows alike)
-        self.vocab = JsonVocab(engine.tokenizer, engine.cfg.vocab_size, engine.eos_ids)
-        if start:
-            threading.Thread(target=self._loop, daemon=True, name="batcher").start()
+        threading.Thread(target=self._loop, daemon=True, name="batcher").start()
 
     def submit(self, job: Job) -> Job:
         self.queue.put(job)
@@ -145,7 +141,6 @@ class SlotScheduler:
         self.slots = engine.slots(max_batch, cache_len=self.cache_len)
         self.queue: queue.Queue[Job] = queue.Queue()
         self.jobs: dict[int, Job] = {}  # Row.index -> its request, while in a slot or waiting for one
-        self.admitted: list[int] = []  # requests admitted per decode segment (observability, tests)
         self._ids = itertools.count()
         threading.Thread(target=self._loop, daemon=True, name="slots").start()
 
@@ -171,28 +166,19 @@ class SlotScheduler:
             if self.slots.check(row) is not None:  # longer than a slot holds: decoded alone (static)
                 self._alone(job, row)
                 return
-
-            def delta(_i: int, text: str, finished: bool, job: Job = job) -> None:
-                if text:
-                    job.put("delta", text)
-
-            self.slots.submit(row, delta if job.stream else None)
+            self.slots.submit(row, _stream_to(job))
             self.jobs[row.index] = job
         except Exception as e:  # this request fails (its client gets a 500); the worker keeps serving
             log.exception("request not admitted")
             job.put("done", e)
 
     def _alone(self, job: Job, row: Row) -> None:
-        def delta(_i: int, text: str, finished: bool) -> None:
-            if text:
-                job.put("delta", text)
-
         try:
             (out,) = self.engine.generate_ids(
                 [row.ids],
                 [row.params],
                 constraints=[row.constraint],
-                on_delta=delta if job.stream else None,
+                on_delta=_stream_to(job),
                 logprobs=[row.logprobs],
                 batching="static",
             )
@@ -215,7 +201,6 @@ class SlotScheduler:
             return
         admitted = waiting - len(self.slots.waiting)
         if admitted:
-            self.admitted.append(admitted)
             # logged before any of them is answered
             log.info(
                 "batch of %d requests admitted into free slots (%d of %d slots busy)",
@@ -229,6 +214,18 @@ class SlotScheduler:
 
 def _constraint(vocab: JsonVocab, fmt: JsonFormat | None) -> Constraint | None:
     return None if fmt is None else vocab.constraint(fmt.grammar)
+
+
+def _stream_to(job: Job) -> DeltaCallback | None:
+    """The on_delta that sends a streaming job its text as it becomes final (None: not streaming)."""
+    if not job.stream:
+        return None
+
+    def delta(_i: int, text: str, finished: bool) -> None:
+        if text:
+            job.put("delta", text)
+
+    return delta
 
 
 class EngineBackend:
@@ -250,10 +247,13 @@ class EngineBackend:
         self.name = engine.name
         self.context_length = engine.cfg.max_position_embeddings
         self.eos_ids = engine.eos_ids
-        self.batcher = Batcher(engine, max_batch, batch_wait_ms / 1000, start=batching == "static")
-        self.scheduler: Batcher | SlotScheduler = self.batcher
-        if batching == "continuous":
-            self.scheduler = SlotScheduler(engine, max_batch, slot_cache_len, self.batcher.vocab)
+        # one table for every response format (json_object and json_schema rows alike)
+        self.vocab = JsonVocab(engine.tokenizer, engine.cfg.vocab_size, engine.eos_ids)
+        self.scheduler: Batcher | SlotScheduler = (
+            SlotScheduler(engine, max_batch, slot_cache_len, self.vocab)
+            if batching == "continuous"
+            else Batcher(engine, max_batch, batch_wait_ms / 1000, self.vocab)
+        )
         self._token_bytes: list[bytes | None] | None = None
 
     def encode(self, prompt: Prompt) -> list[int]:
@@ -265,7 +265,7 @@ class EngineBackend:
     def min_tokens(self, fmt: JsonFormat) -> int | None:
         """Tokens of the shortest reply found in format `fmt` (None: none within the search limit);
         ValueError if the grammar does not compile for this tokenizer."""
-        return self.batcher.vocab.min_tokens(fmt.grammar)
+        return self.vocab.min_tokens(fmt.grammar)
 
     def token(self, token_id: int) -> tuple[str, list[int]]:
         """A token's text and UTF-8 bytes as OpenAI reports them (special tokens: their name, no bytes)."""

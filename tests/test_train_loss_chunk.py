@@ -18,29 +18,17 @@ import pytest
 
 from configs.common import base
 from models.config import LlamaConfig
-from models.sharding import make_mesh
-from tests.train_helpers import tiny_config
+from tests.train_helpers import built_tiny, tiny_config
 from train.loop import ConfigError, validate_config
-from train.optim import make_optimizer
-from train.state import build_state, jit_train_step, put_batch
+from train.state import jit_train_step, put_batch
 from train.step import chunked_nll, token_nll
 
 VOCAB = 512
 
 
-def _built(lora: bool = False, **kw):
-    cfg = tiny_config("", **{"model.tokenizer": "", **kw})
-    cfg.lora.enabled = lora
-    mesh = make_mesh(1, -1, 1, devices=jax.devices()[:1])
-    tx, sched = make_optimizer(cfg.optimizer, cfg.train.steps)
-    with jax.set_mesh(mesh):
-        built = build_state(cfg, mesh, tx)
-    return built, tx, sched, mesh
-
-
 @pytest.fixture(scope="module")
 def ft():
-    return _built()[0]
+    return built_tiny()[0]
 
 
 def _batch(seed: int, rows: int, t: int, n_examples: int) -> dict[str, np.ndarray]:
@@ -189,7 +177,7 @@ def test_train_step_with_chunked_loss(lora):
     np_batch = {k: np.stack([m[k] for m in mbs]) for k in mbs[0]}
     out = {}
     for chunk in (0, 20):
-        built, tx, sched, mesh = _built(lora, **{"train.loss_chunk_tokens": chunk})
+        built, tx, sched, mesh = built_tiny(lora, **{"train.loss_chunk_tokens": chunk})
         assert built.loss_chunk_tokens == chunk
         with jax.set_mesh(mesh):
             state, metrics = jit_train_step(built, tx, sched)(built.state, put_batch(np_batch, mesh))
@@ -210,7 +198,7 @@ def test_remat_policies_give_the_same_gradients(ft, policy):
     p, f = built.state["params"], built.state["frozen"]
     mb = _batch(2, rows=2, t=32, n_examples=4)
     want = jax.jit(jax.value_and_grad(lambda q: token_nll(built.graphdef, q, f, mb)[0]))(p)
-    remat, _, _, _ = _built(**{"model.remat": True, "model.remat_policy": policy})
+    remat, _, _, _ = built_tiny(**{"model.remat": True, "model.remat_policy": policy})
     assert remat.model_cfg.remat and remat.model_cfg.remat_policy == policy
     got = jax.jit(jax.value_and_grad(lambda q: token_nll(remat.graphdef, q, f, mb)[0]))(p)
     np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
@@ -219,7 +207,7 @@ def test_remat_policies_give_the_same_gradients(ft, policy):
 
 def test_bad_values_are_rejected_by_name():
     with pytest.raises(ValueError, match="train.loss_chunk_tokens=-1"):
-        _built(**{"train.loss_chunk_tokens": -1})
+        built_tiny(**{"train.loss_chunk_tokens": -1})
     with pytest.raises(ValueError, match="remat_policy='everything'"):
         LlamaConfig(64, 16, 32, 1, 2, 2, 8, remat_policy="everything")
     cfg = base()

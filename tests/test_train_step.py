@@ -11,28 +11,16 @@ import optax
 import pytest
 from flax import nnx
 
-from models.sharding import make_mesh
-from tests.train_helpers import tiny_config
-from train.optim import make_optimizer, make_schedule
-from train.state import build_state
+from tests.train_helpers import built_tiny
+from train.optim import make_schedule
 from train.step import accumulated_grads, token_nll
 
 VOCAB = 512
 
 
-def _built(lora: bool = False, **kw):
-    cfg = tiny_config("", **{"model.tokenizer": "", **kw})
-    cfg.lora.enabled = lora
-    mesh = make_mesh(1, -1, 1, devices=jax.devices()[:1])
-    tx, sched = make_optimizer(cfg.optimizer, cfg.train.steps)
-    with jax.set_mesh(mesh):
-        built = build_state(cfg, mesh, tx)
-    return built, tx, sched
-
-
 @pytest.fixture(scope="module")
 def ft():
-    built = _built()[0]
+    built = built_tiny()[0]
     built.grads = jax.jit(
         lambda b: accumulated_grads(built.graphdef, built.state["params"], built.state["frozen"], b)
     )

@@ -51,3 +51,20 @@ def tiny_config(arg: str = "", **kw: Any) -> ConfigDict:
     c.export.enabled = False
     c.checkpoint.async_save = False
     return override(c, **kw)
+
+
+def built_tiny(lora: bool = False, **kw: Any) -> tuple[Any, Any, Any, Any]:
+    """(train.state.Built, optimizer, schedule, mesh) of the tiny config on one device (no tokenizer)."""
+    import jax
+
+    from models.sharding import make_mesh
+    from train.optim import make_optimizer
+    from train.state import build_state
+
+    cfg = tiny_config("", **{"model.tokenizer": "", **kw})
+    cfg.lora.enabled = lora
+    mesh = make_mesh(1, -1, 1, devices=jax.devices()[:1])
+    tx, sched = make_optimizer(cfg.optimizer, cfg.train.steps)
+    with jax.set_mesh(mesh):
+        built = build_state(cfg, mesh, tx)
+    return built, tx, sched, mesh
