@@ -2,16 +2,8 @@
 
     python -m train.main --config=configs/anchor.py --workdir=runs/anchor [--config.optimizer.lr=1e-4]
 
-`run(config, workdir)` is the same thing from Python (the grid runner calls it). A workdir holding a
-checkpoint resumes from it exactly; a workdir holding `done.json` is a finished run and is returned as is.
-What lands in the workdir:
-  config.json         the resolved config (written before training starts)
-  checkpoints/<step>/ orbax checkpoints (state + data position), last `checkpoint.keep` kept
-  metrics.jsonl, tb/  per-step metrics (JSONL, TensorBoard); with train.validate_every, per-language
-                      validation lines {"step", "validation": [...], "validation_s"} (train/validate.py)
-  data_stats.json     records read; used, skipped (per reason) and truncated; layout cuts
-  export/             HF directory (LoRA merged) that transformers and infer/ load
-  done.json           written last: {"steps", "final_loss", "export", "wall_s", ...}
+`train.loop.run(config, workdir)` is the same thing from Python (the grid runner calls it); its module
+docstring says what lands in the workdir and how a run resumes.
 """
 
 from __future__ import annotations
