@@ -176,12 +176,16 @@ def forward_unrolled(
     segment_ids,
     cache,
     last_only: bool = False,
+    window: int | None = None,
 ):
     """`models.modules.forward` with a cache, layers unrolled over per-layer weights.
 
     The same blocks (`models.modules._layer`) in the same order, so the numbers are the same; unrolling
     avoids slicing each layer's weights out of the stacked arrays at every step (a copy of all weights per
     decode step on CPU, which halves batch-1 speed).
+
+    window: attend over only the `window` cache entries that end with the ones written now (the caller
+    makes sure no live entry lies before them; infer/slots.py); None = the whole cache.
     """
     dt = cfg.compute_dtype
     x = jnp.take(p["embed"], tokens, axis=0).astype(dt)
@@ -189,6 +193,9 @@ def forward_unrolled(
     index = cache["index"]
     k_seg = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, index))
     kc, vc = cache["k"], cache["v"]
+    win = None
+    if window is not None and window < k_seg.shape[1]:
+        win = (jnp.clip(index + tokens.shape[1] - window, 0, k_seg.shape[1] - window), window)
     for i in range(cfg.num_layers):
         x, (kc, vc) = _layer(
             cfg,
@@ -201,6 +208,7 @@ def forward_unrolled(
             k_seg,
             (kc, vc, i),
             index,
+            win,
         )
     if last_only:
         x = x[:, -1:]
@@ -260,13 +268,23 @@ def constrain_state(state: DecodeState) -> DecodeState:
 
 
 def _decode(
-    model_info, params, state: DecodeState, row: RowParams, eos_ids, steps, allowed, exit_done, *, pad_id: int
+    model_info,
+    params,
+    state: DecodeState,
+    row: RowParams,
+    eos_ids,
+    steps,
+    allowed,
+    exit_done,
+    *,
+    pad_id: int,
+    window: int | None = None,
 ):
     """Up to `steps` steps; stops early once `exit_done` rows are done (the batch size: when all are).
 
     Each running row's token goes to `out[row, n_gen]`, so rows that started at different times (continuous
     batching, infer/slots.py) share the loop; its RoPE position is `prompt_len + n_gen`, its key/value goes
-    to the cache's shared write index."""
+    to the cache's shared write index. `window`: see `forward_unrolled` (static; one program per value)."""
     cfg, lora_scale = model_info
     b, n_out = state.out.shape
     rows = jnp.arange(b)
@@ -294,7 +312,9 @@ def _decode(
         seen = s.seen.at[rows, tok].set(True)
         positions = (s.prompt_len + s.n_gen)[:, None]
         ones = jnp.ones((b, 1), jnp.int32)
-        logits, cache = forward_unrolled(cfg, lora_scale, params, tok[:, None], positions, ones, s.cache)
+        logits, cache = forward_unrolled(
+            cfg, lora_scale, params, tok[:, None], positions, ones, s.cache, window=window
+        )
         return i + 1, DecodeState(cache, logits[:, 0], seen, out, n_gen, finish, s.prompt_len, s.step + 1)
 
     _, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
@@ -302,7 +322,7 @@ def _decode(
 
 
 prefill_jit = jax.jit(_prefill, static_argnums=(0,), static_argnames=("cache_len", "out_len"))
-decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("pad_id",), donate_argnums=(2,))
+decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("pad_id", "window"), donate_argnums=(2,))
 
 
 class Decoder:
@@ -352,8 +372,12 @@ class Decoder:
         steps: int,
         allowed: np.ndarray | None = None,
         exit_done: int | None = None,
+        window: int | None = None,
     ) -> DecodeState:
-        """Up to `steps` steps, fewer once `exit_done` rows are done (default: all of them)."""
+        """Up to `steps` steps, fewer once `exit_done` rows are done (default: all of them).
+
+        window: attention reads only the last `window` cache entries up to the write index (the caller
+        guarantees that no entry a row may see lies before them); None = the whole cache."""
         allowed_arr = None if allowed is None else jnp.asarray(allowed, bool)
         exit_done = state.out.shape[0] if exit_done is None else exit_done
         with self._mesh_scope():
@@ -367,6 +391,7 @@ class Decoder:
                 allowed_arr,
                 jnp.asarray(exit_done, jnp.int32),
                 pad_id=self.pad_id,
+                window=window,
             )
 
 

@@ -15,7 +15,10 @@ compiles one decode program, and one prefill program per (prompt rows, prompt bu
   writes are `where` selects over the slot axis and dynamic slices over the length axis, so a cache sharded
   by slot (batch over data x fsdp) stays sharded.
 * `decode` is the static path's loop (`infer.decode._decode`) for up to `segment` steps; it returns early
-  once enough slots are done to refill them (`exit_done`).
+  once enough slots are done to refill them (`exit_done`). Its attention reads only a window of the cache
+  that ends at the cursor and reaches back to the oldest live row's first entry (its width rounded up to
+  one of a few sizes, `window_size`; one decode program per size): on CPU a step's cost grows with the
+  entries attention reads, and the cache itself must be long enough for the longest prompt.
 * `compact`: before the cursor would run past the end, every slot's entries move left by the start of the
   oldest live row (a roll over the length axis), which frees at least `segment` entries (see `Slots.submit`).
 
@@ -51,8 +54,42 @@ from infer.rows import DeltaCallback, Result, Row, RowTrack, record_logprobs, st
 from models.modules import init_cache
 
 SEGMENT = 16  # decode steps per device call (fewer when slots must be refilled)
+MIN_WINDOW = 64
 _IDLE = DecodeParams(max_new_tokens=1)  # parameters of a free slot (it decodes nothing)
 MIN_PROMPT_BUCKET = 16
+
+
+def size_bucket(n: int, minimum: int) -> int:
+    """The smallest of minimum x (1, 1.5, 2, 3, 4, 6, 8, ...) (powers of two and 1.5x them) >= n: few sizes
+    (few compiled programs), never more than 1.5x n (power-of-two buckets waste up to 2x)."""
+    w = minimum
+    while w < n:
+        w = w * 3 // 2 if w & (w - 1) == 0 else w * 4 // 3
+    return w
+
+
+def window_size(n: int, cache_len: int) -> int:
+    """The attention window for n live entries: 64, 96, 128, 192, 256, ... >= n, capped at cache_len."""
+    return min(size_bucket(n, MIN_WINDOW), cache_len)
+
+
+def prefill_groups(lengths: list[int], minimum: int = MIN_PROMPT_BUCKET) -> list[int]:
+    """Where to cut prompts sorted by length into prefill calls: the sizes of consecutive groups that minimise
+    the padded work, sum over calls of bucket(rows) x size_bucket(longest prompt) + one call's overhead
+    (counted as `minimum` rows of `minimum` tokens)."""
+    n = len(lengths)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j prompts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            cost = best[i] + bucket(j - i) * size_bucket(lengths[j - 1], minimum) + minimum * minimum
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    sizes, j = [], n
+    while j:
+        sizes.append(j - cut[j])
+        j = cut[j]
+    return sizes[::-1]
 
 
 def _init(model_info, *, size: int, cache_len: int, out_len: int) -> DecodeState:
@@ -177,6 +214,7 @@ class Slots:
         self.row_params = RowParams.build([_IDLE], size)
         self.prefills: list[tuple[int, int]] = []  # (rows, prompt bucket) of each prefill call (tests, logs)
         self.compactions = 0
+        self.windows: collections.Counter[int] = collections.Counter()  # decode calls per attention window
 
     # ------------------------------------------------------------------------------------------ host API
 
@@ -237,7 +275,11 @@ class Slots:
             before = to_host(self.state.n_gen)
         free = self.size - len(live)
         exit_done = free + min(self.refill, len(self.waiting)) if self.waiting else self.size
-        self.state = self.decoder.decode(self.state, self.row_params, steps, allowed, exit_done=exit_done)
+        window = window_size(self.cursor + steps - min(self.start[s] for s in live), self.cache_len)
+        self.windows[window] += 1
+        self.state = self.decoder.decode(
+            self.state, self.row_params, steps, allowed, exit_done=exit_done, window=window
+        )
         finish, n_gen = to_host(self.state.finish), to_host(self.state.n_gen)
         self.cursor = int(to_host(self.state.cache["index"]))
         ended = [s for s in live if finish[s] != FINISH_RUNNING]
@@ -293,15 +335,17 @@ class Slots:
         n = min(len(free), len(self.waiting))
         if not n:
             return
-        # one prefill call when many slots fill at once (the start), else calls of `refill` rows
-        chunk = n if n > self.size // 2 else self.refill
-        for c in range(0, n, chunk):
-            group = [self.waiting.popleft() for _ in range(min(chunk, n - c))]
-            self._prefill(group, free[c : c + len(group)], bucket(chunk))
+        rows = [self.waiting.popleft() for _ in range(n)]
+        order = sorted(range(n), key=lambda i: len(rows[i][0].ids))
+        c = 0
+        for size in prefill_groups([len(rows[i][0].ids) for i in order]):  # calls of similar lengths
+            group = [rows[i] for i in order[c : c + size]]
+            self._prefill(group, free[c : c + size], bucket(size))
+            c += size
 
     def _prefill(self, group: list[tuple[Row, DeltaCallback | None]], slots: list[int], k: int) -> None:
         ids = [r.ids for r, _ in group]
-        p = min(bucket(max(len(x) for x in ids), MIN_PROMPT_BUCKET), self.cache_len - self.segment)
+        p = min(size_bucket(max(len(x) for x in ids), MIN_PROMPT_BUCKET), self.cache_len - self.segment)
         if self.cursor < p and self.active:
             # make room on the left instead of moving the cursor up: a jump of the shared cursor would use up
             # live rows' cache entries without them decoding (and could leave a row no room to finish)

@@ -159,8 +159,11 @@ def _proj(x, w, lora_ab, scale, eq):
     return y
 
 
-def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_seg, kv, index):
-    """One decoder block. x [B,T,D]; kv = (k_cache [L,B,K,S,H], v_cache, layer index) or None (no cache)."""
+def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_seg, kv, index, window=None):
+    """One decoder block. x [B,T,D]; kv = (k_cache [L,B,K,S,H], v_cache, layer index) or None (no cache).
+
+    window = (start, W) with a cache: attention reads only the W cache entries from `start` (W static; the
+    caller guarantees every entry the queries may see lies in it), so a step's attention costs W, not S."""
     dt = cfg.compute_dtype
     w = {k: v.astype(dt) for k, v in w.items()}
     lw = {k: v.astype(dt) for k, v in lw.items()}
@@ -193,6 +196,12 @@ def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_se
         v = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False).astype(dt)
         q_slot = index + jnp.arange(t)
         kv_axes = "bksh"
+        if window is not None:
+            start, width = window
+            k = jax.lax.dynamic_slice_in_dim(k, start, width, axis=2)
+            v = jax.lax.dynamic_slice_in_dim(v, start, width, axis=2)
+            k_seg = jax.lax.dynamic_slice_in_dim(k_seg, start, width, axis=1)
+            q_slot = q_slot - start
     else:
         new_kv = None
         q_slot = jnp.arange(t)
@@ -222,11 +231,30 @@ def _einsum_attention(cfg: LlamaConfig, q, k, v, mask, kv_axes: str):
     b, t = q.shape[:2]
     g = cfg.num_heads // cfg.num_kv_heads
     qg = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
+    if t == 1 and kv_axes == "bksh":
+        return _decode_attention(cfg, qg, k, v, mask)
     logits = jnp.einsum(f"btkgh,{kv_axes}->bkgts", qg, k, preferred_element_type=jnp.float32)
     logits = logits * (cfg.head_dim**-0.5)
     logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
     return jnp.einsum(f"bkgts,{kv_axes}->btkgh", probs, v).reshape(b, t, cfg.num_heads, cfg.head_dim)
+
+
+def _decode_attention(cfg: LlamaConfig, qg, k, v, mask):
+    """One query per row over the cache: qg [B,1,K,G,H], k, v [B,K,S,H], mask [B,1,S] -> [B,1,N,H].
+
+    The same sums as `_einsum_attention`, with the key/value length ahead of the query heads in the
+    einsums (k [S,H] the left operand, logits [B,K,S,G], softmax over S): on XLA:CPU each product then
+    streams the cache once as a tall matrix times a few query columns; the [B,K,G,S] form ran a
+    small-rows kernel at a few GB/s and was most of a decode step at batch 16 (bench/README.md)."""
+    dt = cfg.compute_dtype
+    b = qg.shape[0]
+    logits = jnp.einsum("bksh,bkgh->bksg", k, qg[:, 0], preferred_element_type=jnp.float32)
+    logits = logits * (cfg.head_dim**-0.5)
+    logits = jnp.where(mask[:, 0, None, :, None], logits, _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=2).astype(dt)
+    out = jnp.einsum("bksg,bksh->bkgh", probs, v)
+    return out.reshape(b, 1, cfg.num_heads, cfg.head_dim)
 
 
 def _fused_attention(cfg: LlamaConfig, q, k, v, q_seg, k_seg, impl: str):

@@ -253,3 +253,46 @@ def test_server_scheduler_survives_a_request_that_cannot_enter(engine):
     bad, good = asyncio.run(serve())
     assert isinstance(bad, Exception)
     assert good.ids == engine.generate_ids([ids], [params], batching="static")[0].ids
+
+
+def test_size_buckets_windows_and_prefill_groups():
+    from infer.slots import prefill_groups, size_bucket, window_size
+
+    assert [size_bucket(n, 16) for n in (1, 16, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385)] == [
+        16, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
+    ]  # fmt: skip
+    assert [window_size(n, 300) for n in (1, 64, 65, 100, 200, 299)] == [64, 64, 96, 128, 256, 300]
+    # cost = rows bucket x prompt bucket + 256 per call: [20]*4 + [200]*2 -> 4x24 + 2x256 + 2x256 = 1120,
+    # against one call 8x256 + 256 = 2304; [20, 22] -> one call (2x24 + 256 < 2x(24 + 256))
+    assert prefill_groups([20, 20, 20, 20, 200, 200]) == [4, 2]
+    assert prefill_groups([20, 22]) == [2]
+    assert prefill_groups([]) == []
+
+
+def test_attention_window_reads_only_live_entries(engine, prompt_ids):
+    """Slots decode with attention over a window that ends at the cursor (`infer.slots.window_size`): the
+    tokens stay those of the static path, and the window really is narrower than the cache (a window that
+    leaves out live entries changes the tokens, so the window is not ignored)."""
+    import numpy as np
+
+    from infer.decode import RowParams, left_pad
+
+    params = params_for(BUDGETS)
+    want = engine.generate_ids(prompt_ids, params, batching="static")
+    slots = engine.slots(3, cache_len=512, out_len=32)
+    got = slots.run([Row(i, ids, params[i]) for i, ids in enumerate(prompt_ids)])
+    assert [r.ids for r in got] == [r.ids for r in want]
+    assert slots.windows and max(slots.windows) < 512, slots.windows
+
+    dec, ids = engine.decoder, prompt_ids[:2]
+    p = max(len(x) for x in ids)
+    tokens, mask = left_pad(ids, p, 2, dec.pad_id)
+    row = RowParams.build(params_for([20, 20]), 2)
+
+    def run(window):
+        state = dec.prefill(tokens, mask, 256, 32)
+        return np.asarray(dec.decode(state, row, 20, window=window).out)
+
+    full = run(None)
+    assert (run(p + 20) == full).all()  # the window holds every entry: same tokens, 256 -> p + 20 read
+    assert not (run(p) == full).all()  # the longest prompt's first entries left out: other tokens

@@ -145,22 +145,31 @@ def chunked_nll(
 
 
 def accumulated_grads(graphdef, params, frozen, batch, loss_chunk_tokens: int = 0):
-    """(mean loss, mean grads, response-token count) over the micro-batches of `batch` ([A, rows, T])."""
-    n_resp = jnp.sum(batch["weights"].astype(jnp.float32))
+    """(mean loss, mean grads, response-token count) over the micro-batches of `batch` ([A, rows, T]).
 
-    def micro(carry, mb):
-        g_acc, loss_acc = carry
-        loss, g = jax.value_and_grad(lambda p: token_nll(graphdef, p, frozen, mb, loss_chunk_tokens)[0])(
+    Each micro-batch's loss is divided by the response tokens of the whole batch before differentiating, so
+    the gradients come out already averaged (no pass over them to divide), and the first micro-batch's
+    gradients start the sum (no zero-filled accumulator; with A = 1 there is no accumulation at all)."""
+    n_resp = jnp.sum(batch["weights"].astype(jnp.float32))
+    denom = jnp.maximum(n_resp, 1.0)
+
+    def grads(mb):
+        return jax.value_and_grad(lambda p: token_nll(graphdef, p, frozen, mb, loss_chunk_tokens)[0] / denom)(
             params
         )
-        g_acc = jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_acc, g)
-        return (g_acc, loss_acc + loss), None
 
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    (g_sum, loss_sum), _ = jax.lax.scan(micro, (zeros, jnp.zeros((), jnp.float32)), batch)
-    denom = jnp.maximum(n_resp, 1.0)
-    grads = jax.tree.map(lambda g: (g / denom).astype(g.dtype), g_sum)
-    return loss_sum / denom, grads, n_resp
+    loss, g = grads(jax.tree.map(lambda a: a[0], batch))
+    if batch["weights"].shape[0] > 1:
+
+        def micro(carry, mb):
+            g_acc, loss_acc = carry
+            loss, g = grads(mb)
+            return (jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_acc, g), loss_acc + loss), None
+
+        g = jax.tree.map(lambda a, p: a.astype(p.dtype), g, params)
+        rest = jax.tree.map(lambda a: a[1:], batch)
+        (g, loss), _ = jax.lax.scan(micro, (g, loss), rest)
+    return loss, g, n_resp
 
 
 def make_train_step(
