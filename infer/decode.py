@@ -401,6 +401,15 @@ def bucket(n: int, minimum: int = 1, maximum: int | None = None) -> int:
     return min(b, maximum) if maximum is not None else b
 
 
+def size_bucket(n: int, minimum: int) -> int:
+    """The smallest of minimum x (1, 1.5, 2, 3, 4, 6, 8, ...) (powers of two and 1.5x them) >= n: few sizes
+    (few compiled programs), never more than 1.5x n (power-of-two buckets waste up to 2x)."""
+    w = minimum
+    while w < n:
+        w = w * 3 // 2 if w & (w - 1) == 0 else w * 4 // 3
+    return w
+
+
 def left_pad(ids: list[list[int]], length: int, batch: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """[batch, length] tokens and mask, each row right-aligned; extra rows are a single pad token."""
     tokens = np.full((batch, length), pad_id, np.int32)

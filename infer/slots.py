@@ -49,6 +49,7 @@ from infer.decode import (
     constrain_state,
     forward_unrolled,
     left_pad,
+    size_bucket,
 )
 from infer.rows import DeltaCallback, Result, Row, RowTrack, record_logprobs, step_logprobs, to_host
 from models.modules import init_cache
@@ -57,15 +58,6 @@ SEGMENT = 16  # decode steps per device call (fewer when slots must be refilled)
 MIN_WINDOW = 64
 _IDLE = DecodeParams(max_new_tokens=1)  # parameters of a free slot (it decodes nothing)
 MIN_PROMPT_BUCKET = 16
-
-
-def size_bucket(n: int, minimum: int) -> int:
-    """The smallest of minimum x (1, 1.5, 2, 3, 4, 6, 8, ...) (powers of two and 1.5x them) >= n: few sizes
-    (few compiled programs), never more than 1.5x n (power-of-two buckets waste up to 2x)."""
-    w = minimum
-    while w < n:
-        w = w * 3 // 2 if w & (w - 1) == 0 else w * 4 // 3
-    return w
 
 
 def window_size(n: int, cache_len: int) -> int:

@@ -256,7 +256,8 @@ def test_server_scheduler_survives_a_request_that_cannot_enter(engine):
 
 
 def test_size_buckets_windows_and_prefill_groups():
-    from infer.slots import prefill_groups, size_bucket, window_size
+    from infer.decode import size_bucket
+    from infer.slots import prefill_groups, window_size
 
     assert [size_bucket(n, 16) for n in (1, 16, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385)] == [
         16, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,

@@ -164,9 +164,8 @@ def accumulated_grads(graphdef, params, frozen, batch, loss_chunk_tokens: int = 
         def micro(carry, mb):
             g_acc, loss_acc = carry
             loss, g = grads(mb)
-            return (jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_acc, g), loss_acc + loss), None
+            return (jax.tree.map(jnp.add, g_acc, g), loss_acc + loss), None
 
-        g = jax.tree.map(lambda a, p: a.astype(p.dtype), g, params)
         rest = jax.tree.map(lambda a: a[1:], batch)
         (g, loss), _ = jax.lax.scan(micro, (g, loss), rest)
     return loss, g, n_resp
