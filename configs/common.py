@@ -133,8 +133,9 @@ def base() -> ml_collections.ConfigDict:
             validate_max_new_tokens=128,  # answer budget (the run's repetition penalty, greedy)
             # cross-entropy over at most ~this many tokens' float32 logits at a time (train/step.py
             # chunked_nll: a scan over sequence chunks with a fused loss + gradient), instead of the full
-            # [rows, seq_len, vocab] logits; 0 = off (one logits tensor). Runtime only: same loss and
-            # gradients up to float rounding (tests/test_train_loss_chunk.py); e.g. 2048 on GPUs
+            # [rows, seq_len, vocab] logits, skipping chunks without response tokens; 0 = off (one logits
+            # tensor). Runtime only: same loss and gradients up to float rounding
+            # (tests/test_train_loss_chunk.py); e.g. 2048 on GPUs, 64 in configs/smollm2.py
             loss_chunk_tokens=0,
         )
     )
