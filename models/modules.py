@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models.attention import blocked_causal_attention
 from models.config import LlamaConfig, RopeScaling
 from models.lora import LoRAConfig, LoRAParam, init_lora, lora_delta
 from models.sharding import constrain
@@ -214,7 +215,13 @@ def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_se
         # mask [B,T,S]: same non-zero segment, key not after query
         mask = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
         mask = mask & (k_slot[None, None, :] <= q_slot[None, :, None])
-        attn = _einsum_attention(cfg, q, k, v, mask, kv_axes)
+        if kv is None:  # no cache: causal by construction, query blocks + recomputing VJP
+            g = cfg.num_heads // cfg.num_kv_heads
+            qg = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
+            attn = blocked_causal_attention(qg, k, v, mask, cfg.head_dim**-0.5)
+            attn = attn.astype(dt).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        else:
+            attn = _einsum_attention(cfg, q, k, v, mask, kv_axes)
     x = x + _proj(attn, w["o"], ab("o"), lora_scale, "btnh,nhd->btd")
     x = constrain(x, ("batch", "length", "act_embed"))
     h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
