@@ -78,10 +78,7 @@ def hf_generate(
 
 def flops_per_token(cfg, context: float) -> float:
     """Matmul FLOPs of one decode step per row: 2 x (layer weights + LM head) + attention over `context`."""
-    d, f, h = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    per_layer = d * h * (cfg.num_heads * 2 + cfg.num_kv_heads * 2) + 3 * d * f
-    attention = 4 * cfg.num_heads * h * context
-    return float(cfg.num_layers * (2 * per_layer + attention) + 2 * d * cfg.vocab_size)
+    return 2.0 * cfg.matmul_weights() + 2.0 * cfg.attention_units(context)
 
 
 def matmul_peak_gflops(cfg, batch: int) -> float:

@@ -90,11 +90,9 @@ def step_flops(cfg, tokens: int, seq_len: int, lora_params: int = 0) -> float:
     Full fine-tuning: `cfg.flops_per_token(seq_len)` (6 x matmul weights incl. the LM head, + attention, the
     trainer's MFU accounting). LoRA (`lora_params` > 0, the adapters' size): frozen weights need no weight
     gradient, so 4 x matmul weights (forward + input gradient) + the same attention + 6 x the adapters."""
-    fpt = cfg.flops_per_token(seq_len)
-    if lora_params:
-        attention = 6.0 * 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
-        matmul_weights = (fpt - attention) / 6.0
-        fpt = 4.0 * matmul_weights + attention + 6.0 * lora_params
+    if not lora_params:
+        return cfg.flops_per_token(seq_len) * tokens
+    fpt = 4.0 * cfg.matmul_weights() + 6.0 * cfg.attention_units(seq_len) + 6.0 * lora_params
     return fpt * tokens
 
 
@@ -311,9 +309,8 @@ def run(argv_unused: list[str]) -> int:
                     flush=True,
                 )
                 rows_out.append(r)
-                write_json(
-                    rows_out, load_start
-                )  # after every case, so a cut-short run keeps what it measured
+                # after every case, so a cut-short run keeps what it measured
+                write_json(rows_out, load_start)
     print(
         f"\ntrain-step benchmark: fp32, median of {FLAGS.runs} steps, {torch.get_num_threads()} torch threads"
     )

@@ -151,13 +151,18 @@ class LlamaConfig:
             total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return total
 
+    def matmul_weights(self) -> int:
+        """Weights used in matmuls: every layer's projections and the output projection (even when tied)."""
+        d = self.hidden_size
+        return self.num_params(include_embeddings=False) - self.num_layers * 2 * d - d + self.vocab_size * d
+
+    def attention_units(self, seq_len: int) -> float:
+        """QKᵀ and AV per token, in the units of `matmul_weights` (causal half counted in full)."""
+        return 2.0 * self.num_layers * self.num_heads * self.head_dim * seq_len
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3x forward), as in the PaLM/MaxText accounting."""
-        d, n, h = self.hidden_size, self.num_heads, self.head_dim
-        matmul_params = self.num_params(include_embeddings=False) - self.num_layers * 2 * d - d
-        matmul_params += self.vocab_size * d  # the output projection is a matmul even when tied
-        attn = 2 * self.num_layers * n * h * seq_len  # QK^T and AV, causal half counted in full
-        return 6.0 * matmul_params + 6.0 * attn
+        return 6.0 * self.matmul_weights() + 6.0 * self.attention_units(seq_len)
 
 
 PRESETS: dict[str, LlamaConfig] = {
