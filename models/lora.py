@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.config import LlamaConfig
+from models.dense import dense
 
 DEFAULT_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 # "pasero": A ~ U(±1/√fan_in) (torch kaiming_uniform_(a=√5) on Linear(fan_in → rank)); "normal": A ~ N(0, 1/fan_in)
@@ -130,8 +131,8 @@ def lora_delta(x: jax.Array, a: jax.Array, b: jax.Array, eq: str, scale: float) 
     """(x·A)·B·scale for the projection `eq` (per-layer A, B without the layer axis)."""
     xs, w_in, w_out, ys = _split_eq(eq)
     batch = "".join(c for c in xs if c not in w_in)
-    xa = jnp.einsum(f"{xs},{w_in}r->{batch}r", x, a)
-    return jnp.einsum(f"{batch}r,r{w_out}->{ys}", xa, b) * scale
+    xa = dense(f"{xs},{w_in}r->{batch}r", x, a)
+    return dense(f"{batch}r,r{w_out}->{ys}", xa, b) * scale
 
 
 def merged_weight(name: str, w: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:

@@ -21,6 +21,7 @@ from flax import nnx
 
 from models.attention import blocked_causal_attention
 from models.config import LlamaConfig, RopeScaling
+from models.dense import dense
 from models.lora import LoRAConfig, LoRAParam, init_lora, lora_delta
 from models.sharding import constrain
 
@@ -154,7 +155,7 @@ def rope(x: jax.Array, positions: jax.Array, theta: float, scaling: RopeScaling 
 
 
 def _proj(x, w, lora_ab, scale, eq):
-    y = jnp.einsum(eq, x, w)
+    y = dense(eq, x, w)
     if lora_ab is not None:
         y = y + lora_delta(x, *lora_ab, eq, scale).astype(y.dtype)
     return y
