@@ -1,6 +1,6 @@
 """Train-step throughput: xlit's jitted step (full FT and LoRA) vs transformers + PyTorch, same weights and batch.
 
-  python -m bench.train_step [--models=smollm2,tiny --modes=ft,lora --rows=1 --seq_len=256 --runs=5
+  python -m bench.train_step [--models=smollm2,tiny --modes=ft,lora --rows=1 --seq_len=256 --runs=11
                               --tiny_rows=8 --json_out=bench/results/train_step.json]
 
 Ours is the trainer's real step (`train.state.build_state` + `jit_train_step`, optimizer from
@@ -43,7 +43,7 @@ flags.DEFINE_list("modes", ["ft", "lora"], "Full fine-tuning and/or LoRA.")
 flags.DEFINE_integer("rows", 1, "Rows per batch for smollm2.")
 flags.DEFINE_integer("seq_len", 256, "Tokens per row.")
 flags.DEFINE_integer("tiny_rows", 8, "Rows per batch for tiny.")
-flags.DEFINE_integer("runs", 5, "Timed steps per side (median reported).")
+flags.DEFINE_integer("runs", 11, "Timed steps per side (median reported).")
 flags.DEFINE_string("json_out", "bench/results/train_step.json", "Write the results as JSON here ('' = no).")
 
 LORA_RANK, LORA_ALPHA = 16, 32.0
