@@ -12,6 +12,7 @@ on XLA:CPU the transpose is pushed into the producer of dy, and for the SwiGLU M
 element-wise fusion writing a [F, T] copy of dgate column by column (~9 ms per SmolLM2 layer at
 256 tokens, 10% of a full fine-tuning step; bench/README.md). The sums are the same; only the
 order in which XLA lays them out differs. The saved residuals (x and w) are what autodiff keeps anyway.
+Each product is one `dot_general` with its contracted axes in the weight's order (`_contract`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 
 
 def _axes(eq: str) -> tuple[str, str, str]:
@@ -28,21 +28,36 @@ def _axes(eq: str) -> tuple[str, str, str]:
     return xs, ws, out
 
 
+def _contract(a: jax.Array, a_ax: str, b: jax.Array, b_ax: str, out_ax: str) -> jax.Array:
+    """`einsum(f"{a_ax},{b_ax}->{out_ax}", a, b)` as one `dot_general` whose contracted axes are listed in
+    b's order. `jnp.einsum` may list them in another order ("btnh,nhd->btd" contracts (h, n)), and XLA then
+    copies both operands into that order; for the o projection that is a transposed copy of its weight at
+    every call (every decode step). No batch axes: a letter may not be in a, b and the output."""
+    shared = [c for c in b_ax if c in a_ax]
+    if any(c in out_ax for c in shared) or len(set(a_ax + b_ax)) != len(a_ax) + len(b_ax) - len(shared):
+        raise ValueError(f"dense: {a_ax},{b_ax}->{out_ax} is not a projection (no batch or repeated axes)")
+    dims = ([a_ax.index(c) for c in shared], [b_ax.index(c) for c in shared])
+    y = jax.lax.dot_general(a, b, (dims, ((), ())))
+    got = [c for c in a_ax if c not in shared] + [c for c in b_ax if c not in shared]
+    return y if got == list(out_ax) else y.transpose([got.index(c) for c in out_ax])
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def dense(eq: str, x: jax.Array, w: jax.Array) -> jax.Array:
-    """`jnp.einsum(eq, x, w)` with the VJP described in the module docstring."""
-    return jnp.einsum(eq, x, w)
+    """`jnp.einsum(eq, x, w)` (x and w of one dtype) with the VJP described in the module docstring."""
+    xs, ws, out = _axes(eq)
+    return _contract(x, xs, w, ws, out)
 
 
 def _dense_fwd(eq, x, w):
-    return jnp.einsum(eq, x, w), (x, w)
+    return dense(eq, x, w), (x, w)
 
 
 def _dense_bwd(eq, res, dy):
     x, w = res
     xs, ws, out = _axes(eq)
-    dx = jnp.einsum(f"{out},{ws}->{xs}", dy, w)
-    dw = jnp.einsum(f"{xs},{out}->{ws}", x, dy)
+    dx = _contract(dy, out, w, ws, xs)
+    dw = _contract(x, xs, dy, out, ws)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 

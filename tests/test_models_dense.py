@@ -70,3 +70,33 @@ def test_second_operand_frozen_still_differentiates_x():
     g = jax.grad(lambda x: jnp.sum(dense("btd,df->btf", x, jax.lax.stop_gradient(w)) ** 2))(x)
     r = jax.grad(lambda x: jnp.sum(jnp.einsum("btd,df->btf", x, w) ** 2))(x)
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_contracted_axes_follow_the_weight_order():
+    """jnp.einsum contracts "btnh,nhd->btd" as (h, n), which makes XLA copy the weight transposed at every
+    call; dense lists them as (n, h), the weight's own order, in the forward and in both gradients."""
+    x, w = _data((2, 5, 3, 4), (3, 4, 6))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(dense("btnh,nhd->btd", x, w)), argnums=(0, 1)))(x, w)
+    dims = [e.params["dimension_numbers"][0] for e in _dot_generals(jaxpr.jaxpr)]
+    dims = [(tuple(a), tuple(b)) for a, b in dims]  # contracting axes (x side, w side) of each product
+    assert ((2, 3), (0, 1)) in dims  # forward: x's (n, h) with w's (n, h)
+    assert ((2,), (2,)) in dims  # dx: dy's d with w's d
+    assert ((0, 1), (0, 1)) in dims  # dw: x's (b, t) with dy's (b, t)
+    assert ((3, 2), (1, 0)) not in dims
+
+
+def _dot_generals(jaxpr):
+    for e in jaxpr.eqns:
+        if e.primitive.name == "dot_general":
+            yield e
+        for p in e.params.values():
+            if hasattr(p, "jaxpr") and hasattr(p.jaxpr, "eqns"):
+                yield from _dot_generals(p.jaxpr)
+            elif hasattr(p, "eqns"):
+                yield from _dot_generals(p)
+
+
+def test_equations_with_batch_axes_are_refused():
+    x, w = _data((2, 5, 6), (2, 6, 7))
+    with pytest.raises(ValueError, match="not a projection"):
+        dense("btd,bdf->btf", x, w)
