@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.attention import blocked_causal_attention
+from models.attention import NEG_INF, blocked_causal_attention
 from models.config import LlamaConfig, RopeScaling
 from models.dense import dense
 from models.lora import LoRAConfig, LoRAParam, init_lora, lora_delta
@@ -38,7 +38,6 @@ _LAYER_WEIGHTS = {
     "down": (lambda c: (c.intermediate_size, c.hidden_size), ("mlp", "embed")),
 }
 LAYER_WEIGHT_NAMES = tuple(_LAYER_WEIGHTS)
-_NEG_INF = -1e30
 
 
 def layer_weight_shape(cfg: LlamaConfig, name: str) -> tuple[int, ...]:
@@ -243,7 +242,7 @@ def _einsum_attention(cfg: LlamaConfig, q, k, v, mask, kv_axes: str):
         return _decode_attention(cfg, qg, k, v, mask)
     logits = jnp.einsum(f"btkgh,{kv_axes}->bkgts", qg, k, preferred_element_type=jnp.float32)
     logits = logits * (cfg.head_dim**-0.5)
-    logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
+    logits = jnp.where(mask[:, None, None, :, :], logits, NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
     return jnp.einsum(f"bkgts,{kv_axes}->btkgh", probs, v).reshape(b, t, cfg.num_heads, cfg.head_dim)
 
@@ -259,7 +258,7 @@ def _decode_attention(cfg: LlamaConfig, qg, k, v, mask):
     b = qg.shape[0]
     logits = jnp.einsum("bksh,bkgh->bksg", k, qg[:, 0], preferred_element_type=jnp.float32)
     logits = logits * (cfg.head_dim**-0.5)
-    logits = jnp.where(mask[:, 0, None, :, None], logits, _NEG_INF)
+    logits = jnp.where(mask[:, 0, None, :, None], logits, NEG_INF)
     probs = jax.nn.softmax(logits, axis=2).astype(dt)
     out = jnp.einsum("bksg,bksh->bkgh", probs, v)
     return out.reshape(b, 1, cfg.num_heads, cfg.head_dim)
