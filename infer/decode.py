@@ -26,7 +26,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from models.config import LlamaConfig
-from models.modules import _layer, init_cache, rms_norm
+from models.dense import to_out_first
+from models.modules import PROJECTIONS, _layer, init_cache, rms_norm
 from models.sharding import constrain
 
 _MASKED = -1e30
@@ -144,8 +145,14 @@ def pick_tokens(logits: jax.Array, row: RowParams, n_gen: jax.Array) -> jax.Arra
     return jax.lax.cond(jnp.any(row.temperature > 0), sample, lambda: greedy)
 
 
+def _out_first(name: str, w: jax.Array) -> jax.Array:
+    return to_out_first(PROJECTIONS[name], w) if name in PROJECTIONS else w
+
+
 def unstack_params(model: nnx.Module, dtype: Any = None) -> dict[str, Any]:
-    """The model's weights with the layer axis split into a list (one dict per layer).
+    """The model's weights with the layer axis split into a list (one dict per layer), laid out for decoding:
+    each projection weight output axes first (`models.dense.to_out_first`, taken by `_layer(out_first=True)`)
+    and the LM head as [V, D] (an untied `lm_head` [D, V] transposed once, like the tied embedding).
 
     dtype: cast the floating weights to it, slice by slice (e.g. a trainer's fp32 master weights decoded in
     bf16 without a second full copy in fp32); None keeps the model's dtypes."""
@@ -161,8 +168,8 @@ def unstack_params(model: nnx.Module, dtype: Any = None) -> dict[str, Any]:
     return {
         "embed": cast(model.embed[...]),
         "final_norm": cast(model.final_norm[...]),
-        "lm_head": None if model.lm_head is None else cast(model.lm_head[...]),
-        "layers": [{k: cast(v[i]) for k, v in layers.items()} for i in range(n)],
+        "lm_head": None if model.lm_head is None else cast(model.lm_head[...]).T,
+        "layers": [{k: _out_first(k, cast(v[i])) for k, v in layers.items()} for i in range(n)],
         "lora": [{k: cast(v[i]) for k, v in lora.items()} for i in range(n)],
     }
 
@@ -209,14 +216,17 @@ def forward_unrolled(
             (kc, vc, i),
             index,
             win,
+            out_first=True,
         )
     if last_only:
         x = x[:, -1:]
     x = rms_norm(x, p["final_norm"].astype(dt), cfg.rms_norm_eps)
-    if p["lm_head"] is None:
-        logits = jnp.einsum("btd,vd->btv", x, p["embed"].astype(dt), preferred_element_type=jnp.float32)
-    else:
-        logits = jnp.einsum("btd,dv->btv", x, p["lm_head"].astype(dt), preferred_element_type=jnp.float32)
+    head = p["embed"] if p["lm_head"] is None else p["lm_head"]  # [V, D]
+    # [V,D] · x as the left operand (see models.dense.dense_out_first), then [V,B,T] -> [B,T,V]
+    logits = jax.lax.dot_general(
+        head.astype(dt), x, (((1,), (2,)), ((), ())), preferred_element_type=jnp.float32
+    )
+    logits = jax.lax.optimization_barrier(logits).transpose(1, 2, 0)
     new_cache = {"k": kc, "v": vc, "segment_ids": k_seg, "index": index + tokens.shape[1]}
     return logits, new_cache
 

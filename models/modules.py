@@ -21,7 +21,7 @@ from flax import nnx
 
 from models.attention import NEG_INF, blocked_causal_attention
 from models.config import LlamaConfig, RopeScaling
-from models.dense import dense
+from models.dense import dense, dense_out_first
 from models.lora import LoRAConfig, LoRAParam, init_lora, lora_delta
 from models.sharding import constrain
 
@@ -153,15 +153,44 @@ def rope(x: jax.Array, positions: jax.Array, theta: float, scaling: RopeScaling 
     return x * cos + rotated * sin
 
 
-def _proj(x, w, lora_ab, scale, eq):
-    y = dense(eq, x, w)
+# Each projection's einsum (x's axes, then the weight's as stored in `Llama.layers` with the layer axis
+# sliced off). Decoding holds the weights in `models.dense.out_first_axes` order instead (infer/decode.py).
+PROJECTIONS = {
+    "q": "btd,dnh->btnh",
+    "k": "btd,dkh->btkh",
+    "v": "btd,dkh->btkh",
+    "o": "btnh,nhd->btd",
+    "gate": "btd,df->btf",
+    "up": "btd,df->btf",
+    "down": "btf,fd->btd",
+}
+
+
+def _proj(x, w, lora_ab, scale, name, out_first=False):
+    eq = PROJECTIONS[name]
+    y = dense_out_first(eq, x, w) if out_first else dense(eq, x, w)
     if lora_ab is not None:
         y = y + lora_delta(x, *lora_ab, eq, scale).astype(y.dtype)
     return y
 
 
-def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_seg, kv, index, window=None):
+def _layer(
+    cfg: LlamaConfig,
+    lora_scale: float,
+    x,
+    w,
+    lw,
+    positions,
+    q_seg,
+    k_seg,
+    kv,
+    index,
+    window=None,
+    out_first: bool = False,
+):
     """One decoder block. x [B,T,D]; kv = (k_cache [L,B,K,S,H], v_cache, layer index) or None (no cache).
+
+    out_first: the projection weights in w are held as `models.dense.to_out_first` gives them (decoding).
 
     window = (start, W) with a cache: attention reads only the W cache entries from `start` (W static; the
     caller guarantees every entry the queries may see lies in it), so a step's attention costs W, not S."""
@@ -174,9 +203,9 @@ def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_se
 
     b, t, _ = x.shape
     h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
-    q = _proj(h, w["q"], ab("q"), lora_scale, "btd,dnh->btnh")
-    k = _proj(h, w["k"], ab("k"), lora_scale, "btd,dkh->btkh")
-    v = _proj(h, w["v"], ab("v"), lora_scale, "btd,dkh->btkh")
+    q = _proj(h, w["q"], ab("q"), lora_scale, "q", out_first)
+    k = _proj(h, w["k"], ab("k"), lora_scale, "k", out_first)
+    v = _proj(h, w["v"], ab("v"), lora_scale, "v", out_first)
     q = constrain(
         rope(q, positions, cfg.rope_theta, cfg.rope_scaling), ("batch", "length", "act_heads", None)
     )
@@ -222,13 +251,13 @@ def _layer(cfg: LlamaConfig, lora_scale: float, x, w, lw, positions, q_seg, k_se
             attn = attn.astype(dt).reshape(b, t, cfg.num_heads, cfg.head_dim)
         else:
             attn = _einsum_attention(cfg, q, k, v, mask, kv_axes)
-    x = x + _proj(attn, w["o"], ab("o"), lora_scale, "btnh,nhd->btd")
+    x = x + _proj(attn, w["o"], ab("o"), lora_scale, "o", out_first)
     x = constrain(x, ("batch", "length", "act_embed"))
     h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
-    gate = _proj(h, w["gate"], ab("gate"), lora_scale, "btd,df->btf")
-    up = _proj(h, w["up"], ab("up"), lora_scale, "btd,df->btf")
+    gate = _proj(h, w["gate"], ab("gate"), lora_scale, "gate", out_first)
+    up = _proj(h, w["up"], ab("up"), lora_scale, "up", out_first)
     act = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-    x = x + _proj(act, w["down"], ab("down"), lora_scale, "btf,fd->btd")
+    x = x + _proj(act, w["down"], ab("down"), lora_scale, "down", out_first)
     return constrain(x, ("batch", "length", "act_embed")), new_kv
 
 

@@ -32,8 +32,8 @@ params = DecodeParams(max_new_tokens=12, repetition_penalty=1.2)
 one = Engine.from_path(path, max_batch=8)
 ref = one.generate(prompts, params)
 sharded = Engine.from_path(path, max_batch=8, mesh=make_mesh(2, 2, 2))
-q = sharded.decoder.params["layers"][0]["q"]  # [D, N, H]: embed on fsdp, heads on tensor
-assert len(q.sharding.device_set) == 8 and q.addressable_shards[0].data.shape == (32, 2, 16), q.sharding
+q = sharded.decoder.params["layers"][0]["q"]  # held [N, H, D] (out first): heads on tensor, embed on fsdp
+assert len(q.sharding.device_set) == 8 and q.addressable_shards[0].data.shape == (2, 16, 32), q.sharding
 got = sharded.generate(prompts, params)
 assert [r.ids for r in got] == [r.ids for r in ref], ([r.ids for r in got], [r.ids for r in ref])
 assert all(r.response_tokens == 12 or r.finish_reason == "stop" for r in got)

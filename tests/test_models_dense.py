@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.dense import dense
+from models.dense import dense, dense_out_first, out_first_axes, to_out_first
 
 # The projections models.modules and models.lora run: (equation, x shape, w shape).
 CASES = [
@@ -100,3 +100,32 @@ def test_equations_with_batch_axes_are_refused():
     x, w = _data((2, 5, 6), (2, 6, 7))
     with pytest.raises(ValueError, match="not a projection"):
         dense("btd,bdf->btf", x, w)
+
+
+def test_out_first_axes_put_the_kept_axes_first():
+    assert [out_first_axes(eq) for eq, _, _ in CASES] == ["fd", "df", "nhd", "dnh", "rnh", "nhr"]
+
+
+@pytest.mark.parametrize("eq,xs,ws", CASES)
+def test_out_first_product_equals_the_numpy_product(eq, xs, ws):
+    """The decoding form (weight transposed, left operand) against the same sum in float64 numpy."""
+    x, w = _data(xs, ws)
+    w_t = to_out_first(eq, w)
+    assert w_t.shape == tuple(ws[eq.split(",")[1].index(c)] for c in out_first_axes(eq))
+    ref = np.einsum(eq, x.astype(np.float64), w.astype(np.float64))
+    got = jax.jit(lambda x, w_t: dense_out_first(eq, x, w_t))(x, w_t)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_out_first_puts_the_weight_on_the_left_behind_a_barrier():
+    """The weight is the dot's left operand and the transpose to eq's output comes after an optimization
+    barrier (without it XLA folds the transpose into the next product, back into the slow x-left form)."""
+    x, w = _data((2, 5, 3, 4), (3, 4, 6))
+    w_t = to_out_first("btnh,nhd->btd", w)
+    jaxpr = jax.make_jaxpr(lambda x, w_t: dense_out_first("btnh,nhd->btd", x, w_t))(x, w_t).jaxpr
+    names = [e.primitive.name for e in jaxpr.eqns]
+    assert names == ["dot_general", "optimization_barrier", "transpose"], names
+    dot = jaxpr.eqns[0]
+    assert dot.invars[0] is jaxpr.invars[1]  # w_t [d, n, h] on the left
+    assert tuple(map(tuple, dot.params["dimension_numbers"][0])) == ((1, 2), (2, 3))
