@@ -27,7 +27,8 @@ from jax.sharding import Mesh
 
 from models.config import LlamaConfig
 from models.dense import to_out_first
-from models.modules import PROJECTIONS, _layer, init_cache, rms_norm
+from models.lora import PROJ_EQ
+from models.modules import _layer, init_cache, rms_norm
 from models.sharding import constrain
 
 _MASKED = -1e30
@@ -146,7 +147,7 @@ def pick_tokens(logits: jax.Array, row: RowParams, n_gen: jax.Array) -> jax.Arra
 
 
 def _out_first(name: str, w: jax.Array) -> jax.Array:
-    return to_out_first(PROJECTIONS[name], w) if name in PROJECTIONS else w
+    return to_out_first(PROJ_EQ[name], w) if name in PROJ_EQ else w
 
 
 def unstack_params(model: nnx.Module, dtype: Any = None) -> dict[str, Any]:

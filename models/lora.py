@@ -39,7 +39,8 @@ _IN_OUT = {
     "up": (("embed",), ("mlp",)),
     "down": (("mlp",), ("embed",)),
 }
-# einsum of each projection in models/modules.py (x, W -> y)
+# einsum of each projection in models/modules.py (x, W -> y; W as stacked in `Llama.layers`, layer axis
+# sliced off). Decoding holds W in `models.dense.out_first_axes` order instead (infer/decode.py).
 PROJ_EQ = {
     "q": "btd,dnh->btnh",
     "k": "btd,dkh->btkh",

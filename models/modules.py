@@ -22,7 +22,7 @@ from flax import nnx
 from models.attention import NEG_INF, blocked_causal_attention
 from models.config import LlamaConfig, RopeScaling
 from models.dense import dense, dense_out_first
-from models.lora import LoRAConfig, LoRAParam, init_lora, lora_delta
+from models.lora import PROJ_EQ, LoRAConfig, LoRAParam, init_lora, lora_delta
 from models.sharding import constrain
 
 # Stacked per-layer weights: name -> (shape builder, logical axes). The leading axis is L.
@@ -153,21 +153,7 @@ def rope(x: jax.Array, positions: jax.Array, theta: float, scaling: RopeScaling 
     return x * cos + rotated * sin
 
 
-# Each projection's einsum (x's axes, then the weight's as stored in `Llama.layers` with the layer axis
-# sliced off). Decoding holds the weights in `models.dense.out_first_axes` order instead (infer/decode.py).
-PROJECTIONS = {
-    "q": "btd,dnh->btnh",
-    "k": "btd,dkh->btkh",
-    "v": "btd,dkh->btkh",
-    "o": "btnh,nhd->btd",
-    "gate": "btd,df->btf",
-    "up": "btd,df->btf",
-    "down": "btf,fd->btd",
-}
-
-
-def _proj(x, w, lora_ab, scale, name, out_first=False):
-    eq = PROJECTIONS[name]
+def _proj(x, w, lora_ab, scale, eq, out_first=False):
     y = dense_out_first(eq, x, w) if out_first else dense(eq, x, w)
     if lora_ab is not None:
         y = y + lora_delta(x, *lora_ab, eq, scale).astype(y.dtype)
@@ -203,9 +189,9 @@ def _layer(
 
     b, t, _ = x.shape
     h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
-    q = _proj(h, w["q"], ab("q"), lora_scale, "q", out_first)
-    k = _proj(h, w["k"], ab("k"), lora_scale, "k", out_first)
-    v = _proj(h, w["v"], ab("v"), lora_scale, "v", out_first)
+    q = _proj(h, w["q"], ab("q"), lora_scale, PROJ_EQ["q"], out_first)
+    k = _proj(h, w["k"], ab("k"), lora_scale, PROJ_EQ["k"], out_first)
+    v = _proj(h, w["v"], ab("v"), lora_scale, PROJ_EQ["v"], out_first)
     q = constrain(
         rope(q, positions, cfg.rope_theta, cfg.rope_scaling), ("batch", "length", "act_heads", None)
     )
@@ -251,13 +237,13 @@ def _layer(
             attn = attn.astype(dt).reshape(b, t, cfg.num_heads, cfg.head_dim)
         else:
             attn = _einsum_attention(cfg, q, k, v, mask, kv_axes)
-    x = x + _proj(attn, w["o"], ab("o"), lora_scale, "o", out_first)
+    x = x + _proj(attn, w["o"], ab("o"), lora_scale, PROJ_EQ["o"], out_first)
     x = constrain(x, ("batch", "length", "act_embed"))
     h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
-    gate = _proj(h, w["gate"], ab("gate"), lora_scale, "gate", out_first)
-    up = _proj(h, w["up"], ab("up"), lora_scale, "up", out_first)
+    gate = _proj(h, w["gate"], ab("gate"), lora_scale, PROJ_EQ["gate"], out_first)
+    up = _proj(h, w["up"], ab("up"), lora_scale, PROJ_EQ["up"], out_first)
     act = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-    x = x + _proj(act, w["down"], ab("down"), lora_scale, "down", out_first)
+    x = x + _proj(act, w["down"], ab("down"), lora_scale, PROJ_EQ["down"], out_first)
     return constrain(x, ("batch", "length", "act_embed")), new_kv
 
 
