@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from models.config import LlamaConfig
-from models.dense import to_out_first
+from models.dense import dense_out_first, to_out_first
 from models.lora import PROJ_EQ
 from models.modules import _layer, init_cache, rms_norm
 from models.sharding import constrain
@@ -146,6 +146,9 @@ def pick_tokens(logits: jax.Array, row: RowParams, n_gen: jax.Array) -> jax.Arra
     return jax.lax.cond(jnp.any(row.temperature > 0), sample, lambda: greedy)
 
 
+_HEAD_EQ = "btd,dv->btv"  # the untied LM head as `Llama` holds it ([D, V]); the tied embedding is [V, D]
+
+
 def _out_first(name: str, w: jax.Array) -> jax.Array:
     return to_out_first(PROJ_EQ[name], w) if name in PROJ_EQ else w
 
@@ -169,7 +172,7 @@ def unstack_params(model: nnx.Module, dtype: Any = None) -> dict[str, Any]:
     return {
         "embed": cast(model.embed[...]),
         "final_norm": cast(model.final_norm[...]),
-        "lm_head": None if model.lm_head is None else cast(model.lm_head[...]).T,
+        "lm_head": None if model.lm_head is None else to_out_first(_HEAD_EQ, cast(model.lm_head[...])),
         "layers": [{k: _out_first(k, cast(v[i])) for k, v in layers.items()} for i in range(n)],
         "lora": [{k: cast(v[i]) for k, v in lora.items()} for i in range(n)],
     }
@@ -222,12 +225,8 @@ def forward_unrolled(
     if last_only:
         x = x[:, -1:]
     x = rms_norm(x, p["final_norm"].astype(dt), cfg.rms_norm_eps)
-    head = p["embed"] if p["lm_head"] is None else p["lm_head"]  # [V, D]
-    # [V,D] · x as the left operand (see models.dense.dense_out_first), then [V,B,T] -> [B,T,V]
-    logits = jax.lax.dot_general(
-        head.astype(dt), x, (((1,), (2,)), ((), ())), preferred_element_type=jnp.float32
-    )
-    logits = jax.lax.optimization_barrier(logits).transpose(1, 2, 0)
+    head = p["embed"] if p["lm_head"] is None else p["lm_head"]  # [V, D] = out-first of _HEAD_EQ's [D, V]
+    logits = dense_out_first(_HEAD_EQ, x, head.astype(dt), preferred_element_type=jnp.float32)
     new_cache = {"k": kc, "v": vc, "segment_ids": k_seg, "index": index + tokens.shape[1]}
     return logits, new_cache
 

@@ -23,6 +23,7 @@ up products took 21 ms that way against 35 ms as x · w (bench/README.md, "Decod
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import jax
 
@@ -33,7 +34,9 @@ def _axes(eq: str) -> tuple[str, str, str]:
     return xs, ws, out
 
 
-def _contract(a: jax.Array, a_ax: str, b: jax.Array, b_ax: str, out_ax: str) -> jax.Array:
+def _contract(
+    a: jax.Array, a_ax: str, b: jax.Array, b_ax: str, out_ax: str, preferred_element_type: Any = None
+) -> jax.Array:
     """`einsum(f"{a_ax},{b_ax}->{out_ax}", a, b)` as one `dot_general` whose contracted axes are listed in
     b's order. `jnp.einsum` may list them in another order ("btnh,nhd->btd" contracts (h, n)), and XLA then
     copies both operands into that order; for the o projection that is a transposed copy of its weight at
@@ -42,7 +45,7 @@ def _contract(a: jax.Array, a_ax: str, b: jax.Array, b_ax: str, out_ax: str) -> 
     if any(c in out_ax for c in shared) or len(set(a_ax + b_ax)) != len(a_ax) + len(b_ax) - len(shared):
         raise ValueError(f"dense: {a_ax},{b_ax}->{out_ax} is not a projection (no batch or repeated axes)")
     dims = ([a_ax.index(c) for c in shared], [b_ax.index(c) for c in shared])
-    y = jax.lax.dot_general(a, b, (dims, ((), ())))
+    y = jax.lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=preferred_element_type)
     got = [c for c in a_ax if c not in shared] + [c for c in b_ax if c not in shared]
     return y if got == list(out_ax) else y.transpose([got.index(c) for c in out_ax])
 
@@ -82,13 +85,14 @@ def to_out_first(eq: str, w: jax.Array) -> jax.Array:
     return w.transpose([ws.index(c) for c in out_first_axes(eq)])
 
 
-def dense_out_first(eq: str, x: jax.Array, w_t: jax.Array) -> jax.Array:
+def dense_out_first(eq: str, x: jax.Array, w_t: jax.Array, preferred_element_type: Any = None) -> jax.Array:
     """`jnp.einsum(eq, x, w)` with w held as `to_out_first(eq, w)`, computed as w_t · x (the weight the left
     operand, result [kept w axes, x axes]) and then transposed to eq's output. The optimization barrier
     keeps XLA from folding that transpose into the next product, which would turn it back into a
-    slow x-left form. For decoding and prefill; training uses `dense`."""
+    slow x-left form. For decoding and prefill; training uses `dense`. preferred_element_type: as for
+    `jax.lax.dot_general` (the LM head's float32 logits)."""
     xs, _, out = _axes(eq)
     ws = out_first_axes(eq)
     got = "".join(c for c in ws + xs if (c in ws) != (c in xs))  # dot_general's own output order
-    y = jax.lax.optimization_barrier(_contract(w_t, ws, x, xs, got))
+    y = jax.lax.optimization_barrier(_contract(w_t, ws, x, xs, got, preferred_element_type))
     return y.transpose([got.index(c) for c in out])
