@@ -8,7 +8,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-from infer.decode import DecodeParams, bucket
+from infer.decode import DecodeParams, bucket, first_argmax
 from infer.engine import Engine
 from tests.constraint_helpers import RICH_SCHEMA, check_rich
 from tests.infer_helpers import eval_prompts, hf_greedy
@@ -147,3 +147,16 @@ def test_buckets_are_powers_of_two():
     assert bucket(5, maximum=4) == 4
     with pytest.raises(ValueError, match="top_p"):
         DecodeParams(top_p=0)
+
+
+def test_first_argmax_takes_the_first_of_tied_maxima():
+    import numpy as np
+
+    rows = np.array(
+        [[0.0, 3.0, 3.0, -1.0], [5.0, 5.0, 5.0, 5.0], [-2.0, -3.0, -1.0, -1.0], [1e-30, 0.0, -0.0, 1e-30]],
+        np.float32,
+    )
+    assert first_argmax(rows).tolist() == [1, 0, 2, 0]
+    rng = np.random.default_rng(0)
+    ties = rng.integers(0, 5, (64, 1000)).astype(np.float32)  # many ties per row
+    assert first_argmax(ties).tolist() == np.argmax(ties, axis=-1).tolist()
