@@ -4,6 +4,11 @@ kind differ up to 3x, and load changes them further, so a figure is only read ag
 `xla_matmul_gflops(m, k, n)`: jitted XLA `[m,k] @ [k,n]` chained `repeats` times in one call (no dispatch
 overhead in the figure); `torch_matmul_gflops(m, k, n)`: `torch.mm` into a preallocated output, same shapes
 and repeats, with torch's current thread count. Both return GFLOP/s (2·m·k·n per product), the median of 5.
+
+`xla_stream_gbs(mib)`: jitted XLA sum over a float32 array of `mib` MiB (far larger than the caches), GB/s
+read from memory, the best of 7 (a capacity: on a shared VM the figure moved between 29 and 54 GB/s within
+minutes): the ceiling of a step that must stream its weights (decoding a few rows reads every weight once
+per step, so it is bound by this, not by the in-cache matmul rate above).
 """
 
 from __future__ import annotations
@@ -43,3 +48,18 @@ def torch_matmul_gflops(m: int, k: int, n: int, repeats: int = 100) -> float:
             torch.mm(x, w, out=out)
         times.append(time.perf_counter() - t)
     return 2 * m * k * n * repeats / statistics.median(times) / 1e9
+
+
+def xla_stream_gbs(mib: int = 512) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(7):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return a.nbytes / min(times) / 1e9

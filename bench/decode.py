@@ -8,6 +8,11 @@ Greedy decoding with repetition penalty on English evaluation prompts. Per batch
 reported too: (tokens - first tokens) / (generate time - time of a 1-token generate). The generated ids of the
 two sides are asserted identical. Prints a table and writes JSON.
 
+Besides FLOP/s against the in-cache matmul ceiling, each side's decode phase is given in GB/s
+(`bytes_per_step`: the weights plus the live keys and values, read once per step) against the memory
+read bandwidth measured in the same run (`bench.ceiling.xla_stream_gbs`): at a few rows a step streams
+all weights for little arithmetic, so that bandwidth is its limit.
+
 The `continuous` case (`--continuous_prompts=64`, 0 skips it): English evaluation prompts of every task plus
 modifier prompts (short / long / lists / ...), so answer lengths vary, `--continuous_max_new_tokens=256`,
 decoded by xlit with static batches (each runs until its longest row ends) and with continuous batching
@@ -28,7 +33,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from bench.ceiling import xla_matmul_gflops
+from bench.ceiling import xla_matmul_gflops, xla_stream_gbs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "embedded", "Model directory or 'embedded' (SmolLM2-135M-Instruct).")
@@ -79,6 +84,13 @@ def hf_generate(
 def flops_per_token(cfg, context: float) -> float:
     """Matmul FLOPs of one decode step per row: 2 x (layer weights + LM head) + attention over `context`."""
     return 2.0 * cfg.matmul_weights() + 2.0 * cfg.attention_units(context)
+
+
+def bytes_per_step(cfg, batch: int, context: float) -> float:
+    """Bytes a decode step must read at least: every matmul weight once (the tied embedding in full, as the LM
+    head) and each row's live keys and values (`context` entries; padding and unused cache not counted)."""
+    kv = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * context * batch
+    return cfg.weight_dtype.itemsize * cfg.matmul_weights() + cfg.compute_dtype.itemsize * kv
 
 
 def matmul_peak_gflops(cfg, batch: int) -> float:
@@ -133,6 +145,8 @@ def hf_cases(engine, model_dir: Path, sizes: list[int]) -> list[dict]:
         context = statistics.mean(len(p) for p in batch) + FLAGS.max_new_tokens / 2
         fpt = flops_per_token(engine.cfg, context)
         peak = matmul_peak_gflops(engine.cfg, b)
+        stream = xla_stream_gbs()
+        step_bytes = bytes_per_step(engine.cfg, b, context)
         xlit_dec = (tokens - b) / max(ours_s - ours_pre_s, 1e-9)
         hf_dec = (tokens - b) / max(hf_s - hf_pre_s, 1e-9)
         rows.append(
@@ -157,6 +171,10 @@ def hf_cases(engine, model_dir: Path, sizes: list[int]) -> list[dict]:
                 "xlit_decode_gflops": xlit_dec * fpt / 1e9,
                 "hf_decode_gflops": hf_dec * fpt / 1e9,
                 "matmul_peak_gflops": peak,
+                "stream_gbs": stream,
+                "bytes_per_step": step_bytes,
+                "xlit_decode_gbs": xlit_dec / b * step_bytes / 1e9,
+                "hf_decode_gbs": hf_dec / b * step_bytes / 1e9,
                 "decode_speedup": (hf_s - hf_pre_s) / max(ours_s - ours_pre_s, 1e-9),
                 "identical_tokens": True,
             }
@@ -168,14 +186,15 @@ def hf_cases(engine, model_dir: Path, sizes: list[int]) -> list[dict]:
     print(
         f"{'batch':>5} {'tokens':>6} {'xlit tok/s':>11} {'HF tok/s':>9} {'ratio':>6} "
         f"{'decode-only xlit/HF tok/s':>26} {'ratio':>6} {'xlit 1st call s':>16} "
-        f"{'decode GFLOP/s xlit/HF':>23} {'matmul peak':>12}"
+        f"{'decode GFLOP/s xlit/HF':>23} {'matmul peak':>12} {'decode GB/s xlit/HF':>20} {'stream GB/s':>12}"
     )
     for r in rows:
         dec = f"{r['xlit_decode_tok_s']:.1f}/{r['hf_decode_tok_s']:.1f}"
         print(
             f"{r['batch']:>5} {r['new_tokens']:>6} {r['xlit_tok_s']:>11.1f} {r['hf_tok_s']:>9.1f} "
             f"{r['speedup']:>5.2f}x {dec:>26} {r['decode_speedup']:>5.2f}x {r['xlit_first_call_s']:>16.1f} "
-            f"{r['xlit_decode_gflops']:>11.1f}/{r['hf_decode_gflops']:<11.1f} {r['matmul_peak_gflops']:>12.1f}"
+            f"{r['xlit_decode_gflops']:>11.1f}/{r['hf_decode_gflops']:<11.1f} {r['matmul_peak_gflops']:>12.1f} "
+            f"{r['xlit_decode_gbs']:>9.1f}/{r['hf_decode_gbs']:<10.1f} {r['stream_gbs']:>12.1f}"
         )
     return rows
 
