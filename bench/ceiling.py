@@ -15,6 +15,18 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
+
+
+def _call_times(call: Callable[[], object], runs: int) -> list[float]:
+    """Wall seconds of `runs` calls of `call` (each must block until its work is done), after one warm-up."""
+    call()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return times
 
 
 def xla_matmul_gflops(m: int, k: int, n: int, repeats: int = 100) -> float:
@@ -25,12 +37,7 @@ def xla_matmul_gflops(m: int, k: int, n: int, repeats: int = 100) -> float:
     w = jnp.ones((k, n), jnp.float32) * 1e-3
     # each product's output feeds the next (cut back to [m, k]) so XLA cannot hoist or drop any of them
     f = jax.jit(lambda x, w: jax.lax.fori_loop(0, repeats, lambda i, y: x + (y @ w)[:, :k], x))
-    f(x, w).block_until_ready()
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        f(x, w).block_until_ready()
-        times.append(time.perf_counter() - t)
+    times = _call_times(lambda: f(x, w).block_until_ready(), 5)
     return 2 * m * k * n * repeats / statistics.median(times) / 1e9
 
 
@@ -40,13 +47,12 @@ def torch_matmul_gflops(m: int, k: int, n: int, repeats: int = 100) -> float:
     x = torch.ones(m, k)
     w = torch.ones(k, n) * 1e-3
     out = torch.empty(m, n)
-    torch.mm(x, w, out=out)
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
+
+    def products() -> None:
         for _ in range(repeats):
             torch.mm(x, w, out=out)
-        times.append(time.perf_counter() - t)
+
+    times = _call_times(products, 5)
     return 2 * m * k * n * repeats / statistics.median(times) / 1e9
 
 
@@ -56,10 +62,4 @@ def xla_stream_gbs(mib: int = 512) -> float:
 
     a = jnp.ones((mib * 2**20 // 4,), jnp.float32)
     f = jax.jit(jnp.sum)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(7):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return a.nbytes / min(times) / 1e9
+    return a.nbytes / min(_call_times(lambda: f(a).block_until_ready(), 7)) / 1e9

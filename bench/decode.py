@@ -94,8 +94,9 @@ def bytes_per_step(cfg, batch: int, context: float) -> float:
 
 
 def matmul_peak_gflops(cfg, batch: int) -> float:
-    """GFLOP/s of XLA:CPU on this machine for the model's MLP matmul at this batch (fp32, jitted): the
-    practical ceiling of a decode step made of such matmuls."""
+    """GFLOP/s of XLA:CPU on this machine for the model's MLP matmul at this batch (fp32, jitted), its 3.5 MB
+    weight staying in cache: an arithmetic ceiling. A decode step streams every weight from memory, which
+    `bytes_per_step` against `xla_stream_gbs` accounts for."""
     return xla_matmul_gflops(batch, cfg.hidden_size, cfg.intermediate_size, repeats=200)
 
 
@@ -145,6 +146,7 @@ def hf_cases(engine, model_dir: Path, sizes: list[int]) -> list[dict]:
         context = statistics.mean(len(p) for p in batch) + FLAGS.max_new_tokens / 2
         fpt = flops_per_token(engine.cfg, context)
         peak = matmul_peak_gflops(engine.cfg, b)
+        # measured per case, next to its timed runs: this VM's memory bandwidth drifts within minutes
         stream = xla_stream_gbs()
         step_bytes = bytes_per_step(engine.cfg, b, context)
         xlit_dec = (tokens - b) / max(ours_s - ours_pre_s, 1e-9)
