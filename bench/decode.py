@@ -34,6 +34,7 @@ from pathlib import Path
 from absl import app, flags
 
 from bench.ceiling import xla_matmul_gflops, xla_stream_gbs
+from infer.decode import DecodeMatmul
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "embedded", "Model directory or 'embedded' (SmolLM2-135M-Instruct).")
@@ -50,6 +51,9 @@ flags.DEFINE_integer("continuous_prompts", 64, "Prompts of the static-vs-continu
 flags.DEFINE_integer("continuous_max_new_tokens", 256, "New tokens per prompt in the continuous case.")
 flags.DEFINE_integer("continuous_batch", 16, "Rows per static batch = decode slots, continuous case.")
 flags.DEFINE_integer("continuous_runs", 1, "Timed runs per mode in the continuous case (median reported).")
+flags.DEFINE_enum_class(
+    "matmul", DecodeMatmul.AUTO, DecodeMatmul, "xlit's weight products (auto: packed where it applies)."
+)
 
 
 def hf_generate(
@@ -280,7 +284,8 @@ def run(argv_unused: list[str]) -> int:
 
     model_dir = resolve_model_dir(FLAGS.model)
     sizes = [int(b) for b in FLAGS.batch_sizes]
-    engine = Engine.from_path(model_dir, max_batch=max(sizes + [FLAGS.continuous_batch]))
+    engine = Engine.from_path(model_dir, max_batch=max(sizes + [FLAGS.continuous_batch]), matmul=FLAGS.matmul)
+    print(f"xlit weight products: {engine.decoder.matmul.value}", flush=True)
     rows = hf_cases(engine, model_dir, sizes) if sizes else []
     continuous = continuous_case(engine) if FLAGS.continuous_prompts else None
     report = {
@@ -289,6 +294,7 @@ def run(argv_unused: list[str]) -> int:
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_avg": os.getloadavg(),
+        "xlit_matmul": engine.decoder.matmul.value,
         "results": rows,
         "continuous": continuous,
     }

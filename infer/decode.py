@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import enum
 import json
+import logging
 from typing import Any, NamedTuple
 
 import jax
@@ -29,6 +31,9 @@ from models.config import LlamaConfig
 from models.dense import dense_out_first, to_out_first
 from models.lora import PROJ_EQ
 from models.modules import _layer, init_cache, rms_norm
+from models.packed import LIBRARY as PACKED_LIBRARY
+from models.packed import Packed, pack, pack_weight, packed_dense
+from models.packed import built as packed_built
 from models.sharding import constrain
 
 _MASKED = -1e30
@@ -160,17 +165,22 @@ def pick_tokens(logits: jax.Array, row: RowParams, n_gen: jax.Array) -> jax.Arra
 _HEAD_EQ = "btd,dv->btv"  # the untied LM head as `Llama` holds it ([D, V]); the tied embedding is [V, D]
 
 
-def _out_first(name: str, w: jax.Array) -> jax.Array:
-    return to_out_first(PROJ_EQ[name], w) if name in PROJ_EQ else w
+def _out_first(name: str, w: jax.Array, packed: bool) -> jax.Array | Packed:
+    if name not in PROJ_EQ:
+        return w
+    return pack_weight(PROJ_EQ[name], w) if packed else to_out_first(PROJ_EQ[name], w)
 
 
-def unstack_params(model: nnx.Module, dtype: Any = None) -> dict[str, Any]:
+def unstack_params(model: nnx.Module, dtype: Any = None, packed: bool = False) -> dict[str, Any]:
     """The model's weights with the layer axis split into a list (one dict per layer), laid out for decoding:
     each projection weight output axes first (`models.dense.to_out_first`, taken by `_layer(out_first=True)`)
     and the LM head as [V, D] (an untied `lm_head` [D, V] transposed once, like the tied embedding).
 
     dtype: cast the floating weights to it, slice by slice (e.g. a trainer's fp32 master weights decoded in
-    bf16 without a second full copy in fp32); None keeps the model's dtypes."""
+    bf16 without a second full copy in fp32); None keeps the model's dtypes.
+
+    packed: the projection weights and the LM head as `models.packed.Packed` panels instead (float32 on one
+    CPU device; see `Decoder`); the tied embedding then also keeps its unpacked [V, D] for the token lookup."""
 
     def cast(a: jax.Array) -> jax.Array:
         if dtype is None or not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype == dtype:
@@ -180,11 +190,17 @@ def unstack_params(model: nnx.Module, dtype: Any = None) -> dict[str, Any]:
     n = model.cfg.num_layers
     layers = {k: v[...] for k, v in model.layers.items()}
     lora = {k: v[...] for k, v in model.lora.items()}
+    embed = cast(model.embed[...])
+    if model.lm_head is None:
+        head = pack(embed, 1) if packed else None
+    else:
+        head = cast(model.lm_head[...])
+        head = pack_weight(_HEAD_EQ, head) if packed else to_out_first(_HEAD_EQ, head)
     return {
-        "embed": cast(model.embed[...]),
+        "embed": embed,
         "final_norm": cast(model.final_norm[...]),
-        "lm_head": None if model.lm_head is None else to_out_first(_HEAD_EQ, cast(model.lm_head[...])),
-        "layers": [{k: _out_first(k, cast(v[i])) for k, v in layers.items()} for i in range(n)],
+        "lm_head": head,
+        "layers": [{k: _out_first(k, cast(v[i]), packed) for k, v in layers.items()} for i in range(n)],
         "lora": [{k: cast(v[i]) for k, v in lora.items()} for i in range(n)],
     }
 
@@ -237,7 +253,10 @@ def forward_unrolled(
         x = x[:, -1:]
     x = rms_norm(x, p["final_norm"].astype(dt), cfg.rms_norm_eps)
     head = p["embed"] if p["lm_head"] is None else p["lm_head"]  # [V, D] = out-first of _HEAD_EQ's [D, V]
-    logits = dense_out_first(_HEAD_EQ, x, head.astype(dt), preferred_element_type=jnp.float32)
+    if isinstance(head, Packed):
+        logits = packed_dense(_HEAD_EQ, x, head)
+    else:
+        logits = dense_out_first(_HEAD_EQ, x, head.astype(dt), preferred_element_type=jnp.float32)
     new_cache = {"k": kc, "v": vc, "segment_ids": k_seg, "index": index + tokens.shape[1]}
     return logits, new_cache
 
@@ -346,6 +365,48 @@ prefill_jit = jax.jit(_prefill, static_argnums=(0,), static_argnames=("cache_len
 decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("pad_id", "window"), donate_argnums=(2,))
 
 
+class DecodeMatmul(enum.Enum):
+    """How decoding multiplies activations by the weights (`Decoder(matmul=...)`)."""
+
+    AUTO = "auto"  # PACKED where it applies, else XLA; `Decoder.matmul` says which was taken
+    XLA = "xla"  # XLA's dots on output-axes-first weights: any backend, dtype and mesh
+    PACKED = "packed"  # models.packed panels and the native kernel: float32, one CPU device
+
+
+_NOT_BUILT = f"{PACKED_LIBRARY} is not built (`make native`, needs g++)"
+
+
+def packed_unusable(model: nnx.Module, mesh: Mesh | None, dtype: Any) -> str | None:
+    """Why `DecodeMatmul.PACKED` cannot decode this model here, or None if it can."""
+    floats = {v[...].dtype for v in model.layers.values()} | {model.embed[...].dtype}
+    weights = {jnp.dtype(dtype)} if dtype is not None else floats
+    if jax.default_backend() != "cpu":
+        return f"the backend is {jax.default_backend()}, the packed kernel is CPU-only"
+    if mesh is not None and mesh.size > 1:
+        return f"the weights are sharded over {mesh.size} devices"
+    if weights != {jnp.dtype(jnp.float32)} or jnp.dtype(model.cfg.compute_dtype) != jnp.float32:
+        return (
+            f"weights {sorted(map(str, weights))} / compute {jnp.dtype(model.cfg.compute_dtype)}, not float32"
+        )
+    if not packed_built():
+        return _NOT_BUILT
+    return None
+
+
+def resolve_matmul(matmul: DecodeMatmul, model: nnx.Module, mesh: Mesh | None, dtype: Any) -> DecodeMatmul:
+    """AUTO -> PACKED or XLA; PACKED where it does not apply -> ValueError saying why."""
+    if matmul is DecodeMatmul.XLA:
+        return matmul
+    why = packed_unusable(model, mesh, dtype)
+    if why is None:
+        return DecodeMatmul.PACKED
+    if matmul is DecodeMatmul.PACKED:
+        raise ValueError(f"matmul=packed: {why}")
+    if why == _NOT_BUILT:  # everything else was right for the kernel: say why the slower path runs
+        logging.getLogger(__name__).warning("decoding with XLA's dots: %s", why)
+    return DecodeMatmul.XLA
+
+
 class Decoder:
     """A model's weights (layers unstacked) plus the jitted prefill/decode programs for it.
 
@@ -356,12 +417,20 @@ class Decoder:
     """
 
     def __init__(
-        self, model: nnx.Module, eos_ids: list[int], pad_id: int, mesh: Mesh | None = None, dtype: Any = None
+        self,
+        model: nnx.Module,
+        eos_ids: list[int],
+        pad_id: int,
+        mesh: Mesh | None = None,
+        dtype: Any = None,
+        matmul: DecodeMatmul = DecodeMatmul.AUTO,
     ):
         self.cfg = model.cfg
         lora_scale = model.lora_cfg.scale if model.lora_cfg is not None else 0.0
         self.graphdef = (model.cfg, lora_scale)  # static part of the jitted programs
-        self.params = unstack_params(model, dtype)  # dtype: see unstack_params
+        self.matmul = resolve_matmul(matmul, model, mesh, dtype)
+        # dtype: see unstack_params
+        self.params = unstack_params(model, dtype, packed=self.matmul is DecodeMatmul.PACKED)
         self.eos_ids = jnp.asarray(sorted(set(eos_ids)) or [-1], jnp.int32)
         self.pad_id = int(pad_id)
         self.mesh = mesh

@@ -22,7 +22,16 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from infer.decode import FINISH_LENGTH, FINISH_STOP, DecodeParams, Decoder, RowParams, bucket, left_pad
+from infer.decode import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    DecodeMatmul,
+    DecodeParams,
+    Decoder,
+    RowParams,
+    bucket,
+    left_pad,
+)
 from infer.rows import Constraint, DeltaCallback, Result, Row, RowTrack, record_logprobs, step_logprobs
 from infer.rows import to_host as _host
 from infer.slots import MIN_PROMPT_BUCKET as SLOT_MIN_PROMPT_BUCKET
@@ -87,16 +96,19 @@ class Engine:
         max_batch: int = 16,
         mesh: Mesh | None = None,
         dtype: Any = None,
+        matmul: DecodeMatmul = DecodeMatmul.AUTO,
     ):
         """dtype: cast the model's floating weights to it while unstacking them (None: keep them as they are;
-        train/validate.py decodes a trainer's fp32 master weights in the compute dtype this way)."""
+        train/validate.py decodes a trainer's fp32 master weights in the compute dtype this way).
+        matmul: how decoding multiplies by the weights (`infer.decode.DecodeMatmul`; AUTO takes the packed
+        CPU kernel where it applies, `self.decoder.matmul` says which)."""
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch = max_batch
         self.eos_ids = eos_ids
         self.cfg = model.cfg
         self.mesh = mesh
-        self.decoder = Decoder(model, eos_ids, tokenizer.pad_token_id, mesh=mesh, dtype=dtype)
+        self.decoder = Decoder(model, eos_ids, tokenizer.pad_token_id, mesh=mesh, dtype=dtype, matmul=matmul)
         self._json_vocab = None
 
     def derive(
@@ -122,6 +134,7 @@ class Engine:
         max_batch: int = 16,
         name: str | None = None,
         mesh: Mesh | None = None,
+        matmul: DecodeMatmul = DecodeMatmul.AUTO,
     ) -> Engine:
         """Loads an HF directory / training workdir / .gguf / "embedded" with its tokenizer; with a `mesh`,
         each weight is streamed straight onto it with its logical-axis sharding."""
@@ -131,7 +144,8 @@ class Engine:
         tokenizer = ChatTokenizer(tok_dir, template=template)
         place = mesh_placer(mesh) if mesh is not None else None
         model = load_model(path, dtype=dtype, param_dtype=dtype, place=place)
-        return cls(model, tokenizer, eos_ids_of(tok_dir, tokenizer), name or path.name, max_batch, mesh)
+        eos = eos_ids_of(tok_dir, tokenizer)
+        return cls(model, tokenizer, eos, name or path.name, max_batch, mesh, matmul=matmul)
 
     # ------------------------------------------------------------------------------------------ prompts
 

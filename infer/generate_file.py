@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 from absl import logging
 
-from infer.decode import DecodeParams
+from infer.decode import DecodeMatmul, DecodeParams
 from infer.records import ResumableOutput, read_prompts
 from infer.run_settings import fill_unset
 from records.errors import InputError
@@ -45,6 +45,7 @@ class GenerateOptions:
     mesh_data: int = 1
     mesh_fsdp: int = 1
     mesh_tensor: int = 1
+    matmul: DecodeMatmul = DecodeMatmul.AUTO
 
 
 def generate_file(opts: GenerateOptions) -> pa.Table:
@@ -81,11 +82,16 @@ def generate_file(opts: GenerateOptions) -> pa.Table:
     logging.info("%d rows, %d already answered, %d to go", len(rows), len(rows) - len(todo), len(todo))
     if todo:
         engine = Engine.from_path(
-            opts.model, dtype=opts.dtype, template=opts.template, max_batch=opts.batch_size, mesh=mesh
+            opts.model,
+            dtype=opts.dtype,
+            template=opts.template,
+            max_batch=opts.batch_size,
+            mesh=mesh,
+            matmul=opts.matmul,
         )
         model_name = opts.model_name or engine.name
         decoding = json.loads(params.to_json())
-        decoding.update(template=opts.template, dtype=opts.dtype)
+        decoding.update(template=opts.template, dtype=opts.dtype, matmul=engine.decoder.matmul.value)
         decoding_json = json.dumps(decoding, sort_keys=True)
         ids, errors = [], {}
         for i, r in enumerate(todo):

@@ -28,7 +28,8 @@ from typing import Any
 import jax
 
 
-def _axes(eq: str) -> tuple[str, str, str]:
+def dense_axes(eq: str) -> tuple[str, str, str]:
+    """The axis letters of a projection equation: (x, w, out)."""
     ins, out = eq.replace(" ", "").split("->")
     xs, ws = ins.split(",")
     return xs, ws, out
@@ -53,7 +54,7 @@ def _contract(
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def dense(eq: str, x: jax.Array, w: jax.Array) -> jax.Array:
     """`jnp.einsum(eq, x, w)` (x and w of one dtype) with the VJP described in the module docstring."""
-    xs, ws, out = _axes(eq)
+    xs, ws, out = dense_axes(eq)
     return _contract(x, xs, w, ws, out)
 
 
@@ -63,7 +64,7 @@ def _dense_fwd(eq, x, w):
 
 def _dense_bwd(eq, res, dy):
     x, w = res
-    xs, ws, out = _axes(eq)
+    xs, ws, out = dense_axes(eq)
     dx = _contract(dy, out, w, ws, xs)
     dw = _contract(x, xs, dy, out, ws)
     return dx.astype(x.dtype), dw.astype(w.dtype)
@@ -75,13 +76,13 @@ dense.defvjp(_dense_fwd, _dense_bwd)
 def out_first_axes(eq: str) -> str:
     """The axes of eq's weight with the kept (output) axes first and the contracted ones last, each group in
     the weight's own order: "btd,dnh->btnh" -> "nhd", "btnh,nhd->btd" -> "dnh"."""
-    xs, ws, _ = _axes(eq)
+    xs, ws, _ = dense_axes(eq)
     return "".join(c for c in ws if c not in xs) + "".join(c for c in ws if c in xs)
 
 
 def to_out_first(eq: str, w: jax.Array) -> jax.Array:
     """eq's weight w transposed to `out_first_axes(eq)`, the layout `dense_out_first` takes."""
-    _, ws, _ = _axes(eq)
+    _, ws, _ = dense_axes(eq)
     return w.transpose([ws.index(c) for c in out_first_axes(eq)])
 
 
@@ -91,7 +92,7 @@ def dense_out_first(eq: str, x: jax.Array, w_t: jax.Array, preferred_element_typ
     keeps XLA from folding that transpose into the next product, which would turn it back into a
     slow x-left form. For decoding and prefill; training uses `dense`. preferred_element_type: as for
     `jax.lax.dot_general` (the LM head's float32 logits)."""
-    xs, _, out = _axes(eq)
+    xs, _, out = dense_axes(eq)
     ws = out_first_axes(eq)
     got = "".join(c for c in ws + xs if (c in ws) != (c in xs))  # dot_general's own output order
     y = jax.lax.optimization_barrier(_contract(w_t, ws, x, xs, got, preferred_element_type))

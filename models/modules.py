@@ -23,6 +23,7 @@ from models.attention import NEG_INF, blocked_causal_attention
 from models.config import LlamaConfig, RopeScaling
 from models.dense import dense, dense_out_first
 from models.lora import PROJ_EQ, LoRAConfig, LoRAParam, init_lora, lora_delta
+from models.packed import Packed, packed_dense
 from models.sharding import constrain
 
 # Stacked per-layer weights: name -> (shape builder, logical axes). The leading axis is L.
@@ -154,7 +155,10 @@ def rope(x: jax.Array, positions: jax.Array, theta: float, scaling: RopeScaling 
 
 
 def _proj(x, w, lora_ab, scale, eq, out_first=False):
-    y = dense_out_first(eq, x, w) if out_first else dense(eq, x, w)
+    if isinstance(w, Packed):
+        y = packed_dense(eq, x, w).astype(x.dtype)
+    else:
+        y = dense_out_first(eq, x, w) if out_first else dense(eq, x, w)
     if lora_ab is not None:
         y = y + lora_delta(x, *lora_ab, eq, scale).astype(y.dtype)
     return y
@@ -176,12 +180,13 @@ def _layer(
 ):
     """One decoder block. x [B,T,D]; kv = (k_cache [L,B,K,S,H], v_cache, layer index) or None (no cache).
 
-    out_first: the projection weights in w are held as `models.dense.to_out_first` gives them (decoding).
+    out_first: the projection weights in w are held as `models.dense.to_out_first` gives them, or packed from
+    that layout (`models.packed.Packed`, decoding on CPU).
 
     window = (start, W) with a cache: attention reads only the W cache entries from `start` (W static; the
     caller guarantees every entry the queries may see lies in it), so a step's attention costs W, not S."""
     dt = cfg.compute_dtype
-    w = {k: v.astype(dt) for k, v in w.items()}
+    w = {k: v if isinstance(v, Packed) else v.astype(dt) for k, v in w.items()}
     lw = {k: v.astype(dt) for k, v in lw.items()}
 
     def ab(name):

@@ -1,0 +1,98 @@
+"""Projection weights packed in column panels for decoding on CPU, multiplied by a native kernel.
+
+Decoding multiplies a few activation rows by every weight once per step; the step is a stream over the
+weights. XLA:CPU's dots repack the weight at every call and read it at 12-18 GB/s at 16 rows on a machine
+whose memory streams at ~40 GB/s (bench/README.md, "Decode"). `pack` lays a weight out once as [NB, K, 32]
+(panel j = output columns 32j..32j+31, each row k contiguous); `packed_dense` multiplies by it with the XLA
+FFI target `xlit_packed_matmul` (models/native/packed_matmul.cc, built by `make native`), which reads each
+panel once, in order, and keeps the 8 x 32 sums of a block of rows in registers over all of K.
+
+float32 only, one CPU device: `Packed` weights are used when `usable()` says so (infer/decode.py); the
+sums are the same products added in k order, so results match XLA's dots to float32 rounding, not bit for
+bit (the decode tests compare generated ids with transformers).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import functools
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from models.dense import dense_axes, out_first_axes, to_out_first
+
+PANEL = 32
+LIBRARY = Path(__file__).parent / "native" / "libxlit_cpu.so"
+TARGET = "xlit_packed_matmul"
+
+
+@functools.cache
+def _register() -> bool:
+    """Loads the native library and registers its FFI target once; False if the library is not built."""
+    if not LIBRARY.is_file():
+        return False
+    lib = ctypes.CDLL(str(LIBRARY))
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.XlitPackedMatmul), platform="cpu")
+    return True
+
+
+def built() -> bool:
+    """Whether models/native/libxlit_cpu.so exists (`make native`) and its kernel is registered."""
+    return _register()
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    """A weight as [NB, K, 32] panels; `out_shape` is its kept (output) axes, K the product of the rest."""
+
+    panels: jax.Array
+    out_shape: tuple[int, ...] = dataclasses.field(metadata={"static": True})
+
+
+def pack(w_t: jax.Array, n_out_axes: int) -> Packed:
+    """A weight held output axes first (`models.dense.to_out_first`) as panels; the output columns are
+    zero-padded to a multiple of 32."""
+    out_shape = tuple(w_t.shape[:n_out_axes])
+    n, k = math.prod(out_shape), math.prod(w_t.shape[n_out_axes:])
+    w2 = w_t.reshape(n, k).astype(jnp.float32)
+    pad = -n % PANEL
+    if pad:
+        w2 = jnp.pad(w2, ((0, pad), (0, 0)))
+    return Packed(w2.reshape(-1, PANEL, k).transpose(0, 2, 1), out_shape)
+
+
+def pack_weight(eq: str, w: jax.Array) -> Packed:
+    """Projection eq's weight w, as the model stores it, packed (`pack` of `models.dense.to_out_first`)."""
+    xs, _, _ = dense_axes(eq)
+    n_out = sum(c not in xs for c in out_first_axes(eq))
+    return pack(to_out_first(eq, w), n_out)
+
+
+def packed_matmul(x2: jax.Array, panels: jax.Array) -> jax.Array:
+    """x2 [M, K] float32 times packed panels [NB, K, 32] -> [M, NB*32] float32 (the native kernel)."""
+    if not _register():
+        raise RuntimeError(f"{LIBRARY} is missing: run `make native` (needs g++) to build it")
+    m = x2.shape[0]
+    out = jax.ShapeDtypeStruct((m, panels.shape[0] * PANEL), jnp.float32)
+    return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(x2, panels)
+
+
+def packed_dense(eq: str, x: jax.Array, w: Packed) -> jax.Array:
+    """`jnp.einsum(eq, x, w)` (float32 result) for eq's weight packed as `pack(to_out_first(eq, w), ...)`."""
+    xs, _, out = dense_axes(eq)
+    ws = out_first_axes(eq)
+    contracted = [c for c in ws if c in xs]
+    kept_x = [c for c in xs if c not in contracted]
+    kept_w = [c for c in ws if c not in xs]
+    x = x.transpose([xs.index(c) for c in kept_x + contracted])
+    lead = x.shape[: len(kept_x)]
+    x2 = x.reshape(math.prod(lead), -1).astype(jnp.float32)
+    n = math.prod(w.out_shape)
+    y = packed_matmul(x2, w.panels)[:, :n].reshape(*lead, *w.out_shape)
+    got = kept_x + kept_w
+    return y.transpose([got.index(c) for c in out])
