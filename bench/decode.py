@@ -34,7 +34,7 @@ from pathlib import Path
 from absl import app, flags
 
 from bench.ceiling import xla_matmul_gflops, xla_stream_gbs
-from infer.decode import DecodeMatmul
+from infer.decode import DecodeKernels
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "embedded", "Model directory or 'embedded' (SmolLM2-135M-Instruct).")
@@ -52,7 +52,7 @@ flags.DEFINE_integer("continuous_max_new_tokens", 256, "New tokens per prompt in
 flags.DEFINE_integer("continuous_batch", 16, "Rows per static batch = decode slots, continuous case.")
 flags.DEFINE_integer("continuous_runs", 1, "Timed runs per mode in the continuous case (median reported).")
 flags.DEFINE_enum_class(
-    "matmul", DecodeMatmul.AUTO, DecodeMatmul, "xlit's weight products (auto: packed where it applies)."
+    "kernels", DecodeKernels.AUTO, DecodeKernels, "xlit's decode kernels (auto: native where they apply)."
 )
 
 
@@ -284,8 +284,10 @@ def run(argv_unused: list[str]) -> int:
 
     model_dir = resolve_model_dir(FLAGS.model)
     sizes = [int(b) for b in FLAGS.batch_sizes]
-    engine = Engine.from_path(model_dir, max_batch=max(sizes + [FLAGS.continuous_batch]), matmul=FLAGS.matmul)
-    print(f"xlit weight products: {engine.decoder.matmul.value}", flush=True)
+    engine = Engine.from_path(
+        model_dir, max_batch=max(sizes + [FLAGS.continuous_batch]), kernels=FLAGS.kernels
+    )
+    print(f"xlit decode kernels: {engine.decoder.kernels.value}", flush=True)
     rows = hf_cases(engine, model_dir, sizes) if sizes else []
     continuous = continuous_case(engine) if FLAGS.continuous_prompts else None
     report = {
@@ -294,7 +296,7 @@ def run(argv_unused: list[str]) -> int:
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_avg": os.getloadavg(),
-        "xlit_matmul": engine.decoder.matmul.value,
+        "xlit_kernels": engine.decoder.kernels.value,
         "results": rows,
         "continuous": continuous,
     }

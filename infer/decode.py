@@ -28,12 +28,12 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from models.config import LlamaConfig
+from models.cpu_kernels import LIBRARY as NATIVE_LIBRARY
+from models.cpu_kernels import Packed, pack, pack_weight, packed_dense
+from models.cpu_kernels import built as native_built
 from models.dense import dense_out_first, to_out_first
 from models.lora import PROJ_EQ
 from models.modules import _layer, init_cache, rms_norm
-from models.packed import LIBRARY as PACKED_LIBRARY
-from models.packed import Packed, pack, pack_weight, packed_dense
-from models.packed import built as packed_built
 from models.sharding import constrain
 
 _MASKED = -1e30
@@ -179,7 +179,7 @@ def unstack_params(model: nnx.Module, dtype: Any = None, packed: bool = False) -
     dtype: cast the floating weights to it, slice by slice (e.g. a trainer's fp32 master weights decoded in
     bf16 without a second full copy in fp32); None keeps the model's dtypes.
 
-    packed: the projection weights and the LM head as `models.packed.Packed` panels instead (float32 on one
+    packed: the projection weights and the LM head as `models.cpu_kernels.Packed` panels instead (float32 on one
     CPU device; see `Decoder`); the tied embedding then also keeps its unpacked [V, D] for the token lookup."""
 
     def cast(a: jax.Array) -> jax.Array:
@@ -215,6 +215,7 @@ def forward_unrolled(
     cache,
     last_only: bool = False,
     window: int | None = None,
+    native: bool = False,
 ):
     """`models.modules.forward` with a cache, layers unrolled over per-layer weights.
 
@@ -224,6 +225,7 @@ def forward_unrolled(
 
     window: attend over only the `window` cache entries that end with the ones written now (the caller
     makes sure no live entry lies before them; infer/slots.py); None = the whole cache.
+    native: one-token steps attend with the native kernel (`DecodeKernels.NATIVE`; see `models.modules._layer`).
     """
     dt = cfg.compute_dtype
     x = jnp.take(p["embed"], tokens, axis=0).astype(dt)
@@ -248,6 +250,7 @@ def forward_unrolled(
             index,
             win,
             out_first=True,
+            native=native,
         )
     if last_only:
         x = x[:, -1:]
@@ -262,13 +265,15 @@ def forward_unrolled(
 
 
 def _prefill(model_info, params, tokens, mask, *, cache_len: int, out_len: int) -> DecodeState:
-    cfg, lora_scale = model_info
+    cfg, lora_scale, native = model_info
     b, _ = tokens.shape
     vocab = cfg.vocab_size
     mask = mask.astype(jnp.int32)
     positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
     cache = init_cache(cfg, b, cache_len)
-    logits, cache = forward_unrolled(cfg, lora_scale, params, tokens, positions, mask, cache, last_only=True)
+    logits, cache = forward_unrolled(
+        cfg, lora_scale, params, tokens, positions, mask, cache, last_only=True, native=native
+    )
     rows = jnp.arange(b)[:, None]
     seen = jnp.zeros((b, vocab), bool).at[rows, jnp.where(mask > 0, tokens, vocab)].set(True, mode="drop")
     return DecodeState(
@@ -325,7 +330,7 @@ def _decode(
     Each running row's token goes to `out[row, n_gen]`, so rows that started at different times (continuous
     batching, infer/slots.py) share the loop; its RoPE position is `prompt_len + n_gen`, its key/value goes
     to the cache's shared write index. `window`: see `forward_unrolled` (static; one program per value)."""
-    cfg, lora_scale = model_info
+    cfg, lora_scale, native = model_info
     b, n_out = state.out.shape
     rows = jnp.arange(b)
     cols = jnp.arange(n_out)[None, :]
@@ -353,7 +358,7 @@ def _decode(
         positions = (s.prompt_len + s.n_gen)[:, None]
         ones = jnp.ones((b, 1), jnp.int32)
         logits, cache = forward_unrolled(
-            cfg, lora_scale, params, tok[:, None], positions, ones, s.cache, window=window
+            cfg, lora_scale, params, tok[:, None], positions, ones, s.cache, window=window, native=native
         )
         return i + 1, DecodeState(cache, logits[:, 0], seen, out, n_gen, finish, s.prompt_len, s.step + 1)
 
@@ -365,46 +370,51 @@ prefill_jit = jax.jit(_prefill, static_argnums=(0,), static_argnames=("cache_len
 decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("pad_id", "window"), donate_argnums=(2,))
 
 
-class DecodeMatmul(enum.Enum):
-    """How decoding multiplies activations by the weights (`Decoder(matmul=...)`)."""
+class DecodeKernels(enum.Enum):
+    """Which kernels a decode step runs (`Decoder(kernels=...)`)."""
 
-    AUTO = "auto"  # PACKED where it applies, else XLA; `Decoder.matmul` says which was taken
-    XLA = "xla"  # XLA's dots on output-axes-first weights: any backend, dtype and mesh
-    PACKED = "packed"  # models.packed panels and the native kernel: float32, one CPU device
-
-
-_NOT_BUILT = f"{PACKED_LIBRARY} is not built (`make native`, needs g++)"
+    AUTO = "auto"  # NATIVE where it applies, else XLA; `Decoder.kernels` says which was taken
+    XLA = "xla"  # XLA's dots and attention einsums: any backend, dtype and mesh
+    NATIVE = "native"  # models.cpu_kernels: packed weight products, attention read in place; float32, one CPU
 
 
-def packed_unusable(model: nnx.Module, mesh: Mesh | None, dtype: Any) -> str | None:
-    """Why `DecodeMatmul.PACKED` cannot decode this model here, or None if it can."""
+_NOT_BUILT = f"{NATIVE_LIBRARY} is not built (`make native`, needs g++)"
+
+
+def native_unusable(model: nnx.Module, mesh: Mesh | None, dtype: Any) -> str | None:
+    """Why `DecodeKernels.NATIVE` cannot decode this model here, or None if it can."""
     floats = {v[...].dtype for v in model.layers.values()} | {model.embed[...].dtype}
     weights = {jnp.dtype(dtype)} if dtype is not None else floats
     if jax.default_backend() != "cpu":
-        return f"the backend is {jax.default_backend()}, the packed kernel is CPU-only"
+        return f"the backend is {jax.default_backend()}, the native kernels are CPU-only"
     if mesh is not None and mesh.size > 1:
         return f"the weights are sharded over {mesh.size} devices"
     if weights != {jnp.dtype(jnp.float32)} or jnp.dtype(model.cfg.compute_dtype) != jnp.float32:
         return (
             f"weights {sorted(map(str, weights))} / compute {jnp.dtype(model.cfg.compute_dtype)}, not float32"
         )
-    if not packed_built():
+    cfg = model.cfg
+    if cfg.head_dim % 16 or cfg.num_heads // cfg.num_kv_heads > 16:
+        return f"head_dim {cfg.head_dim} is not a multiple of 16 or more than 16 query heads share a KV head"
+    if not native_built():
         return _NOT_BUILT
     return None
 
 
-def resolve_matmul(matmul: DecodeMatmul, model: nnx.Module, mesh: Mesh | None, dtype: Any) -> DecodeMatmul:
-    """AUTO -> PACKED or XLA; PACKED where it does not apply -> ValueError saying why."""
-    if matmul is DecodeMatmul.XLA:
-        return matmul
-    why = packed_unusable(model, mesh, dtype)
+def resolve_kernels(
+    kernels: DecodeKernels, model: nnx.Module, mesh: Mesh | None, dtype: Any
+) -> DecodeKernels:
+    """AUTO -> NATIVE or XLA; NATIVE where it does not apply -> ValueError saying why."""
+    if kernels is DecodeKernels.XLA:
+        return kernels
+    why = native_unusable(model, mesh, dtype)
     if why is None:
-        return DecodeMatmul.PACKED
-    if matmul is DecodeMatmul.PACKED:
-        raise ValueError(f"matmul=packed: {why}")
+        return DecodeKernels.NATIVE
+    if kernels is DecodeKernels.NATIVE:
+        raise ValueError(f"kernels=native: {why}")
     if why == _NOT_BUILT:  # everything else was right for the kernel: say why the slower path runs
-        logging.getLogger(__name__).warning("decoding with XLA's dots: %s", why)
-    return DecodeMatmul.XLA
+        logging.getLogger(__name__).warning("decoding with XLA's kernels: %s", why)
+    return DecodeKernels.XLA
 
 
 class Decoder:
@@ -423,14 +433,15 @@ class Decoder:
         pad_id: int,
         mesh: Mesh | None = None,
         dtype: Any = None,
-        matmul: DecodeMatmul = DecodeMatmul.AUTO,
+        kernels: DecodeKernels = DecodeKernels.AUTO,
     ):
         self.cfg = model.cfg
         lora_scale = model.lora_cfg.scale if model.lora_cfg is not None else 0.0
-        self.graphdef = (model.cfg, lora_scale)  # static part of the jitted programs
-        self.matmul = resolve_matmul(matmul, model, mesh, dtype)
+        self.kernels = resolve_kernels(kernels, model, mesh, dtype)
+        native = self.kernels is DecodeKernels.NATIVE
+        self.graphdef = (model.cfg, lora_scale, native)  # static part of the jitted programs
         # dtype: see unstack_params
-        self.params = unstack_params(model, dtype, packed=self.matmul is DecodeMatmul.PACKED)
+        self.params = unstack_params(model, dtype, packed=native)
         self.eos_ids = jnp.asarray(sorted(set(eos_ids)) or [-1], jnp.int32)
         self.pad_id = int(pad_id)
         self.mesh = mesh

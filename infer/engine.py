@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 from infer.decode import (
     FINISH_LENGTH,
     FINISH_STOP,
-    DecodeMatmul,
+    DecodeKernels,
     DecodeParams,
     Decoder,
     RowParams,
@@ -96,19 +96,21 @@ class Engine:
         max_batch: int = 16,
         mesh: Mesh | None = None,
         dtype: Any = None,
-        matmul: DecodeMatmul = DecodeMatmul.AUTO,
+        kernels: DecodeKernels = DecodeKernels.AUTO,
     ):
         """dtype: cast the model's floating weights to it while unstacking them (None: keep them as they are;
         train/validate.py decodes a trainer's fp32 master weights in the compute dtype this way).
-        matmul: how decoding multiplies by the weights (`infer.decode.DecodeMatmul`; AUTO takes the packed
-        CPU kernel where it applies, `self.decoder.matmul` says which)."""
+        kernels: which kernels decoding runs (`infer.decode.DecodeKernels`; AUTO takes the native CPU ones
+        where they apply, `self.decoder.kernels` says which)."""
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch = max_batch
         self.eos_ids = eos_ids
         self.cfg = model.cfg
         self.mesh = mesh
-        self.decoder = Decoder(model, eos_ids, tokenizer.pad_token_id, mesh=mesh, dtype=dtype, matmul=matmul)
+        self.decoder = Decoder(
+            model, eos_ids, tokenizer.pad_token_id, mesh=mesh, dtype=dtype, kernels=kernels
+        )
         self._json_vocab = None
 
     def derive(
@@ -134,7 +136,7 @@ class Engine:
         max_batch: int = 16,
         name: str | None = None,
         mesh: Mesh | None = None,
-        matmul: DecodeMatmul = DecodeMatmul.AUTO,
+        kernels: DecodeKernels = DecodeKernels.AUTO,
     ) -> Engine:
         """Loads an HF directory / training workdir / .gguf / "embedded" with its tokenizer; with a `mesh`,
         each weight is streamed straight onto it with its logical-axis sharding."""
@@ -145,7 +147,7 @@ class Engine:
         place = mesh_placer(mesh) if mesh is not None else None
         model = load_model(path, dtype=dtype, param_dtype=dtype, place=place)
         eos = eos_ids_of(tok_dir, tokenizer)
-        return cls(model, tokenizer, eos, name or path.name, max_batch, mesh, matmul=matmul)
+        return cls(model, tokenizer, eos, name or path.name, max_batch, mesh, kernels=kernels)
 
     # ------------------------------------------------------------------------------------------ prompts
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 from absl import logging
 
-from infer.decode import DecodeMatmul, DecodeParams
+from infer.decode import DecodeKernels, DecodeParams
 from infer.records import ResumableOutput, read_prompts
 from infer.run_settings import fill_unset
 from records.errors import InputError
@@ -45,7 +45,7 @@ class GenerateOptions:
     mesh_data: int = 1
     mesh_fsdp: int = 1
     mesh_tensor: int = 1
-    matmul: DecodeMatmul = DecodeMatmul.AUTO
+    kernels: DecodeKernels = DecodeKernels.AUTO
 
 
 def generate_file(opts: GenerateOptions) -> pa.Table:
@@ -87,11 +87,11 @@ def generate_file(opts: GenerateOptions) -> pa.Table:
             template=opts.template,
             max_batch=opts.batch_size,
             mesh=mesh,
-            matmul=opts.matmul,
+            kernels=opts.kernels,
         )
         model_name = opts.model_name or engine.name
         decoding = json.loads(params.to_json())
-        decoding.update(template=opts.template, dtype=opts.dtype, matmul=engine.decoder.matmul.value)
+        decoding.update(template=opts.template, dtype=opts.dtype, kernels=engine.decoder.kernels.value)
         decoding_json = json.dumps(decoding, sort_keys=True)
         ids, errors = [], {}
         for i, r in enumerate(todo):

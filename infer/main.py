@@ -19,7 +19,7 @@ import dataclasses
 
 from absl import app, flags
 
-from infer.decode import DecodeMatmul
+from infer.decode import DecodeKernels
 from infer.generate_file import GenerateOptions, generate_file
 from records.cli import expected_errors
 
@@ -55,11 +55,11 @@ flags.DEFINE_integer("limit", 0, "Answer only the first N rows (0 = all).")
 flags.DEFINE_integer("mesh_data", 1, "Devices on the mesh's data axis (batch); -1 = all remaining devices.")
 flags.DEFINE_integer("mesh_fsdp", 1, "Devices on the fsdp axis (weights' embed dim, batch); -1 = remaining.")
 flags.DEFINE_enum_class(
-    "matmul",
-    DecodeMatmul.AUTO,
-    DecodeMatmul,
-    "Weight products: packed (the native CPU kernel, float32 on one CPU device), xla (XLA's dots), or auto "
-    "(packed where it applies); the `decoding` column records which ran.",
+    "kernels",
+    DecodeKernels.AUTO,
+    DecodeKernels,
+    "Decode kernels: native (models/cpu_kernels.py; float32 on one CPU device), xla (XLA's), or auto "
+    "(native where they apply); the `decoding` column records which ran.",
 )
 flags.DEFINE_integer("mesh_tensor", 1, "Devices on the tensor axis (heads, MLP, vocab); -1 = remaining.")
 

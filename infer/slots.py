@@ -85,7 +85,7 @@ def prefill_groups(lengths: list[int], minimum: int = MIN_PROMPT_BUCKET) -> list
 
 
 def _init(model_info, *, size: int, cache_len: int, out_len: int) -> DecodeState:
-    cfg, _ = model_info
+    cfg = model_info[0]
     zeros = jnp.zeros((size,), jnp.int32)
     state = DecodeState(
         cache=init_cache(cfg, size, cache_len),
@@ -102,12 +102,12 @@ def _init(model_info, *, size: int, cache_len: int, out_len: int) -> DecodeState
 
 def _admit(model_info, params, st: DecodeState, tokens, mask, slot_of) -> DecodeState:
     """Prefills tokens/mask [k,P] (left-padded) into the slots where slot_of [size] >= 0 (row of tokens)."""
-    cfg, lora_scale = model_info
+    cfg, lora_scale, native = model_info
     k, p = tokens.shape
     size, cache_len = st.cache["segment_ids"].shape
     positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
     logits, new = forward_unrolled(
-        cfg, lora_scale, params, tokens, positions, mask, init_cache(cfg, k, p), last_only=True
+        cfg, lora_scale, params, tokens, positions, mask, init_cache(cfg, k, p), last_only=True, native=native
     )
     admit = slot_of >= 0
     take = jnp.maximum(slot_of, 0)

@@ -21,9 +21,9 @@ from flax import nnx
 
 from models.attention import NEG_INF, blocked_causal_attention
 from models.config import LlamaConfig, RopeScaling
+from models.cpu_kernels import Packed, cache_attention, packed_dense
 from models.dense import dense, dense_out_first
 from models.lora import PROJ_EQ, LoRAConfig, LoRAParam, init_lora, lora_delta
-from models.packed import Packed, packed_dense
 from models.sharding import constrain
 
 # Stacked per-layer weights: name -> (shape builder, logical axes). The leading axis is L.
@@ -177,11 +177,15 @@ def _layer(
     index,
     window=None,
     out_first: bool = False,
+    native: bool = False,
 ):
     """One decoder block. x [B,T,D]; kv = (k_cache [L,B,K,S,H], v_cache, layer index) or None (no cache).
 
+    native: one-token steps with a cache (layer index a Python int) attend with `cpu_kernels.cache_attention`,
+    reading the cache in place (decoding on CPU, `infer.decode.DecodeKernels.NATIVE`).
+
     out_first: the projection weights in w are held as `models.dense.to_out_first` gives them, or packed from
-    that layout (`models.packed.Packed`, decoding on CPU).
+    that layout (`models.cpu_kernels.Packed`, decoding on CPU).
 
     window = (start, W) with a cache: attention reads only the W cache entries from `start` (W static; the
     caller guarantees every entry the queries may see lies in it), so a step's attention costs W, not S."""
@@ -213,6 +217,9 @@ def _layer(
             v_cache, v.astype(v_cache.dtype).swapaxes(1, 2)[None], (layer, 0, 0, index, 0)
         )
         new_kv = (k_cache, v_cache)
+        if native and t == 1:
+            attn = _native_attention(cfg, q, k_cache, v_cache, layer, q_seg, k_seg, index, window)
+            return _layer_rest(cfg, lora_scale, x, attn, w, ab, out_first), new_kv
         k = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False).astype(dt)  # [B,K,S,H]
         v = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False).astype(dt)
         q_slot = index + jnp.arange(t)
@@ -242,6 +249,23 @@ def _layer(
             attn = attn.astype(dt).reshape(b, t, cfg.num_heads, cfg.head_dim)
         else:
             attn = _einsum_attention(cfg, q, k, v, mask, kv_axes)
+    return _layer_rest(cfg, lora_scale, x, attn, w, ab, out_first), new_kv
+
+
+def _native_attention(cfg: LlamaConfig, q, k_cache, v_cache, layer: int, q_seg, k_seg, index, window):
+    """`_decode_attention` over the cache window (the mask of `_layer`), by the native kernel -> [B,1,N,H]."""
+    b = q.shape[0]
+    start, width = window if window is not None else (0, k_cache.shape[3])
+    seg = jax.lax.dynamic_slice_in_dim(k_seg, start, width, axis=1)
+    slot = jnp.arange(width) + start
+    mask = (seg == q_seg[:, :1]) & (seg != 0) & (slot[None, :] <= index)
+    qg = q.reshape(b, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim)
+    attn = cache_attention(qg, k_cache, v_cache, layer, start, mask, cfg.head_dim**-0.5)
+    return attn.astype(cfg.compute_dtype).reshape(b, 1, cfg.num_heads, cfg.head_dim)
+
+
+def _layer_rest(cfg: LlamaConfig, lora_scale: float, x, attn, w, ab, out_first: bool):
+    """The block after attention: output projection, residual, MLP, residual."""
     x = x + _proj(attn, w["o"], ab("o"), lora_scale, PROJ_EQ["o"], out_first)
     x = constrain(x, ("batch", "length", "act_embed"))
     h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
@@ -249,7 +273,7 @@ def _layer(
     up = _proj(h, w["up"], ab("up"), lora_scale, PROJ_EQ["up"], out_first)
     act = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
     x = x + _proj(act, w["down"], ab("down"), lora_scale, PROJ_EQ["down"], out_first)
-    return constrain(x, ("batch", "length", "act_embed")), new_kv
+    return constrain(x, ("batch", "length", "act_embed"))
 
 
 def _einsum_attention(cfg: LlamaConfig, q, k, v, mask, kv_axes: str):

@@ -66,7 +66,7 @@ def test_resume_after_sigkill_every_id_once(tiny_hf_dir, tmp_path):
     assert row["messages"] == json.loads(src[0]) and row["finish_reason"] in ("stop", "length")
     decoding = json.loads(row["decoding"])
     assert decoding["max_new_tokens"] == 8 and row["model"] == Path(tiny_hf_dir).name
-    assert decoding["matmul"] == "packed"  # --matmul=auto on one CPU device with float32 weights
+    assert decoding["kernels"] == "native"  # --kernels=auto on one CPU device with float32 weights
 
 
 def test_pass_through_and_bad_lines(tiny_hf_dir, tmp_path):

@@ -5,7 +5,7 @@
 //
 // Why: decoding multiplies a few activation rows by every weight once per step, so the step is a stream
 // over the weights. XLA:CPU's dots (Eigen, YNNPACK) pack the weight into panels at every call and read it
-// at 12-18 GB/s at 16 rows; holding it packed once (models/packed.py) lets each call read it once, in order.
+// at 12-18 GB/s at 16 rows; holding it packed once (models/cpu_kernels.py) lets each call read it once, in order.
 // Each (panel, block of 8 rows) keeps its 8 x 32 sums in registers over the whole of K (sums run in k
 // order). Work units (a panel times a range of rows) are claimed from an atomic counter by the calling
 // thread and by helper tasks on XLA's intra-op thread pool.

@@ -1,15 +1,19 @@
-"""Projection weights packed in column panels for decoding on CPU, multiplied by a native kernel.
+"""Native CPU kernels for decoding, called from jitted code through XLA's FFI (models/native/*.cc, built into
+libxlit_cpu.so by `make native`).
 
-Decoding multiplies a few activation rows by every weight once per step; the step is a stream over the
-weights. XLA:CPU's dots repack the weight at every call and read it at 12-18 GB/s at 16 rows on a machine
-whose memory streams at ~40 GB/s (bench/README.md, "Decode"). `pack` lays a weight out once as [NB, K, 32]
-(panel j = output columns 32j..32j+31, each row k contiguous); `packed_dense` multiplies by it with the XLA
-FFI target `xlit_packed_matmul` (models/native/packed_matmul.cc, built by `make native`), which reads each
-panel once, in order, and keeps the 8 x 32 sums of a block of rows in registers over all of K.
+A decode step multiplies a few activation rows by every weight once, so it is a stream over the weights
+(and the KV cache). XLA:CPU's dots repack the weight at every call and read it at 12-18 GB/s at 16 rows on
+a machine whose memory streams at ~40 GB/s, and each layer's keys and values are first copied out of the
+stacked cache (bench/README.md, "Decode"). Two kernels read each byte once, in order:
 
-float32 only, one CPU device: `Packed` weights are used when `usable()` says so (infer/decode.py); the
-sums are the same products added in k order, so results match XLA's dots to float32 rounding, not bit for
-bit (the decode tests compare generated ids with transformers).
+- `packed_dense`: `pack` lays a weight out once as [NB, K, 32] (panel j = output columns 32j..32j+31, each
+  row k contiguous); `xlit_packed_matmul` keeps the 8 x 32 sums of a block of rows in registers over all of K.
+- `cache_attention`: `xlit_decode_attention` computes one query per row over a window of the layer-stacked
+  cache in place (the sums of `models.modules._decode_attention`).
+
+float32 on one CPU device (`infer.decode.DecodeKernels.NATIVE`, chosen by `Decoder`). The sums are the same
+products in another order, so results match XLA's to float32 rounding, not bit for bit; the decode tests
+compare generated ids with transformers and with the XLA path.
 """
 
 from __future__ import annotations
@@ -22,26 +26,29 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from models.dense import dense_axes, out_first_axes, to_out_first
 
 PANEL = 32
 LIBRARY = Path(__file__).parent / "native" / "libxlit_cpu.so"
 TARGET = "xlit_packed_matmul"
+ATTENTION_TARGET = "xlit_decode_attention"
 
 
 @functools.cache
 def _register() -> bool:
-    """Loads the native library and registers its FFI target once; False if the library is not built."""
+    """Loads the native library and registers its FFI targets once; False if the library is not built."""
     if not LIBRARY.is_file():
         return False
     lib = ctypes.CDLL(str(LIBRARY))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.XlitPackedMatmul), platform="cpu")
+    jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(lib.XlitDecodeAttention), platform="cpu")
     return True
 
 
 def built() -> bool:
-    """Whether models/native/libxlit_cpu.so exists (`make native`) and its kernel is registered."""
+    """Whether models/native/libxlit_cpu.so exists (`make native`) and its kernels are registered."""
     return _register()
 
 
@@ -96,3 +103,28 @@ def packed_dense(eq: str, x: jax.Array, w: Packed) -> jax.Array:
     y = packed_matmul(x2, w.panels)[:, :n].reshape(*lead, *w.out_shape)
     got = kept_x + kept_w
     return y.transpose([got.index(c) for c in out])
+
+
+def cache_attention(
+    q: jax.Array,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    layer: int,
+    start: jax.Array,
+    mask: jax.Array,
+    scale: float,
+) -> jax.Array:
+    """One decode step's attention over layer `layer` of the stacked cache, read in place (the native kernel):
+    q [B,K,G,H] f32, caches [L,B,K,S,H] f32, mask [B,W] over the W slots from `start` -> [B,K,G,H] f32."""
+    if not _register():
+        raise RuntimeError(f"{LIBRARY} is missing: run `make native` (needs g++) to build it")
+    out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
+    return jax.ffi.ffi_call(ATTENTION_TARGET, out, vmap_method="sequential")(
+        q,
+        k_cache,
+        v_cache,
+        mask,
+        jnp.asarray(start, jnp.int32),
+        layer=np.int64(layer),
+        scale=np.float32(scale),
+    )
