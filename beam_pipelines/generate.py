@@ -101,7 +101,7 @@ class ToRecord(beam.DoFn):
 
     def __init__(self, model_name: str | None, decoding_json: str):
         self.model_name = model_name
-        self.decoding_json = decoding_json
+        self.decoding = json.loads(decoding_json)
         self.items = Metrics.counter(NS, "items")
         self.failures = Metrics.counter(NS, "failures")
         self.tokens = Metrics.counter(NS, "response_tokens")
@@ -119,9 +119,7 @@ class ToRecord(beam.DoFn):
             "response_tokens": res["response_tokens"],
             "finish_reason": res["finish_reason"],
             "model": self.model_name or res["model_name"],
-            "decoding": json.dumps(
-                {**json.loads(self.decoding_json), "kernels": res["kernels"]}, sort_keys=True
-            ),
+            "decoding": json.dumps({**self.decoding, "kernels": res["kernels"]}, sort_keys=True),
             "error": res["error"],
         }
 

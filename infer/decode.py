@@ -394,8 +394,8 @@ def native_unusable(model: nnx.Module, mesh: Mesh | None, dtype: Any) -> str | N
             f"weights {sorted(map(str, weights))} / compute {jnp.dtype(model.cfg.compute_dtype)}, not float32"
         )
     cfg = model.cfg
-    if cfg.head_dim % 16 or cfg.num_heads // cfg.num_kv_heads > 16:
-        return f"head_dim {cfg.head_dim} is not a multiple of 16 or more than 16 query heads share a KV head"
+    if cfg.head_dim % 16:
+        return f"head_dim {cfg.head_dim} is not a multiple of 16 (the attention kernel's vector width)"
     if not native_built():
         return _NOT_BUILT
     return None

@@ -42,8 +42,12 @@ def _register() -> bool:
     if not LIBRARY.is_file():
         return False
     lib = ctypes.CDLL(str(LIBRARY))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.XlitPackedMatmul), platform="cpu")
-    jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(lib.XlitDecodeAttention), platform="cpu")
+    try:
+        matmul, attention = lib.XlitPackedMatmul, lib.XlitDecodeAttention
+    except AttributeError as e:  # built from older sources
+        raise RuntimeError(f"{LIBRARY} is out of date ({e}): rebuild it with `make native`") from None
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(matmul), platform="cpu")
+    jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(attention), platform="cpu")
     return True
 
 

@@ -29,7 +29,6 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr float kNegInf = -1e30f;  // models/attention.py NEG_INF
-constexpr int64_t kMaxG = 16;      // query heads per KV head handled per unit
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 
@@ -138,7 +137,7 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
   bool same_cache = true;
   for (int i = 0; i < 5; ++i) same_cache &= cd[i] == vc.dimensions()[i];
   if (!same_cache || cd[1] != d.B || cd[2] != d.K || cd[4] != d.H || md[0] != d.B || d.H % 16 != 0 ||
-      layer < 0 || layer >= d.L || d.start < 0 || d.start + d.W > d.S || d.G > kMaxG) {
+      layer < 0 || layer >= d.L || d.start < 0 || d.start + d.W > d.S) {
     return ffi::Error::InvalidArgument(
         "xlit_decode_attention: expects q [B,K,G,H], caches [L,B,K,S,H], mask [B,W], H % 16 == 0, "
         "0 <= layer < L, 0 <= start <= S - W");
