@@ -45,8 +45,8 @@ $(MODEL_DIR)/config.json: | venv
 NATIVE_LIB := models/native/libxlit_cpu.so
 native: $(NATIVE_LIB)
 NATIVE_SRC := models/native/packed_matmul.cc models/native/decode_attention.cc
-$(NATIVE_LIB): $(NATIVE_SRC) .venv/.xlit-installed
-	g++ -O3 -std=c++17 -fPIC -shared -w -I"$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" \
+$(NATIVE_LIB): $(NATIVE_SRC) models/native/parallel.h .venv/.xlit-installed
+	g++ -O3 -std=c++17 -fPIC -shared -w -I. -I"$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" \
 	  $(NATIVE_SRC) -o $@.tmp
 	mv $@.tmp $@
 

@@ -51,6 +51,11 @@ def _register() -> bool:
     return True
 
 
+def _require() -> None:
+    if not _register():
+        raise RuntimeError(f"{LIBRARY} is missing: run `make native` (needs g++) to build it")
+
+
 def built() -> bool:
     """Whether models/native/libxlit_cpu.so exists (`make native`) and its kernels are registered."""
     return _register()
@@ -86,8 +91,7 @@ def pack_weight(eq: str, w: jax.Array) -> Packed:
 
 def packed_matmul(x2: jax.Array, panels: jax.Array) -> jax.Array:
     """x2 [M, K] float32 times packed panels [NB, K, 32] -> [M, NB*32] float32 (the native kernel)."""
-    if not _register():
-        raise RuntimeError(f"{LIBRARY} is missing: run `make native` (needs g++) to build it")
+    _require()
     m = x2.shape[0]
     out = jax.ShapeDtypeStruct((m, panels.shape[0] * PANEL), jnp.float32)
     return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(x2, panels)
@@ -120,8 +124,7 @@ def cache_attention(
 ) -> jax.Array:
     """One decode step's attention over layer `layer` of the stacked cache, read in place (the native kernel):
     q [B,K,G,H] f32, caches [L,B,K,S,H] f32, mask [B,W] over the W slots from `start` -> [B,K,G,H] f32."""
-    if not _register():
-        raise RuntimeError(f"{LIBRARY} is missing: run `make native` (needs g++) to build it")
+    _require()
     out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
     return jax.ffi.ffi_call(ATTENTION_TARGET, out, vmap_method="sequential")(
         q,

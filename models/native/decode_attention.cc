@@ -11,17 +11,15 @@
 // over the window (max subtracted, exp, divided by the sum), then the probabilities times the values,
 // slot by slot. Why: in XLA each layer's [B, K, W, H] keys and values were first copied out of the stacked
 // cache (a dynamic slice is a copy there), then read by the products; this reads them once, in place.
-// H must be a multiple of 16 (models/cpu_kernels.py checks). Work units are (row, KV head) pairs, claimed as
-// in packed_matmul.cc.
+// H must be a multiple of 16 (infer/decode.py checks). Work units are (row, KV head) pairs, spread over
+// XLA's intra-op pool (parallel.h).
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <vector>
 
+#include "models/native/parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -97,31 +95,6 @@ XLIT_ATTN_KERNEL(attn_generic)
 using AttnFn = void (*)(const Shape&, const float*, const float*, const float*, const bool*, float*, int64_t,
                         int64_t, float*);
 
-AttnFn pick_kernel() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return attn_avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return attn_avx2;
-  return attn_generic;
-}
-
-struct Work {
-  Shape d;
-  const float *q, *kc, *vc;
-  const bool* mask;
-  float* out;
-  AttnFn fn;
-  int64_t units;
-  std::atomic<int64_t> next{0}, done{0};
-
-  void run() {
-    std::vector<float> logits(d.G * d.W);
-    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
-      fn(d, q, kc, vc, mask, out, u / d.K, u % d.K, logits.data());
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
 ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kc,
                            ffi::Buffer<ffi::F32> vc, ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::S32> start,
                            ffi::ResultBuffer<ffi::F32> out, int64_t layer, float scale) {
@@ -142,21 +115,17 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
         "xlit_decode_attention: expects q [B,K,G,H], caches [L,B,K,S,H], mask [B,W], H % 16 == 0, "
         "0 <= layer < L, 0 <= start <= S - W");
   }
-  static const AttnFn fn = pick_kernel();
-  auto work = std::make_shared<Work>();
-  work->d = d;
-  work->q = q.typed_data();
-  work->kc = kc.typed_data();
-  work->vc = vc.typed_data();
-  work->mask = mask.typed_data();
-  work->out = out->typed_data();
-  work->fn = fn;
-  work->units = d.B * d.K;
-  if (work->units == 0 || d.W == 0) return ffi::Error::Success();
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->units) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->run(); });
-  work->run();
-  while (work->done.load(std::memory_order_acquire) < work->units) std::this_thread::yield();
+  if (d.W == 0) return ffi::Error::Success();
+  static const AttnFn fn = xlit::PickIsa<AttnFn>(attn_avx512, attn_avx2, attn_generic);
+  const float *qp = q.typed_data(), *kp = kc.typed_data(), *vp = vc.typed_data();
+  const bool* mp = mask.typed_data();
+  float* op = out->typed_data();
+  // a unit: one (row, KV head) pair
+  xlit::ParallelUnits(pool, d.B * d.K, [=](int64_t u) {
+    thread_local std::vector<float> logits;  // [G, W] scratch, per thread
+    logits.resize(d.G * d.W);
+    fn(d, qp, kp, vp, mp, op, u / d.K, u % d.K, logits.data());
+  });
   return ffi::Error::Success();
 }
 

@@ -7,15 +7,12 @@
 // over the weights. XLA:CPU's dots (Eigen, YNNPACK) pack the weight into panels at every call and read it
 // at 12-18 GB/s at 16 rows; holding it packed once (models/cpu_kernels.py) lets each call read it once, in order.
 // Each (panel, block of 8 rows) keeps its 8 x 32 sums in registers over the whole of K (sums run in k
-// order). Work units (a panel times a range of rows) are claimed from an atomic counter by the calling
-// thread and by helper tasks on XLA's intra-op thread pool.
+// order). Work units (a panel times a range of rows) are spread over XLA's intra-op pool (parallel.h).
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 
+#include "models/native/parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -76,32 +73,6 @@ XLIT_PANEL_KERNEL(panel_generic)
 
 using PanelFn = void (*)(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t);
 
-PanelFn pick_kernel() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return panel_avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return panel_avx2;
-  return panel_generic;
-}
-
-struct Work {
-  const float* x;
-  const float* w;
-  float* y;
-  int64_t K, NB, M, chunks, units;
-  PanelFn fn;
-  std::atomic<int64_t> next{0}, done{0};
-
-  // Claims units until none is left.
-  void run() {
-    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
-      const int64_t j = u / chunks, c = u % chunks;
-      const int64_t m0 = c * kRowChunk, m1 = std::min(M, m0 + kRowChunk);
-      fn(x, w + j * K * kPanel, y + j * kPanel, K, NB * kPanel, m0, m1);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
 ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                         ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
@@ -110,24 +81,16 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     return ffi::Error::InvalidArgument(
         "xlit_packed_matmul: expects x [M, K], w [NB, K, 32] and y [M, NB*32] (float32)");
   }
-  static const PanelFn fn = pick_kernel();
-  auto work = std::make_shared<Work>();
-  work->x = x.typed_data();
-  work->w = w.typed_data();
-  work->y = y->typed_data();
-  work->M = xd[0];
-  work->K = xd[1];
-  work->NB = wd[0];
-  work->chunks = (xd[0] + kRowChunk - 1) / kRowChunk;
-  work->units = work->NB * work->chunks;
-  work->fn = fn;
-  if (work->units == 0) return ffi::Error::Success();
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->units) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->run(); });
-  work->run();
-  // Every unit has been claimed; wait for the ones other threads are still running. A helper that
-  // starts after this finds nothing to claim (it holds its own reference to `work`).
-  while (work->done.load(std::memory_order_acquire) < work->units) std::this_thread::yield();
+  static const PanelFn fn = xlit::PickIsa<PanelFn>(panel_avx512, panel_avx2, panel_generic);
+  const float* xp = x.typed_data();
+  const float* wp = w.typed_data();
+  float* yp = y->typed_data();
+  const int64_t M = xd[0], K = xd[1], NB = wd[0], chunks = (M + kRowChunk - 1) / kRowChunk;
+  // a unit: one panel times one chunk of rows
+  xlit::ParallelUnits(pool, NB * chunks, [=](int64_t u) {
+    const int64_t j = u / chunks, m0 = (u % chunks) * kRowChunk;
+    fn(xp, wp + j * K * kPanel, yp + j * kPanel, K, NB * kPanel, m0, std::min(M, m0 + kRowChunk));
+  });
   return ffi::Error::Success();
 }
 
