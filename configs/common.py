@@ -49,6 +49,7 @@ ENUMS = {
     "data.bad_records": ("skip", "error"),
     "optimizer.schedule": ("inverse_sqrt", "linear_to_min", "constant"),
     "optimizer.mu_dtype": ("float32", "bfloat16"),
+    "optimizer.kernels": ("auto", "xla", "native"),
     "export.dtype": ("float32", "bfloat16"),
 }
 
@@ -118,6 +119,10 @@ def base() -> ml_collections.ConfigDict:
             weight_decay=0.1,
             clip_norm=1.0,  # global-norm clipping (pasero default 1.0); 0 = none
             mu_dtype="float32",  # Adam first moment; bfloat16 saves memory (13B on 2×A100)
+            # how the update runs, not what it computes: "native" = one pass per tensor on one CPU device
+            # (train/fused_adamw.py, same float32 arithmetic as optax), "xla" = optax; "auto" = native where
+            # it applies
+            kernels="auto",
         )
     )
     c.train = ml_collections.ConfigDict(

@@ -1,5 +1,6 @@
-"""Native CPU kernels for decoding, called from jitted code through XLA's FFI (models/native/*.cc, built into
-libxlit_cpu.so by `make native`).
+"""Native CPU kernels, called from jitted code through XLA's FFI (models/native/*.cc, built into libxlit_cpu.so
+by `make native`): two for decoding, below, and the trainer's one-pass AdamW update (`ADAMW_TARGET`,
+models/native/adamw.cc, called by train/fused_adamw.py).
 
 A decode step multiplies a few activation rows by every weight once, so it is a stream over the weights
 (and the KV cache). XLA:CPU's dots repack the weight at every call and read it at 12-18 GB/s at 16 rows on
@@ -34,6 +35,7 @@ PANEL = 32
 LIBRARY = Path(__file__).parent / "native" / "libxlit_cpu.so"
 TARGET = "xlit_packed_matmul"
 ATTENTION_TARGET = "xlit_decode_attention"
+ADAMW_TARGET = "xlit_adamw"
 
 
 @functools.cache
@@ -43,15 +45,17 @@ def _register() -> bool:
         return False
     lib = ctypes.CDLL(str(LIBRARY))
     try:
-        matmul, attention = lib.XlitPackedMatmul, lib.XlitDecodeAttention
+        matmul, attention, adamw = lib.XlitPackedMatmul, lib.XlitDecodeAttention, lib.XlitAdamW
     except AttributeError as e:  # built from older sources
         raise RuntimeError(f"{LIBRARY} is out of date ({e}): rebuild it with `make native`") from None
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(matmul), platform="cpu")
     jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(attention), platform="cpu")
+    jax.ffi.register_ffi_target(ADAMW_TARGET, jax.ffi.pycapsule(adamw), platform="cpu")
     return True
 
 
-def _require() -> None:
+def require() -> None:
+    """Raises RuntimeError naming the missing library (and how to build it) unless the kernels are registered."""
     if not _register():
         raise RuntimeError(f"{LIBRARY} is missing: run `make native` (needs g++) to build it")
 
@@ -91,7 +95,7 @@ def pack_weight(eq: str, w: jax.Array) -> Packed:
 
 def packed_matmul(x2: jax.Array, panels: jax.Array) -> jax.Array:
     """x2 [M, K] float32 times packed panels [NB, K, 32] -> [M, NB*32] float32 (the native kernel)."""
-    _require()
+    require()
     m = x2.shape[0]
     out = jax.ShapeDtypeStruct((m, panels.shape[0] * PANEL), jnp.float32)
     return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(x2, panels)
@@ -124,7 +128,7 @@ def cache_attention(
 ) -> jax.Array:
     """One decode step's attention over layer `layer` of the stacked cache, read in place (the native kernel):
     q [B,K,G,H] f32, caches [L,B,K,S,H] f32, mask [B,W] over the W slots from `start` -> [B,K,G,H] f32."""
-    _require()
+    require()
     out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
     return jax.ffi.ffi_call(ATTENTION_TARGET, out, vmap_method="sequential")(
         q,

@@ -196,6 +196,9 @@ def run(cfg: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None =
             loader.set_state(data_state)
             logging.info("resumed from %s at step %d", ckpt.directory, start)
         step_fn = jit_train_step(built, tx, schedule)
+        logging.info(
+            "optimizer update: %s (optimizer.kernels=%s)", built.optimizer_kernels, cfg.optimizer.kernels
+        )
         writer = MetricsWriter(
             workdir, flops_per_token=built.model_cfg.flops_per_token(cfg.data.seq_len), resume_step=start
         )

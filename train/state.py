@@ -24,6 +24,7 @@ from models.lora import LoRAConfig, LoRAParam
 from models.modules import Llama
 from models.sharding import state_shardings
 
+from .fused_adamw import FusedAdamW, choose
 from .step import make_train_step
 
 
@@ -36,6 +37,12 @@ class Built:
     lora: LoRAConfig | None
     mesh: Mesh
     loss_chunk_tokens: int = 0  # config train.loss_chunk_tokens (train/step.py's chunked_nll; 0 = off)
+    fused: FusedAdamW | None = None  # the one-pass AdamW update (config optimizer.kernels); None = optax
+
+    @property
+    def optimizer_kernels(self) -> str:
+        """Which update the step runs: "native" (train/fused_adamw.py) or "xla" (optax)."""
+        return "xla" if self.fused is None else "native"
 
 
 def lora_config(cfg) -> LoRAConfig | None:
@@ -135,7 +142,8 @@ def build_state(cfg, mesh: Mesh, tx: optax.GradientTransformation, vocab_size: i
         "opt_state": o_sh,
         "rng": replicated,
     }
-    return Built(graphdef, state, shardings, model.cfg, lora, mesh, chunk)
+    fused = choose(cfg.optimizer, mesh, params)
+    return Built(graphdef, state, shardings, model.cfg, lora, mesh, chunk, fused)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -144,7 +152,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def jit_train_step(built: Built, tx, schedule):
-    step = make_train_step(built.graphdef, tx, schedule, built.loss_chunk_tokens)
+    step = make_train_step(built.graphdef, tx, schedule, built.loss_chunk_tokens, built.fused)
     replicated = NamedSharding(built.mesh, PartitionSpec())
     return jax.jit(
         step,

@@ -6,7 +6,8 @@
 The loss is Σ weight·CE over every micro-batch divided by the number of response tokens of the whole
 accumulated batch (so 4 micro-batches give exactly the gradient of one batch holding the same tokens).
 Compute runs in the model config's `dtype` (bf16 by default) on `param_dtype` master weights (fp32);
-gradients and their accumulator are in the master dtype.
+gradients and their accumulator are in the master dtype. The optimizer update is optax's, or the same
+arithmetic in one pass per tensor on one CPU device (`config.optimizer.kernels`, train/fused_adamw.py).
 
 `loss_chunk_tokens` (config `train.loss_chunk_tokens`, 0 = off): the cross-entropy is computed by
 `chunked_nll`, a few sequence positions at a time, instead of from the full float32 [rows, T, vocab] logits.
@@ -26,6 +27,8 @@ from jax.custom_derivatives import SymbolicZero
 
 from models.modules import forward
 from models.sharding import constrain
+
+from .fused_adamw import FusedAdamW
 
 TrainState = dict[str, Any]
 
@@ -182,20 +185,32 @@ def accumulated_grads(graphdef, params, frozen, batch, loss_chunk_tokens: int = 
 
 
 def make_train_step(
-    graphdef, tx: optax.GradientTransformation, schedule, loss_chunk_tokens: int = 0
+    graphdef,
+    tx: optax.GradientTransformation,
+    schedule,
+    loss_chunk_tokens: int = 0,
+    fused: FusedAdamW | None = None,
 ) -> Callable:
-    """The un-jitted step function (jit it with shardings, see train/state.py)."""
+    """The un-jitted step function (jit it with shardings, see train/state.py). `fused` runs `tx`'s update
+    in one pass per tensor (train/fused_adamw.py; `tx` must be `train.optim.make_optimizer`'s)."""
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         params = state["params"]
         loss, grads, n_resp = accumulated_grads(graphdef, params, state["frozen"], batch, loss_chunk_tokens)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
+        grad_norm = optax.tree.norm(grads)
+        if fused is None:
+            updates, opt_state = tx.update(grads, state["opt_state"], params)
+            new_params = optax.apply_updates(params, updates)
+            param_norm = optax.tree.norm(new_params)
+        else:
+            new_params, opt_state, param_norm = fused.update(
+                grads, state["opt_state"], params, schedule, grad_norm
+            )
         rng, _ = jax.random.split(state["rng"])  # dropout is 0; the key still advances with the step
         metrics = {
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(new_params),
+            "grad_norm": grad_norm,
+            "param_norm": param_norm,
             "lr": schedule(state["step"]),
             "tokens": jnp.sum(batch["segment_ids"] > 0),
             "response_tokens": n_resp,
