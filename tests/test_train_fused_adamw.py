@@ -145,3 +145,12 @@ def test_native_where_it_cannot_run_is_an_error():
     assert isinstance(choose(cfg.optimizer, mesh, params), FusedAdamW)
     cfg.optimizer.kernels = "xla"
     assert choose(cfg.optimizer, mesh, params) is None
+
+
+def test_state_of_another_chain_is_an_error():
+    cfg = get_config("ft")
+    cfg.optimizer.clip_norm = 0.0  # the chain has no clipping state
+    tx, sched = make_optimizer(cfg.optimizer, 10)
+    params = {"w": jnp.ones((4, 4), jnp.float32)}
+    with pytest.raises(ValueError, match=r"FusedAdamW\(clip_norm=1.0\) needs the state"):
+        FusedAdamW(B1, B2, EPS, WD, 1.0).update(params, tx.init(params), params, sched, jnp.float32(1.0))

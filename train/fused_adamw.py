@@ -4,9 +4,11 @@ optax runs clip_by_global_norm + adamw + apply_updates as separate element-wise 
 passes over each parameter-sized tensor (clipped gradient, first moment, second moment, parameter, and the
 norm of the new parameters for the `param_norm` metric), reading the gradient three times. The native kernel
 (models/native/adamw.cc, `xlit_adamw`) reads p, g, mu, nu once, writes p, mu, nu in place and returns the
-sum of the new parameters' squares. The arithmetic is optax's, operation by operation in float32, with the
-step scalars (bias corrections, learning rate, clipping) computed here by the same expressions optax uses,
-so the parameters and moments equal optax's bit for bit (tests/test_train_fused_adamw.py).
+sum of the new parameters' squares. The arithmetic is optax's formula, one float32 rounding per operation,
+with the step scalars (bias corrections, learning rate, clipping) computed here by the same expressions
+optax uses. It equals a NumPy float32 transcription of that formula bit for bit, and optax under XLA to
+float32 rounding: XLA's simplifier rewrites some of optax's divisions and LLVM fuses some multiply-adds,
+differently from program to program (tests/test_train_fused_adamw.py, docs/train.md).
 
 `config.optimizer.kernels`: "xla" = optax; "native" = this (an error where it cannot run); "auto" = native
 where it applies (CPU backend, one device, float32 parameters and moments, library built), else optax.
@@ -54,6 +56,11 @@ class FusedAdamW:
         """(new params, new optimizer state, global norm of the new params). `grad_norm` is
         `optax.tree.norm(grads)`, the norm clip_by_global_norm computes."""
         *clip_state, (adam, wd_state, sched_state) = opt_state
+        if len(clip_state) != (self.clip_norm > 0) or not isinstance(adam, optax.ScaleByAdamState):
+            raise ValueError(
+                f"FusedAdamW(clip_norm={self.clip_norm}) needs the state of train.optim.make_optimizer's chain "
+                f"for the same optimizer config; got {jax.tree.structure(opt_state)}"
+            )
         count_inc = optax.safe_increment(adam.count)
         # the scalars as optax.tree.bias_correction, scale_by_learning_rate and clip_by_global_norm form them
         bc1 = (1 - self.b1**count_inc).astype(jnp.float32)
