@@ -91,15 +91,13 @@ class FusedAdamW:
         )
         p_leaves, treedef = jax.tree.flatten(params)
         g_leaves, mu_leaves, nu_leaves = (treedef.flatten_up_to(t) for t in (grads, adam.mu, adam.nu))
-        new_p, new_mu, new_nu, sumsq = [], [], [], []
-        for p, g, mu, nu in zip(p_leaves, g_leaves, mu_leaves, nu_leaves):
-            p2, mu2, nu2, ss = _adamw_leaf(p, g, mu, nu, s, attrs)
-            new_p.append(p2), new_mu.append(mu2), new_nu.append(nu2), sumsq.append(ss[0])
+        outs = [_adamw_leaf(*leaf, s, attrs) for leaf in zip(p_leaves, g_leaves, mu_leaves, nu_leaves)]
+        new_p, new_mu, new_nu, sumsq = (list(x) for x in zip(*outs))
         unflat = treedef.unflatten
         new_adam = adam._replace(count=count_inc, mu=unflat(new_mu), nu=unflat(new_nu))
         new_sched = sched_state._replace(count=optax.safe_increment(sched_state.count))
         new_state = (*clip_state, (new_adam, wd_state, new_sched))
-        return unflat(new_p), new_state, jnp.sqrt(sum(sumsq))
+        return unflat(new_p), new_state, jnp.sqrt(sum(ss[0] for ss in sumsq))
 
 
 def _adamw_leaf(p, g, mu, nu, s, attrs):

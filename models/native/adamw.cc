@@ -78,7 +78,7 @@ struct Consts {
                         : NAME##_t<false>(c, p, g, mu, nu, po, muo, nuo, lo, hi);                        \
   }
 
-// The Makefile compiles with -ffp-contract=off (each product and sum rounds on its own, as in XLA's loops;
+// The Makefile compiles this file with -ffp-contract=off (each product and sum rounds on its own, as in XLA's loops;
 // no FMA) and -fno-math-errno (sqrt vectorises; the same correctly rounded square root).
 #pragma GCC push_options
 #pragma GCC target("avx512f")
