@@ -3,6 +3,10 @@ choice between them and XLA's in `infer.decode.Decoder`."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,10 +35,24 @@ def test_library_is_built():
     assert built(), "models/native/libxlit_cpu.so missing: `make native` (part of `make setup`)"
 
 
-# rows: 1 (batch-1 decode), 5 and 13 (not a multiple of the 8-row block), 16, 300 (past one 256-row work
-# unit); columns: 32 (one panel), 40 and 200 (zero-padded last panel), 1536
+@pytest.mark.skipif(bool(os.environ.get("XLIT_NATIVE_ISA")), reason="already running under a capped ISA")
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_every_build_gives_the_same_sums(isa):
+    """The kernels' narrower builds (models/native/parallel.h PickIsa; capped by XLIT_NATIVE_ISA) pass the
+    float64 checks below too: this process runs the widest build the CPU has, a child runs the capped one."""
+    env = {**os.environ, "XLIT_NATIVE_ISA": isa}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "equals_float64"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout
+
+
+# rows: 1 (batch-1 decode), 3, 5, 7 and 13 (not a multiple of the AVX-512 build's 8-row block or the AVX2 /
+# baseline builds' 6: every tail size 1-7 occurs in one build or another), 16, 300 (past one 256-row work unit);
+# columns: 32 (one panel), 40 and 200 (zero-padded last panel), 1536
 @pytest.mark.parametrize(
-    ("m", "k", "n"), [(1, 576, 1536), (5, 3, 40), (13, 64, 200), (16, 576, 32), (300, 96, 96)]
+    ("m", "k", "n"),
+    [(1, 576, 1536), (3, 17, 64), (5, 3, 40), (7, 33, 96), (13, 64, 200), (16, 576, 32), (300, 96, 96)],
 )
 def test_packed_matmul_equals_float64_sums(m, k, n):
     rng = np.random.default_rng(m * 1000 + n)

@@ -6,8 +6,14 @@
 // Why: decoding multiplies a few activation rows by every weight once per step, so the step is a stream
 // over the weights. XLA:CPU's dots (Eigen, YNNPACK) pack the weight into panels at every call and read it
 // at 12-18 GB/s at 16 rows; holding it packed once (models/cpu_kernels.py) lets each call read it once, in order.
-// Each (panel, block of 8 rows) keeps its 8 x 32 sums in registers over the whole of K (sums run in k
-// order). Work units (a panel times a range of rows) are spread over XLA's intra-op pool (parallel.h).
+// Each (panel, block of R rows) keeps its R x 32 sums in registers over the whole of K (sums run in k
+// order, so every build gives the same numbers up to the multiply-adds' rounding). The vectors and R
+// follow the register file of the ISA a build targets: AVX-512 sums 8 rows x 32 columns in 16 zmm
+// registers; AVX2 (16 ymm) and the baseline SSE2 build (16 xmm) take a panel in passes of 2 vectors'
+// columns for 6 rows (12 accumulators). Vectors wider than the ISA's (the first version's 64-byte vectors
+// in every build) made GCC spill every sum to the stack: 1.4-2.2 GFLOP/s on an AVX2 machine, ~50x slower
+// than XLA's dot. Work units (a panel times a range of rows) are spread over XLA's intra-op pool
+// (parallel.h).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -20,56 +26,63 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int64_t kPanel = 32;
-constexpr int64_t kRows = 8;        // rows per register block
 constexpr int64_t kRowChunk = 256;  // rows per work unit
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
+typedef float v8 __attribute__((vector_size(32), aligned(4)));
+typedef float v4 __attribute__((vector_size(16), aligned(4)));
 
-// One panel times rows [m0, m1): R = kRows rows at a time, then one at a time.
-#define XLIT_PANEL_KERNEL(NAME)                                                                     \
+// RR rows (a constant) from row m times columns [0, NV*LANES) of the pass at wq / yq.
+#define XLIT_PANEL_BLOCK(V, LANES, NV, RR)                                               \
+  {                                                                                      \
+    V a[RR][NV] = {};                                                                    \
+    const float* xr = x + m * K;                                                         \
+    for (int64_t k = 0; k < K; ++k) {                                                    \
+      __builtin_prefetch(wq + (k + 8) * kPanel);                                         \
+      V w[NV];                                                                           \
+      for (int v = 0; v < NV; ++v) w[v] = *reinterpret_cast<const V*>(wq + k * kPanel + v * LANES); \
+      for (int i = 0; i < RR; ++i) {                                                     \
+        const float s = xr[i * K + k];                                                   \
+        for (int v = 0; v < NV; ++v) a[i][v] += s * w[v];                                \
+      }                                                                                  \
+    }                                                                                    \
+    for (int i = 0; i < RR; ++i)                                                         \
+      for (int v = 0; v < NV; ++v) std::memcpy(yq + (m + i) * ldy + v * LANES, &a[i][v], LANES * 4); \
+  }
+
+// One panel times rows [m0, m1), in 32 / (NV * LANES) column passes of R rows at a time; the last
+// rows (fewer than R) as one smaller block.
+#define XLIT_PANEL_KERNEL(NAME, V, LANES, NV, R)                                                    \
   static void NAME(const float* x, const float* wp, float* y, int64_t K, int64_t ldy, int64_t m0, \
                    int64_t m1) {                                                                    \
-    int64_t m = m0;                                                                                 \
-    for (; m + kRows <= m1; m += kRows) {                                                           \
-      v16 a[kRows][2] = {};                                                                         \
-      const float* xr = x + m * K;                                                                  \
-      for (int64_t k = 0; k < K; ++k) {                                                             \
-        __builtin_prefetch(wp + (k + 8) * kPanel);                                                  \
-        v16 w0 = *reinterpret_cast<const v16*>(wp + k * kPanel);                                    \
-        v16 w1 = *reinterpret_cast<const v16*>(wp + k * kPanel + 16);                               \
-        for (int i = 0; i < kRows; ++i) {                                                           \
-          float s = xr[i * K + k];                                                                  \
-          a[i][0] += s * w0;                                                                        \
-          a[i][1] += s * w1;                                                                        \
-        }                                                                                           \
+    static_assert(kPanel % ((NV) * (LANES)) == 0 && (R) >= 1 && (R) <= 8, "panel kernel shape");    \
+    for (int64_t c = 0; c < kPanel; c += (NV) * (LANES)) {                                          \
+      const float* wq = wp + c;                                                                     \
+      float* yq = y + c;                                                                            \
+      int64_t m = m0;                                                                               \
+      for (; m + (R) <= m1; m += (R)) XLIT_PANEL_BLOCK(V, LANES, NV, R)                             \
+      switch (m1 - m) {                                                                             \
+        case 7: if ((R) > 7) XLIT_PANEL_BLOCK(V, LANES, NV, 7) break;                               \
+        case 6: if ((R) > 6) XLIT_PANEL_BLOCK(V, LANES, NV, 6) break;                               \
+        case 5: if ((R) > 5) XLIT_PANEL_BLOCK(V, LANES, NV, 5) break;                               \
+        case 4: if ((R) > 4) XLIT_PANEL_BLOCK(V, LANES, NV, 4) break;                               \
+        case 3: if ((R) > 3) XLIT_PANEL_BLOCK(V, LANES, NV, 3) break;                               \
+        case 2: if ((R) > 2) XLIT_PANEL_BLOCK(V, LANES, NV, 2) break;                               \
+        case 1: XLIT_PANEL_BLOCK(V, LANES, NV, 1) break;                                            \
+        default: break;                                                                             \
       }                                                                                             \
-      for (int i = 0; i < kRows; ++i) {                                                             \
-        std::memcpy(y + (m + i) * ldy, &a[i][0], 64);                                               \
-        std::memcpy(y + (m + i) * ldy + 16, &a[i][1], 64);                                          \
-      }                                                                                             \
-    }                                                                                               \
-    for (; m < m1; ++m) {                                                                           \
-      v16 a0 = {}, a1 = {};                                                                         \
-      const float* xr = x + m * K;                                                                  \
-      for (int64_t k = 0; k < K; ++k) {                                                             \
-        float s = xr[k];                                                                            \
-        a0 += s * *reinterpret_cast<const v16*>(wp + k * kPanel);                                   \
-        a1 += s * *reinterpret_cast<const v16*>(wp + k * kPanel + 16);                              \
-      }                                                                                             \
-      std::memcpy(y + m * ldy, &a0, 64);                                                            \
-      std::memcpy(y + m * ldy + 16, &a1, 64);                                                       \
     }                                                                                               \
   }
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,fma")
-XLIT_PANEL_KERNEL(panel_avx512)
+XLIT_PANEL_KERNEL(panel_avx512, v16, 16, 2, 8)
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-XLIT_PANEL_KERNEL(panel_avx2)
+XLIT_PANEL_KERNEL(panel_avx2, v8, 8, 2, 6)
 #pragma GCC pop_options
-XLIT_PANEL_KERNEL(panel_generic)
+XLIT_PANEL_KERNEL(panel_generic, v4, 4, 2, 6)
 
 using PanelFn = void (*)(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t);
 

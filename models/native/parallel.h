@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
+#include <string>
 #include <thread>
 #include <utility>
 
@@ -13,13 +15,17 @@
 
 namespace xlit {
 
-// The widest of a kernel's three builds that this CPU runs (AVX-512, AVX2 + FMA, baseline).
+// The widest of a kernel's three builds that this CPU runs (AVX-512, AVX2 + FMA, baseline). The
+// environment variable XLIT_NATIVE_ISA=avx2|generic caps it (tests run each build the CPU has this way).
 template <typename Fn>
 Fn PickIsa(Fn avx512, Fn avx2, Fn generic) {
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2;
-  return generic;
+  const char* cap = std::getenv("XLIT_NATIVE_ISA");
+  const std::string limit = cap ? cap : "";
+  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (limit == "generic") return generic;
+  if (limit != "avx2" && __builtin_cpu_supports("avx512f")) return avx512;
+  return has_avx2 ? avx2 : generic;
 }
 
 template <typename Body>
