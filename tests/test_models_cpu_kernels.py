@@ -99,9 +99,17 @@ def _attention_reference(q, kc, vc, layer, start, mask, scale):
     return np.einsum("bkgs,bksh->bkgh", p / p.sum(-1, keepdims=True), v)
 
 
-# (L, B, K, G, S, H, W, start, layer): the whole cache; a window from slot 17; one row, one head
+# (L, B, K, G, S, H, W, start, layer): the whole cache; a window from slot 17; one row, one head; a window of
+# 37 (slots past the last full block of 4, 8 or 16 at every vector width) with H = 48 (value vectors past the
+# last group of 4 in the AVX2 and AVX-512 builds)
 @pytest.mark.parametrize(
-    "dims", [(3, 4, 3, 3, 40, 64, 40, 0, 1), (2, 5, 2, 2, 50, 16, 20, 17, 0), (1, 1, 1, 1, 8, 32, 8, 0, 0)]
+    "dims",
+    [
+        (3, 4, 3, 3, 40, 64, 40, 0, 1),
+        (2, 5, 2, 2, 50, 16, 20, 17, 0),
+        (1, 1, 1, 1, 8, 32, 8, 0, 0),
+        (2, 3, 1, 4, 64, 48, 37, 5, 1),
+    ],
 )
 def test_cache_attention_equals_float64_softmax(dims):
     n_layers, b, k, g, s, h, w, start, layer = dims
