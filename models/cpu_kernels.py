@@ -23,6 +23,7 @@ import ctypes
 import dataclasses
 import functools
 import math
+import os
 from pathlib import Path
 
 import jax
@@ -36,6 +37,8 @@ LIBRARY = Path(__file__).parent / "native" / "libxlit_cpu.so"
 TARGET = "xlit_packed_matmul"
 ATTENTION_TARGET = "xlit_decode_attention"
 ADAMW_TARGET = "xlit_adamw"
+ISA_ENV = "XLIT_NATIVE_ISA"  # caps the build the kernels run (models/native/parallel.h PickIsa)
+ISA_CAPS = ("", "avx2", "generic")
 
 
 @functools.cache
@@ -43,6 +46,11 @@ def _register() -> bool:
     """Loads the native library and registers its FFI targets once; False if the library is not built."""
     if not LIBRARY.is_file():
         return False
+    cap = os.environ.get(ISA_ENV, "")
+    if cap not in ISA_CAPS:
+        raise ValueError(
+            f"environment variable {ISA_ENV}={cap!r}: expected one of {', '.join(ISA_CAPS[1:])} or unset"
+        )
     lib = ctypes.CDLL(str(LIBRARY))
     try:
         matmul, attention, adamw = lib.XlitPackedMatmul, lib.XlitDecodeAttention, lib.XlitAdamW

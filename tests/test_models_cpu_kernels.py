@@ -47,6 +47,14 @@ def test_every_build_gives_the_same_sums(isa):
     assert " passed" in run.stdout and "failed" not in run.stdout
 
 
+def test_an_unknown_isa_cap_is_an_error():
+    code = "import models.cpu_kernels as c; c.require()"
+    env = {**os.environ, "XLIT_NATIVE_ISA": "avx9"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "XLIT_NATIVE_ISA='avx9'" in run.stderr and "avx2, generic" in run.stderr
+
+
 # rows: 1 (batch-1 decode), 3, 5, 7 and 13 (not a multiple of the AVX-512 build's 8-row block or the AVX2 /
 # baseline builds' 6: every tail size 1-7 occurs in one build or another), 16, 300 (past one 256-row work unit);
 # columns: 32 (one panel), 40 and 200 (zero-padded last panel), 1536

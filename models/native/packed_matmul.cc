@@ -62,12 +62,12 @@ typedef float v4 __attribute__((vector_size(16), aligned(4)));
       int64_t m = m0;                                                                               \
       for (; m + (R) <= m1; m += (R)) XLIT_PANEL_BLOCK(V, LANES, NV, R)                             \
       switch (m1 - m) {                                                                             \
-        case 7: if ((R) > 7) XLIT_PANEL_BLOCK(V, LANES, NV, 7) break;                               \
-        case 6: if ((R) > 6) XLIT_PANEL_BLOCK(V, LANES, NV, 6) break;                               \
-        case 5: if ((R) > 5) XLIT_PANEL_BLOCK(V, LANES, NV, 5) break;                               \
-        case 4: if ((R) > 4) XLIT_PANEL_BLOCK(V, LANES, NV, 4) break;                               \
-        case 3: if ((R) > 3) XLIT_PANEL_BLOCK(V, LANES, NV, 3) break;                               \
-        case 2: if ((R) > 2) XLIT_PANEL_BLOCK(V, LANES, NV, 2) break;                               \
+        case 7: XLIT_PANEL_BLOCK(V, LANES, NV, 7) break;                                              \
+        case 6: XLIT_PANEL_BLOCK(V, LANES, NV, 6) break;                                              \
+        case 5: XLIT_PANEL_BLOCK(V, LANES, NV, 5) break;                                              \
+        case 4: XLIT_PANEL_BLOCK(V, LANES, NV, 4) break;                                              \
+        case 3: XLIT_PANEL_BLOCK(V, LANES, NV, 3) break;                                              \
+        case 2: XLIT_PANEL_BLOCK(V, LANES, NV, 2) break;                                              \
         case 1: XLIT_PANEL_BLOCK(V, LANES, NV, 1) break;                                            \
         default: break;                                                                             \
       }                                                                                             \

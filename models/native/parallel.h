@@ -16,7 +16,8 @@
 namespace xlit {
 
 // The widest of a kernel's three builds that this CPU runs (AVX-512, AVX2 + FMA, baseline). The
-// environment variable XLIT_NATIVE_ISA=avx2|generic caps it (tests run each build the CPU has this way).
+// environment variable XLIT_NATIVE_ISA=avx2|generic caps it (tests run each build the CPU has this way;
+// models/cpu_kernels.py rejects any other value before the library loads).
 template <typename Fn>
 Fn PickIsa(Fn avx512, Fn avx2, Fn generic) {
   __builtin_cpu_init();
