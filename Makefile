@@ -44,19 +44,20 @@ $(MODEL_DIR)/config.json: | venv
 # update), against jaxlib's FFI headers; rebuilt when its source or the installed packages change
 NATIVE_LIB := models/native/libxlit_cpu.so
 native: $(NATIVE_LIB)
-NATIVE_SRC := models/native/packed_matmul.cc models/native/decode_attention.cc
+NATIVE_SRC := models/native/packed_matmul.cc models/native/decode_attention.cc models/native/train_attention.cc
 NATIVE_FLAGS = -O3 -std=c++17 -fPIC -w -I. -I"$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')"
 # adamw.cc alone without FMA contraction (optax's formula, one rounding per operation; the decode kernels
 # keep g++'s default, which fuses their multiply-adds) and with sqrt free to vectorise
-$(NATIVE_LIB): $(NATIVE_SRC) models/native/adamw.cc models/native/parallel.h .venv/.xlit-installed
+$(NATIVE_LIB): $(NATIVE_SRC) models/native/train_attention_body.inc models/native/adamw.cc models/native/parallel.h .venv/.xlit-installed
 	g++ $(NATIVE_FLAGS) -ffp-contract=off -fno-math-errno -c models/native/adamw.cc -o $@.adamw.o
 	g++ $(NATIVE_FLAGS) -shared $(NATIVE_SRC) $@.adamw.o -o $@.tmp
 	rm -f $@.adamw.o
 	mv $@.tmp $@
 
 # glibc keeps freed memory instead of unmapping it, so XLA:CPU's per-step buffers are not faulted in
-# again at every step (docs/train.md, "Host memory allocator"); `make demo HOST_MALLOC=` to turn off
-HOST_MALLOC ?= GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296
+# again at every step (docs/train.md, "Host memory allocator"): the values of train/host_memory.py, which
+# the trainer applies in process; here for the demo's other stages; `make demo HOST_MALLOC=` to turn off
+HOST_MALLOC ?= GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647
 
 demo: setup
 	$(HOST_MALLOC) $(PY) -m study.demo

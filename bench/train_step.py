@@ -48,6 +48,12 @@ flags.DEFINE_integer("seq_len", 256, "Tokens per row.")
 flags.DEFINE_integer("tiny_rows", 8, "Rows per batch for tiny.")
 flags.DEFINE_integer("runs", 11, "Timed steps per side (median reported).")
 flags.DEFINE_string("json_out", "bench/results/train_step.json", "Write the results as JSON here ('' = no).")
+flags.DEFINE_bool(
+    "keep_freed_memory",
+    True,
+    "glibc keeps freed memory, as the trainer sets it on CPU (train.keep_freed_memory, train/host_memory.py); "
+    "process-wide, so both sides run under it.",
+)
 
 LORA_RANK, LORA_ALPHA = 16, 32.0
 HF_TARGETS = {
@@ -209,6 +215,7 @@ def bench_one(model_name: str, model_dir: Path, mode: str, rows: int, seq_len: i
 
     lora = mode == "lora"
     cfg, mesh, built, step = ours_setup(model_dir, lora, rows, seq_len)
+    mcfg = built.model_cfg
     np_batch = make_batch(rows, seq_len, built.model_cfg.vocab_size)
     tb = {
         "inputs": torch.from_numpy(np_batch["inputs"][0]).long(),
@@ -240,7 +247,6 @@ def bench_one(model_name: str, model_dir: Path, mode: str, rows: int, seq_len: i
             hf_all.append(time.perf_counter() - t)
     ours_s, hf_s = statistics.median(ours_all), statistics.median(hf_all)
     tokens = rows * seq_len
-    mcfg = built.model_cfg
     flops = step_flops(mcfg, tokens, seq_len, ours_n_train if lora else 0)
     ceil_xla = xla_matmul_gflops(tokens, mcfg.hidden_size, mcfg.intermediate_size)
     ceil_torch = torch_matmul_gflops(tokens, mcfg.hidden_size, mcfg.intermediate_size)
@@ -255,6 +261,7 @@ def bench_one(model_name: str, model_dir: Path, mode: str, rows: int, seq_len: i
         "tokens": tokens,
         "trainable_params": ours_n_train,
         "xlit_optimizer": built.optimizer_kernels,  # "native" (train/fused_adamw.py) or "xla" (optax)
+        "xlit_attention": mcfg.attention_impl(),  # "auto" resolved: "native" (CPU kernels) or "einsum"
         "clip_norm": cfg.optimizer.clip_norm,
         "hf_optimizer": "torch.optim.AdamW(fused=True)",
         "hf_trainable_params": n_train,
@@ -292,6 +299,7 @@ def write_json(rows_out: list[dict[str, Any]], load_start: tuple[float, float, f
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),  # host allocator settings (docs/train.md)
+        "keep_freed_memory": FLAGS.keep_freed_memory,  # train/host_memory.py, in process (both sides)
         "load_avg_start": load_start,
         "load_avg": os.getloadavg(),
         "results": rows_out,
@@ -305,6 +313,10 @@ def run(argv_unused: list[str]) -> int:
 
     from models.embedded import embedded_model_dir
 
+    if FLAGS.keep_freed_memory:
+        from train.host_memory import keep_freed_memory
+
+        keep_freed_memory()
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     load_start = os.getloadavg()
@@ -318,7 +330,8 @@ def run(argv_unused: list[str]) -> int:
             for mode in FLAGS.modes:
                 r = bench_one(name, model_dir, mode, rows, FLAGS.seq_len)
                 print(
-                    f"{name}/{mode}: xlit {r['xlit_tok_s']:.0f} tok/s ({r['xlit_optimizer']} AdamW), HF {r['hf_tok_s']:.0f} tok/s",
+                    f"{name}/{mode}: xlit {r['xlit_tok_s']:.0f} tok/s ({r['xlit_optimizer']} AdamW, "
+                    f"{r['xlit_attention']} attention), HF {r['hf_tok_s']:.0f} tok/s",
                     flush=True,
                 )
                 rows_out.append(r)

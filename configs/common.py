@@ -38,7 +38,7 @@ ENUMS = {
     "model.chat_template": ("model", "llama-2"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
-    "model.attention": ("auto", "einsum", "xla", "cudnn"),
+    "model.attention": ("auto", "einsum", "native", "xla", "cudnn"),
     "model.remat_policy": ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable"),
     "data.format": ("dolly", "lima"),
     "data.lang_sampling": ("uniform", "proportional"),
@@ -75,7 +75,7 @@ def base() -> ml_collections.ConfigDict:
             # nothing_saveable (recompute all) | dots_with_no_batch_dims_saveable (keep the projections) |
             # dots_saveable (keep every matmul output); runtime only, same numbers
             remat_policy="nothing_saveable",
-            attention="auto",  # no-cache attention: auto | einsum | xla | cudnn (models.config.LlamaConfig.attention)
+            attention="auto",  # no-cache attention: auto | einsum | native | xla | cudnn (models.config.LlamaConfig.attention)
         )
     )
     # pasero: lora_alpha 8 (scale α/r = 0.5), A kaiming_uniform_(a=√5) = U(±1/√fan_in), B zeros
@@ -142,6 +142,9 @@ def base() -> ml_collections.ConfigDict:
             # tensor). Runtime only: same loss and gradients up to float rounding
             # (tests/test_train_loss_chunk.py); e.g. 2048 on GPUs, 64 in configs/smollm2.py
             loss_chunk_tokens=0,
+            # CPU runs: glibc keeps freed memory, so XLA's per-step buffers are not faulted in again at every
+            # step (train/host_memory.py); runtime only, the process keeps its peak memory until it exits
+            keep_freed_memory=True,
         )
     )
     c.checkpoint = ml_collections.ConfigDict(dict(save_every=200, keep=2, async_save=True))

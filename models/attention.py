@@ -31,6 +31,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from models import cpu_kernels
+
 NEG_INF = -1e30
 MIN_BLOCK = 64  # queries per block at least
 MAX_BLOCKS = 8
@@ -102,3 +104,27 @@ def _backward(scale, res, d_out):
 
 
 blocked_causal_attention.defvjp(_forward, _backward)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def native_causal_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float
+) -> jax.Array:
+    """`blocked_causal_attention` by the native CPU kernels (models/native/train_attention.cc), float32:
+    the same sums in blocks of 32 queries, forward and backward each one call. A query that sees no key
+    gets 0 (not the mean of its block's values); nothing reads it, as above."""
+    return cpu_kernels.causal_attention_fwd(q, k, v, mask, scale)[0]
+
+
+def _native_forward(q, k, v, mask, scale):
+    out, lse = cpu_kernels.causal_attention_fwd(q, k, v, mask, scale)
+    return out, (q, k, v, mask, out, lse)
+
+
+def _native_backward(scale, res, d_out):
+    q, k, v, mask, out, lse = res
+    dq, dk, dv = cpu_kernels.causal_attention_bwd(q, k, v, mask, out, lse, d_out.astype(jnp.float32), scale)
+    return dq, dk, dv, None
+
+
+native_causal_attention.defvjp(_native_forward, _native_backward)

@@ -18,7 +18,7 @@ class UnsupportedModelError(InputError):
     """A checkpoint describes a model this implementation does not cover."""
 
 
-ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "auto")
+ATTENTION_IMPLS = ("einsum", "native", "xla", "cudnn", "auto")
 # what a remat'ed layer keeps for the backward pass (names of jax.checkpoint_policies)
 REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ROPE_TYPES = ("llama3",)
@@ -93,10 +93,11 @@ class LlamaConfig:
     # attention and element-wise ops; "dots_saveable" = keep every matmul output (the einsum attention too)
     remat_policy: str = "nothing_saveable"
     # attention without a KV cache (training, scoring, prefill-free forward): "einsum" = our einsums (any
-    # platform); "xla" / "cudnn" = jax.nn.dot_product_attention with that implementation ("cudnn": the fused
-    # flash kernel, NVIDIA GPUs with bf16/fp16 only); "auto" = "cudnn" where that holds (GPU backend,
-    # bf16/fp16 compute, head_dim a multiple of 8 up to 128), else "einsum". Decoding with a KV cache always
-    # uses the einsums.
+    # platform); "native" = the same sums by models/native/train_attention.cc (CPU, float32 compute, head_dim
+    # a multiple of 16, one device; `make native`); "xla" / "cudnn" = jax.nn.dot_product_attention with that
+    # implementation ("cudnn": the fused flash kernel, NVIDIA GPUs with bf16/fp16 only); "auto" = "cudnn"
+    # where that holds (GPU backend, bf16/fp16 compute, head_dim a multiple of 8 up to 128), "native" where
+    # it can run, else "einsum". Decoding with a KV cache always uses the einsums.
     attention: str = "einsum"
 
     def __post_init__(self) -> None:
@@ -124,7 +125,27 @@ class LlamaConfig:
             return self.attention
         backend = backend or jax.default_backend()
         fused_ok = self.dtype in ("bfloat16", "float16") and self.head_dim % 8 == 0 and self.head_dim <= 128
-        return "cudnn" if backend == "gpu" and fused_ok else "einsum"
+        if backend == "gpu" and fused_ok:
+            return "cudnn"
+        return "native" if self.native_attention_unusable(backend) is None else "einsum"
+
+    def native_attention_unusable(self, backend: str | None = None) -> str | None:
+        """Why attention="native" cannot run here (None if it can): CPU backend, float32 compute, head_dim a
+        multiple of 16, at most one device in the current mesh (`jax.set_mesh`), the library built."""
+        from models import cpu_kernels  # the kernels' module loads jax.ffi; only needed here
+
+        backend = backend or jax.default_backend()
+        if backend != "cpu":
+            return f"the backend is {backend}, the native kernels are CPU-only"
+        if self.dtype != "float32":
+            return f"the compute dtype is {self.dtype}, the native kernels are float32"
+        if self.head_dim % 16:
+            return f"head_dim={self.head_dim} is not a multiple of 16"
+        if (devices := jax.sharding.get_abstract_mesh().size) > 1:
+            return f"the mesh has {devices} devices, the native kernels run on one"
+        if not cpu_kernels.built():
+            return f"{cpu_kernels.LIBRARY} is not built (`make native`, needs g++)"
+        return None
 
     @property
     def compute_dtype(self) -> jnp.dtype:

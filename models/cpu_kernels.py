@@ -1,5 +1,7 @@
 """Native CPU kernels, called from jitted code through XLA's FFI (models/native/*.cc, built into libxlit_cpu.so
-by `make native`): two for decoding, below, and the trainer's one-pass AdamW update (`ADAMW_TARGET`,
+by `make native`): two for decoding, below; the no-cache causal attention's forward and backward
+(`causal_attention_fwd` / `_bwd`, models/native/train_attention.cc, called by models/attention.py for
+`LlamaConfig.attention="native"`); and the trainer's one-pass AdamW update (`ADAMW_TARGET`,
 models/native/adamw.cc, called by train/fused_adamw.py).
 
 A decode step multiplies a few activation rows by every weight once, so it is a stream over the weights
@@ -37,6 +39,8 @@ LIBRARY = Path(__file__).parent / "native" / "libxlit_cpu.so"
 TARGET = "xlit_packed_matmul"
 ATTENTION_TARGET = "xlit_decode_attention"
 ADAMW_TARGET = "xlit_adamw"
+ATTENTION_FWD_TARGET = "xlit_attention_fwd"
+ATTENTION_BWD_TARGET = "xlit_attention_bwd"
 ISA_ENV = "XLIT_NATIVE_ISA"  # caps the build the kernels run (models/native/parallel.h PickIsa)
 ISA_CAPS = ("", "avx2", "generic")
 
@@ -54,11 +58,14 @@ def _register() -> bool:
     lib = ctypes.CDLL(str(LIBRARY))
     try:
         matmul, attention, adamw = lib.XlitPackedMatmul, lib.XlitDecodeAttention, lib.XlitAdamW
+        attention_fwd, attention_bwd = lib.XlitAttentionForward, lib.XlitAttentionBackward
     except AttributeError as e:  # built from older sources
         raise RuntimeError(f"{LIBRARY} is out of date ({e}): rebuild it with `make native`") from None
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(matmul), platform="cpu")
     jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(attention), platform="cpu")
     jax.ffi.register_ffi_target(ADAMW_TARGET, jax.ffi.pycapsule(adamw), platform="cpu")
+    jax.ffi.register_ffi_target(ATTENTION_FWD_TARGET, jax.ffi.pycapsule(attention_fwd), platform="cpu")
+    jax.ffi.register_ffi_target(ATTENTION_BWD_TARGET, jax.ffi.pycapsule(attention_bwd), platform="cpu")
     return True
 
 
@@ -146,4 +153,35 @@ def cache_attention(
         jnp.asarray(start, jnp.int32),
         layer=np.int64(layer),
         scale=np.float32(scale),
+    )
+
+
+def causal_attention_fwd(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float
+) -> tuple[jax.Array, jax.Array]:
+    """Causal attention without a cache (the native kernel): q [B,T,K,G,H] f32, k, v [B,T,K,H] f32, mask
+    [B,T,T] bool (causal: no query sees a later key) -> (out [B,T,K,G,H] f32, lse [B,K*G,T] f32)."""
+    require()
+    b, t, kh, g, _ = q.shape
+    shapes = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((b, kh * g, t), jnp.float32))
+    return jax.ffi.ffi_call(ATTENTION_FWD_TARGET, shapes, vmap_method="sequential")(
+        q, k, v, mask, scale=np.float32(scale)
+    )
+
+
+def causal_attention_bwd(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    out: jax.Array,
+    lse: jax.Array,
+    d_out: jax.Array,
+    scale: float,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The gradients (dq, dk, dv) of `causal_attention_fwd` for the output gradient d_out (the native kernel)."""
+    require()
+    shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
+    return jax.ffi.ffi_call(ATTENTION_BWD_TARGET, shapes, vmap_method="sequential")(
+        q, k, v, mask, out, lse, d_out, scale=np.float32(scale)
     )

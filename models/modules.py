@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.attention import NEG_INF, blocked_causal_attention
+from models.attention import NEG_INF, blocked_causal_attention, native_causal_attention
 from models.config import LlamaConfig, RopeScaling
 from models.cpu_kernels import Packed, cache_attention, packed_dense
 from models.dense import dense, dense_out_first
@@ -235,7 +235,9 @@ def _layer(
         q_slot = jnp.arange(t)
         kv_axes = "bskh"
     impl = cfg.attention_impl()
-    if kv is None and impl != "einsum":
+    if impl == "native" and kv is None and (why := cfg.native_attention_unusable()) is not None:
+        raise ValueError(f"LlamaConfig.attention=native: {why}")
+    if kv is None and impl not in ("einsum", "native"):
         attn = _fused_attention(cfg, q, k, v, q_seg, k_seg, impl)
     else:
         k_slot = jnp.arange(k.shape[kv_axes.index("s")])
@@ -245,7 +247,8 @@ def _layer(
         if kv is None:  # no cache: causal by construction, query blocks + recomputing VJP
             g = cfg.num_heads // cfg.num_kv_heads
             qg = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
-            attn = blocked_causal_attention(qg, k, v, mask, cfg.head_dim**-0.5)
+            fn = native_causal_attention if impl == "native" else blocked_causal_attention
+            attn = fn(qg, k, v, mask, cfg.head_dim**-0.5)
             attn = attn.astype(dt).reshape(b, t, cfg.num_heads, cfg.head_dim)
         else:
             attn = _einsum_attention(cfg, q, k, v, mask, kv_axes)

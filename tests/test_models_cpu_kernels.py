@@ -1,5 +1,5 @@
-"""The native CPU decode kernels (models/cpu_kernels.py, models/native/*.cc) against float64 numpy sums, and the
-choice between them and XLA's in `infer.decode.Decoder`."""
+"""The native CPU kernels (models/cpu_kernels.py, models/native/*.cc: decoding's and the no-cache causal
+attention's) against float64 numpy sums, and the choice between them and XLA's in `infer.decode.Decoder`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from models.cpu_kernels import (
     Packed,
     built,
     cache_attention,
+    causal_attention_bwd,
+    causal_attention_fwd,
     pack,
     pack_weight,
     packed_dense,
@@ -133,6 +135,56 @@ def test_cache_attention_equals_float64_softmax(dims):
     np.testing.assert_allclose(
         got[0], vc[layer][0, :, start : start + w].mean(1)[:, None, :].repeat(g, 1), atol=2e-6
     )
+
+
+def _causal_reference(q, k, v, mask, d_out, scale):
+    """Float64 attention of q [B,T,K,G,H] over k, v [B,T,K,H] under mask [B,T,T], and its gradients written
+    with the softmax Jacobian (dS = P ⊙ (dP − rowsum(dP ⊙ P))), not the kernels' rowsum(dO ⊙ O) form."""
+    q, k, v, d_out = (x.astype(np.float64) for x in (q, k, v, d_out))
+    logits = np.einsum("btkgh,bskh->bkgts", q, k) * scale
+    m = mask[:, None, None]
+    seen = m.any(-1, keepdims=True)
+    logits = np.where(m, logits, -np.inf)
+    p = np.exp(logits - np.where(seen, logits.max(-1, keepdims=True), 0.0))
+    p = np.where(seen, p / np.where(seen, p.sum(-1, keepdims=True), 1.0), 0.0)
+    out = np.einsum("bkgts,bskh->btkgh", p, v)
+    dp = np.einsum("btkgh,bskh->bkgts", d_out, v)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) * scale
+    dq = np.einsum("bkgts,bskh->btkgh", ds, k)
+    dk = np.einsum("bkgts,btkgh->bskh", ds, q)
+    dv = np.einsum("bkgts,btkgh->bskh", p, d_out)
+    return out, dq, dk, dv
+
+
+# (B, T, K, G, H): two packed examples and padding; T past the last 4-row group and the 32-key padding;
+# one block exactly; G = 1 with H = 64 (the first of 4 ragged blocks), H = 48 (a vector past the last pair
+# of the AVX2 and baseline builds); a single token
+@pytest.mark.parametrize(
+    "dims", [(2, 37, 2, 3, 16), (1, 32, 1, 2, 32), (1, 100, 3, 1, 64), (2, 70, 1, 2, 48), (1, 1, 1, 1, 16)]
+)
+def test_causal_attention_equals_float64_sums(dims):
+    b, t, kh, g, h = dims
+    rng = np.random.default_rng(sum(dims))
+    q = rng.standard_normal((b, t, kh, g, h), dtype=np.float32)
+    k = rng.standard_normal((b, t, kh, h), dtype=np.float32)
+    v = rng.standard_normal((b, t, kh, h), dtype=np.float32)
+    seg = np.ones((b, t), np.int32)
+    seg[0, t // 3 :] = 2  # row 0: two packed examples
+    seg[-1, t - t // 4 :] = 0  # last row ends in padding (none when t < 4)
+    pos = np.arange(t)
+    mask = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0) & (pos[None, :] <= pos[:, None])
+    d_out = rng.standard_normal(q.shape, dtype=np.float32) * (seg != 0)[:, :, None, None, None]
+    scale = h**-0.5
+    out, lse = jax.jit(causal_attention_fwd, static_argnums=4)(q, k, v, mask, scale)
+    grads = jax.jit(causal_attention_bwd, static_argnums=7)(q, k, v, mask, out, lse, d_out, scale)
+    want = _causal_reference(q, k, v, mask, d_out, scale)
+    for name, got, ref in zip(("out", "dq", "dk", "dv"), (out, *grads), want, strict=True):
+        got = np.asarray(got)
+        assert got.shape == ref.shape, name
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * max(1.0, np.abs(ref).max()), err_msg=name)
+    padding = seg == 0  # queries that see no key: output 0, log-sum-exp -1e30
+    assert np.all(np.asarray(out)[padding] == 0)
+    assert np.all(np.asarray(lse).transpose(0, 2, 1)[padding] == -1e30)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,11 @@ import torch
 from flax import nnx
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from models import cpu_kernels
 from models.checkpoint import load_model
 from models.config import preset
 from models.modules import Llama, init_cache
+from models.sharding import make_mesh
 from tests.model_helpers import hf_logits, make_tiny_hf, padded_batch, run
 
 PROMPTS = {
@@ -84,13 +86,17 @@ def test_packed_segments_do_not_attend_across_examples():
     np.testing.assert_allclose(got[0, 5:], alone_b[0], rtol=1e-5, atol=1e-6)
 
 
-def test_fused_attention_path_equals_einsum_path_with_padding_and_packing():
-    """attention="xla" (jax.nn.dot_product_attention, the code path "cudnn" takes on GPUs) gives our einsum
-    attention's logits and gradients on real tokens, on a left-padded row and a row of two packed examples,
-    and no NaN anywhere (padding queries are never left with every key masked)."""
+@pytest.mark.parametrize("impl", ["xla", "native"])
+def test_fused_attention_path_equals_einsum_path_with_padding_and_packing(impl):
+    """attention="xla" (jax.nn.dot_product_attention, the code path "cudnn" takes on GPUs) and "native"
+    (models/native/train_attention.cc, CPU) give our einsum attention's logits and gradients on real tokens,
+    on a left-padded row and a row of two packed examples, and no NaN anywhere (padding queries are never left
+    with every key masked for "xla"; "native" gives them 0)."""
+    if impl == "native" and preset("tiny").native_attention_unusable() is not None:
+        pytest.skip(preset("tiny").native_attention_unusable())
     cfg = preset("tiny")
     ein = Llama(cfg, rngs=nnx.Rngs(5))
-    fused = Llama(cfg.replace(attention="xla"), rngs=nnx.Rngs(5))
+    fused = Llama(cfg.replace(attention=impl), rngs=nnx.Rngs(5))
     toks, _, _ = padded_batch([10, 10], 10, cfg.vocab_size, seed=2)
     seg = np.array([[0, 0, 0, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 2, 2, 2, 2, 2, 2]])
     pos = np.array([[0, 0, 0, 0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 0, 1, 2, 3, 4, 5]])
@@ -192,3 +198,21 @@ def test_auto_attention_picks_cudnn_only_for_half_precision_on_gpus():
     assert cfg.replace(dtype="float32").attention_impl("gpu") == "einsum"
     assert cfg.replace(head_dim=12).attention_impl("gpu") == "einsum"
     assert preset("tiny").replace(attention="xla").attention_impl("gpu") == "xla"
+
+
+@pytest.mark.skipif(not cpu_kernels.built(), reason="models/native/libxlit_cpu.so is not built")
+def test_auto_attention_takes_the_native_kernel_where_it_runs():
+    """auto on CPU: "native" for float32 on one device with head_dim % 16 == 0, else "einsum"; asking for
+    "native" where it cannot run is an error naming why."""
+    cfg = preset("tiny").replace(attention="auto")  # float32, head_dim 16
+    assert cfg.attention_impl("cpu") == "native"
+    assert cfg.replace(dtype="bfloat16").attention_impl("cpu") == "einsum"
+    assert cfg.replace(head_dim=24, hidden_size=96).attention_impl("cpu") == "einsum"
+    mesh = make_mesh(1, -1, 1, devices=jax.devices()[:2]) if len(jax.devices()) > 1 else None
+    if mesh is not None:
+        with jax.set_mesh(mesh):
+            assert cfg.attention_impl("cpu") == "einsum"
+    bf16 = Llama(cfg.replace(attention="native", dtype="bfloat16"), rngs=nnx.Rngs(0))
+    toks = jnp.zeros((1, 4), jnp.int32)
+    with pytest.raises(ValueError, match="attention=native: the compute dtype is bfloat16"):
+        bf16(toks, jnp.arange(4)[None], jnp.ones((1, 4), jnp.int32))

@@ -34,6 +34,7 @@ from records.files import atomic_write_text, sha256_file
 
 from . import data as data_lib
 from .checkpoint import Checkpointer
+from .host_memory import keep_freed_memory
 from .metrics import MetricsWriter
 from .optim import make_optimizer
 from .state import build_state, jit_train_step, local_rows, merged_model, put_batch, tokenizer_dir
@@ -143,6 +144,8 @@ def run(cfg: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None =
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # base weights and tokenizer come from paths only
     validate_config(cfg)
     check_inputs(cfg)
+    if cfg.train.get("keep_freed_memory", True) and jax.default_backend() == "cpu":
+        keep_freed_memory()
     workdir = Path(workdir)
     if is_finished(workdir):
         logging.info("%s: already finished", workdir)
