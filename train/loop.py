@@ -200,7 +200,11 @@ def run(cfg: ConfigDict, workdir: str | os.PathLike, *, stop_after: int | None =
             logging.info("resumed from %s at step %d", ckpt.directory, start)
         step_fn = jit_train_step(built, tx, schedule)
         logging.info(
-            "optimizer update: %s (optimizer.kernels=%s)", built.optimizer_kernels, cfg.optimizer.kernels
+            "optimizer update: %s (optimizer.kernels=%s); attention: %s (model.attention=%s)",
+            built.optimizer_kernels,
+            cfg.optimizer.kernels,
+            built.model_cfg.attention_impl(),
+            cfg.model.attention,
         )
         writer = MetricsWriter(
             workdir, flops_per_token=built.model_cfg.flops_per_token(cfg.data.seq_len), resume_step=start
