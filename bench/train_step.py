@@ -1,17 +1,19 @@
 """Train-step throughput: xlit's jitted step (full FT and LoRA) vs transformers + PyTorch, same weights and batch.
 
   python -m bench.train_step [--models=smollm2,tiny --modes=ft,lora --rows=1 --seq_len=256 --runs=11
-                              --tiny_rows=8 --json_out=bench/results/train_step.json]
+                              --tiny_rows=8 --json_out=bench/results/train_step.json --keep_freed_memory]
 
 Ours is the trainer's real step (`train.state.build_state` + `jit_train_step`, optimizer from
 `train.optim.make_optimizer`: AdamW β (0.9, 0.95), wd 0.1, global-norm clipping at 1.0, with the update
-`optimizer.kernels=auto` picks, reported as `xlit_optimizer`); the reference is `LlamaForCausalLM` loaded
+`optimizer.kernels=auto` picks, reported as `xlit_optimizer`, and the attention `model.attention=auto` picks,
+reported as `xlit_attention`); the reference is `LlamaForCausalLM` loaded
 from the same HF directory, stepped as transformers' `Trainer` does by default: `torch.optim.AdamW(fused=True)`
 (Trainer's `adamw_torch_fused` on torch >= 2.8; same β, wd, eps, lr) after
 `torch.nn.utils.clip_grad_norm_` at the same norm (Trainer's `max_grad_norm`), on the same token batch,
 fp32 on both sides. LoRA on the torch side is a minimal wrapper around each targeted `nn.Linear` (rank 16, α 32, A random,
 B zero: the first-step loss equals the base model's on both sides). Loss: mean cross-entropy over response
-tokens (second half of every row). torch uses `os.cpu_count()` intra-op threads; XLA:CPU runs each op on its
+tokens (second half of every row). The process runs under the allocator setting the trainer applies on CPU
+(train/host_memory.py; `--nokeep_freed_memory` to measure without it), both sides alike. torch uses `os.cpu_count()` intra-op threads; XLA:CPU runs each op on its
 own Eigen pool, which is sized to the core count by default. One warm-up step per side (ours: compile + step);
 then `--runs` interleaved timed steps; the median is reported.
 
