@@ -19,8 +19,9 @@ layout of docs/results.md, stage by stage:
             language correctness per language against LR with 95% CIs (the paper's Sec. 5.3 question).
 Rerunning skips every finished stage (a crash resumes); --workdir elsewhere starts afresh.
 
-Measured from a fresh clone on this 2-core machine, quiet, caches moved away (2026-12-01): 8m43s wall (train
-126 + 121 s, generate 44 + 38 + 44 s, calibration 130 s). Expected result: language correctness outside
+Measured from a fresh clone on a 2-core AVX2 machine, quiet (2026-12-03, at fe66fcd): 5m00s wall (train
+88 + 84 s, generate 27-28 s per run, calibration 39 s); at 6874d63 on the same machine, 5m27s (train 90 +
+86 s, generate 31-33 s, calibration 45 s). Expected result: language correctness outside
 English falls at lr 1e-3 (e.g. fr 0.62 untuned, 0.50 at 1e-4, 0.12 at 1e-3; n = 8 per cell) while English
 stays at 1.00, and "judge calibration: FAIL" for the demo judge, whose scores are therefore not shown.
 """
