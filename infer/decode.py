@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from models.config import LlamaConfig
-from models.cpu_kernels import LIBRARY as NATIVE_LIBRARY
+from models.cpu_kernels import NOT_BUILT as NATIVE_NOT_BUILT
 from models.cpu_kernels import Packed, pack, pack_weight, packed_dense
 from models.cpu_kernels import built as native_built
 from models.dense import dense_out_first, to_out_first
@@ -378,9 +378,6 @@ class DecodeKernels(enum.Enum):
     NATIVE = "native"  # models.cpu_kernels: packed weight products, attention read in place; float32, one CPU
 
 
-_NOT_BUILT = f"{NATIVE_LIBRARY} is not built (`make native`, needs g++)"
-
-
 def native_unusable(model: nnx.Module, mesh: Mesh | None, dtype: Any) -> str | None:
     """Why `DecodeKernels.NATIVE` cannot decode this model here, or None if it can."""
     floats = {v[...].dtype for v in model.layers.values()} | {model.embed[...].dtype}
@@ -397,7 +394,7 @@ def native_unusable(model: nnx.Module, mesh: Mesh | None, dtype: Any) -> str | N
     if cfg.head_dim % 16:
         return f"head_dim {cfg.head_dim} is not a multiple of 16 (the attention kernel's vector width)"
     if not native_built():
-        return _NOT_BUILT
+        return NATIVE_NOT_BUILT
     return None
 
 
@@ -412,7 +409,7 @@ def resolve_kernels(
         return DecodeKernels.NATIVE
     if kernels is DecodeKernels.NATIVE:
         raise ValueError(f"kernels=native: {why}")
-    if why == _NOT_BUILT:  # everything else was right for the kernel: say why the slower path runs
+    if why == NATIVE_NOT_BUILT:  # everything else was right for the kernel: say why the slower path runs
         logging.getLogger(__name__).warning("decoding with XLA's kernels: %s", why)
     return DecodeKernels.XLA
 

@@ -144,7 +144,7 @@ class LlamaConfig:
         if (devices := jax.sharding.get_abstract_mesh().size) > 1:
             return f"the mesh has {devices} devices, the native kernels run on one"
         if not cpu_kernels.built():
-            return f"{cpu_kernels.LIBRARY} is not built (`make native`, needs g++)"
+            return cpu_kernels.NOT_BUILT
         return None
 
     @property

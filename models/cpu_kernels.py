@@ -41,6 +41,15 @@ ATTENTION_TARGET = "xlit_decode_attention"
 ADAMW_TARGET = "xlit_adamw"
 ATTENTION_FWD_TARGET = "xlit_attention_fwd"
 ATTENTION_BWD_TARGET = "xlit_attention_bwd"
+# each FFI target and the handler symbol models/native/*.cc exports for it
+SYMBOLS = {
+    TARGET: "XlitPackedMatmul",
+    ATTENTION_TARGET: "XlitDecodeAttention",
+    ADAMW_TARGET: "XlitAdamW",
+    ATTENTION_FWD_TARGET: "XlitAttentionForward",
+    ATTENTION_BWD_TARGET: "XlitAttentionBackward",
+}
+NOT_BUILT = f"{LIBRARY} is not built (`make native`, needs g++)"  # why a native path cannot run
 ISA_ENV = "XLIT_NATIVE_ISA"  # caps the build the kernels run (models/native/parallel.h PickIsa)
 ISA_CAPS = ("", "avx2", "generic")
 
@@ -57,15 +66,11 @@ def _register() -> bool:
         )
     lib = ctypes.CDLL(str(LIBRARY))
     try:
-        matmul, attention, adamw = lib.XlitPackedMatmul, lib.XlitDecodeAttention, lib.XlitAdamW
-        attention_fwd, attention_bwd = lib.XlitAttentionForward, lib.XlitAttentionBackward
+        handlers = {target: getattr(lib, symbol) for target, symbol in SYMBOLS.items()}
     except AttributeError as e:  # built from older sources
         raise RuntimeError(f"{LIBRARY} is out of date ({e}): rebuild it with `make native`") from None
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(matmul), platform="cpu")
-    jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(attention), platform="cpu")
-    jax.ffi.register_ffi_target(ADAMW_TARGET, jax.ffi.pycapsule(adamw), platform="cpu")
-    jax.ffi.register_ffi_target(ATTENTION_FWD_TARGET, jax.ffi.pycapsule(attention_fwd), platform="cpu")
-    jax.ffi.register_ffi_target(ATTENTION_BWD_TARGET, jax.ffi.pycapsule(attention_bwd), platform="cpu")
+    for target, handler in handlers.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
     return True
 
 

@@ -235,7 +235,8 @@ def _layer(
         q_slot = jnp.arange(t)
         kv_axes = "bskh"
     impl = cfg.attention_impl()
-    if impl == "native" and kv is None and (why := cfg.native_attention_unusable()) is not None:
+    # asked for by name (auto has checked already)
+    if cfg.attention == "native" and kv is None and (why := cfg.native_attention_unusable()) is not None:
         raise ValueError(f"LlamaConfig.attention=native: {why}")
     if kv is None and impl not in ("einsum", "native"):
         attn = _fused_attention(cfg, q, k, v, q_seg, k_seg, impl)

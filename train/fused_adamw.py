@@ -120,7 +120,7 @@ def native_unusable(opt_cfg, mesh: Mesh, params: Any) -> str | None:
     if opt_cfg.mu_dtype != "float32":
         return f"optimizer.mu_dtype={opt_cfg.mu_dtype}, not float32"
     if not cpu_kernels.built():
-        return f"{cpu_kernels.LIBRARY} is not built (`make native`, needs g++)"
+        return cpu_kernels.NOT_BUILT
     return None
 
 
