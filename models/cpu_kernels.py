@@ -10,7 +10,8 @@ a machine whose memory streams at ~40 GB/s, and each layer's keys and values are
 stacked cache (bench/README.md, "Decode"). Two kernels read each byte once, in order:
 
 - `packed_dense`: `pack` lays a weight out once as [NB, K, 32] (panel j = output columns 32j..32j+31, each
-  row k contiguous); `xlit_packed_matmul` keeps the 8 x 32 sums of a block of rows in registers over all of K.
+  row k contiguous); `xlit_packed_matmul` keeps the sums of a block of rows and a panel in registers over all
+  of K (8 x 32 on AVX-512, 3 x 32 on AVX2) and prefetches the panel it will take next.
 - `cache_attention`: `xlit_decode_attention` computes one query per row over a window of the layer-stacked
   cache in place (the sums of `models.modules._decode_attention`).
 
