@@ -120,8 +120,8 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   float* yp = y->typed_data();
   const int64_t M = xd[0], K = xd[1], NB = wd[0], chunks = (M + kRowChunk - 1) / kRowChunk;
   // a unit: one panel times one chunk of rows. Units are claimed in turn, so a thread's next one is
-  // about `threads` units on; its panel is what the thread prefetches (none once in a panel's last chunk
-  // or past the end).
+  // about `threads` units on; its panel is what the thread prefetches (none while that unit is still in
+  // the same panel, which the caches hold, or past the last panel).
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   xlit::ParallelUnits(pool, NB * chunks, [=](int64_t u) {
     const int64_t j = u / chunks, m0 = (u % chunks) * kRowChunk, jn = (u + threads) / chunks;
