@@ -59,8 +59,8 @@ def test_an_unknown_isa_cap_is_an_error():
 
 # rows: 1 (batch-1 decode), 3, 5, 7 and 13 (not a multiple of the AVX-512 build's 8-row block, the AVX2 build's
 # 3 or the baseline's 6: every tail size 1-7 occurs in one build or another), 16, 300 (past one 256-row work
-# unit: a panel's first chunk prefetches nothing, its last prefetches the next panel); columns: 32 (one panel,
-# nothing to prefetch), 40 and 200 (zero-padded last panel), 1536
+# unit: two units per panel, so a unit's prefetch may fall on its own panel or the next); columns: 32 (one
+# panel, nothing to prefetch), 40 and 200 (zero-padded last panel), 1536
 @pytest.mark.parametrize(
     ("m", "k", "n"),
     [(1, 576, 1536), (3, 17, 64), (5, 3, 40), (7, 33, 96), (13, 64, 200), (16, 576, 32), (300, 96, 96)],
