@@ -48,7 +48,7 @@ NATIVE_SRC := models/native/packed_matmul.cc models/native/decode_attention.cc m
 NATIVE_FLAGS = -O3 -std=c++17 -fPIC -w -I. -I"$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')"
 # adamw.cc alone without FMA contraction (optax's formula, one rounding per operation; the decode kernels
 # keep g++'s default, which fuses their multiply-adds) and with sqrt free to vectorise
-$(NATIVE_LIB): $(NATIVE_SRC) models/native/train_attention_body.inc models/native/adamw.cc models/native/parallel.h .venv/.xlit-installed
+$(NATIVE_LIB): $(NATIVE_SRC) models/native/train_attention_body.inc models/native/vec_exp.inc models/native/adamw.cc models/native/parallel.h .venv/.xlit-installed
 	g++ $(NATIVE_FLAGS) -ffp-contract=off -fno-math-errno -c models/native/adamw.cc -o $@.adamw.o
 	g++ $(NATIVE_FLAGS) -shared $(NATIVE_SRC) $@.adamw.o -o $@.tmp
 	rm -f $@.adamw.o

@@ -8,7 +8,7 @@
 //   out   [B, K, G, H] f32
 //
 // The sums of models/modules.py `_decode_attention`: float32 logits q.k * scale, masked to -1e30, softmax
-// over the window (max subtracted, exp, divided by the sum), then the probabilities times the values,
+// over the window (max subtracted, exp, divided by the sum; exp vectorised, models/native/vec_exp.inc), then the probabilities times the values,
 // slot by slot. Why: in XLA each layer's [B, K, W, H] keys and values were first copied out of the stacked
 // cache (a dynamic slice is a copy there), then read by the products; this reads them once, in place.
 // H must be a multiple of 16 (infer/decode.py checks). Work units are (row, KV head) pairs, spread over
@@ -29,6 +29,9 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr float kNegInf = -1e30f;  // models/attention.py NEG_INF
+// a scratch row's padding past the window: below every logit, and exp(kPad - max) is exactly 0 even when
+// every slot is masked (max = kNegInf), so a row's softmax is over its W slots alone, as before
+constexpr float kPad = -3.0e38f;
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
@@ -38,7 +41,7 @@ typedef int i8 __attribute__((vector_size(32)));
 typedef int i4 __attribute__((vector_size(16)));
 
 struct Shape {
-  int64_t B, K, G, H, L, S, W, start, layer;
+  int64_t B, K, G, H, L, S, W, Wp, start, layer;  // Wp: W rounded up to 16, a scratch row's length
   float scale;
 };
 
@@ -74,7 +77,7 @@ constexpr int kValueVectors = 4;  // value vectors summed in registers per pass 
 // the output summed over the window in registers. V is the vector of the build's ISA (LANES floats).
 #define XLIT_ATTN_KERNEL(NAME, V, LANES, HSUM)                                                          \
   static void NAME(const Shape& d, const float* q, const float* kc, const float* vc, const bool* mask,  \
-                   float* out, int64_t b, int64_t kh, float* logits /* [G, W] scratch */) {            \
+                   float* out, int64_t b, int64_t kh, float* logits /* [G, Wp] scratch */) {            \
     const int64_t hv = d.H / (LANES);                                                                  \
     const size_t row = ((size_t(d.layer) * d.B + b) * d.K + kh) * d.S + d.start;                       \
     const float* kr = kc + row * d.H;                                                                  \
@@ -95,7 +98,7 @@ constexpr int kValueVectors = 4;  // value vectors summed in registers per pass 
         float dots[LANES];                                                                             \
         std::memcpy(dots, &acc[0], sizeof(dots));                                                      \
         for (int i = 0; i < (LANES); ++i)                                                              \
-          logits[g * d.W + s + i] = mb[s + i] ? dots[i] * d.scale : kNegInf;                           \
+          logits[g * d.Wp + s + i] = mb[s + i] ? dots[i] * d.scale : kNegInf;                           \
       }                                                                                                \
     }                                                                                                  \
     for (; s < d.W; ++s) {                                                                             \
@@ -107,20 +110,34 @@ constexpr int kValueVectors = 4;  // value vectors summed in registers per pass 
           acc += *reinterpret_cast<const V*>(qg + (LANES) * j) * *reinterpret_cast<const V*>(ks + (LANES) * j); \
         float dot = 0;                                                                                 \
         for (int i = 0; i < (LANES); ++i) dot += acc[i];                                               \
-        logits[g * d.W + s] = mb[s] ? dot * d.scale : kNegInf;                                         \
+        logits[g * d.Wp + s] = mb[s] ? dot * d.scale : kNegInf;                                         \
       }                                                                                                \
     }                                                                                                  \
+    /* softmax, (LANES) slots at a time over the row padded to Wp with kPad, whose exp is exactly 0 */   \
     for (int64_t g = 0; g < d.G; ++g) {                                                                \
-      float* lg = logits + g * d.W;                                                                    \
+      float* lg = logits + g * d.Wp;                                                                   \
+      std::fill(lg + d.W, lg + d.Wp, kPad);                                                            \
+      V mv = V{} + kNegInf;                                                                            \
+      for (int64_t t = 0; t < d.Wp; t += (LANES)) {                                                    \
+        const V x = *reinterpret_cast<const V*>(lg + t);                                               \
+        mv = x > mv ? x : mv;                                                                          \
+      }                                                                                                \
       float mx = kNegInf;                                                                              \
-      for (int64_t t = 0; t < d.W; ++t) mx = std::max(mx, lg[t]);                                      \
+      for (int i = 0; i < (LANES); ++i) mx = std::max(mx, mv[i]);                                      \
+      V sv = {};                                                                                       \
+      for (int64_t t = 0; t < d.Wp; t += (LANES)) {                                                    \
+        const V e = Exp(*reinterpret_cast<const V*>(lg + t) - mx);                                     \
+        *reinterpret_cast<V*>(lg + t) = e;                                                             \
+        sv += e;                                                                                       \
+      }                                                                                                \
       float sum = 0;                                                                                   \
-      for (int64_t t = 0; t < d.W; ++t) sum += (lg[t] = std::exp(lg[t] - mx));                        \
-      for (int64_t t = 0; t < d.W; ++t) lg[t] /= sum;                                                  \
+      for (int i = 0; i < (LANES); ++i) sum += sv[i];                                                  \
+      for (int64_t t = 0; t < d.Wp; t += (LANES))                                                      \
+        *reinterpret_cast<V*>(lg + t) = *reinterpret_cast<const V*>(lg + t) / sum;                     \
     }                                                                                                  \
     float* ob = out + (size_t(b) * d.K + kh) * d.G * d.H;                                              \
     for (int64_t g = 0; g < d.G; ++g) {                                                                \
-      const float* lg = logits + g * d.W;                                                              \
+      const float* lg = logits + g * d.Wp;                                                              \
       float* og = ob + g * d.H;                                                                        \
       int64_t j = 0;                                                                                   \
       for (; j + kValueVectors <= hv; j += kValueVectors) {                                            \
@@ -143,13 +160,28 @@ constexpr int kValueVectors = 4;  // value vectors summed in registers per pass 
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,fma")
-XLIT_ATTN_KERNEL(attn_avx512, v16, 16, XLIT_HSUM16)
+namespace avx512 {
+typedef v16 V;
+typedef i16 VI;
+#include "models/native/vec_exp.inc"
+XLIT_ATTN_KERNEL(attn, V, 16, XLIT_HSUM16)
+}  // namespace avx512
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-XLIT_ATTN_KERNEL(attn_avx2, v8, 8, XLIT_HSUM8)
+namespace avx2 {
+typedef v8 V;
+typedef i8 VI;
+#include "models/native/vec_exp.inc"
+XLIT_ATTN_KERNEL(attn, V, 8, XLIT_HSUM8)
+}  // namespace avx2
 #pragma GCC pop_options
-XLIT_ATTN_KERNEL(attn_generic, v4, 4, XLIT_HSUM4)
+namespace generic {
+typedef v4 V;
+typedef i4 VI;
+#include "models/native/vec_exp.inc"
+XLIT_ATTN_KERNEL(attn, V, 4, XLIT_HSUM4)
+}  // namespace generic
 
 using AttnFn = void (*)(const Shape&, const float*, const float*, const float*, const bool*, float*, int64_t,
                         int64_t, float*);
@@ -164,7 +196,7 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
     return ffi::Error::InvalidArgument("xlit_decode_attention: bad ranks");
   }
   d.B = qd[0], d.K = qd[1], d.G = qd[2], d.H = qd[3];
-  d.L = cd[0], d.S = cd[3], d.W = md[1], d.layer = layer, d.scale = scale;
+  d.L = cd[0], d.S = cd[3], d.W = md[1], d.Wp = (d.W + 15) / 16 * 16, d.layer = layer, d.scale = scale;
   d.start = start.typed_data()[0];
   bool same_cache = true;
   for (int i = 0; i < 5; ++i) same_cache &= cd[i] == vc.dimensions()[i];
@@ -175,14 +207,14 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
         "0 <= layer < L, 0 <= start <= S - W");
   }
   if (d.W == 0) return ffi::Error::Success();
-  static const AttnFn fn = xlit::PickIsa<AttnFn>(attn_avx512, attn_avx2, attn_generic);
+  static const AttnFn fn = xlit::PickIsa<AttnFn>(avx512::attn, avx2::attn, generic::attn);
   const float *qp = q.typed_data(), *kp = kc.typed_data(), *vp = vc.typed_data();
   const bool* mp = mask.typed_data();
   float* op = out->typed_data();
   // a unit: one (row, KV head) pair
   xlit::ParallelUnits(pool, d.B * d.K, [=](int64_t u) {
-    thread_local std::vector<float> logits;  // [G, W] scratch, per thread
-    logits.resize(d.G * d.W);
+    thread_local std::vector<float> logits;  // [G, Wp] scratch, per thread
+    logits.resize(d.G * d.Wp);
     fn(d, qp, kp, vp, mp, op, u / d.K, u % d.K, logits.data());
   });
   return ffi::Error::Success();
