@@ -10,7 +10,7 @@ APT_PACKAGES := g++ libhunspell-dev hunspell-en-us hunspell-fr hunspell-pt-pt hu
 FIND_LINKS := $(or $(PIP_FIND_LINKS),/opt/wheels)
 UV_FLAGS := $(if $(wildcard $(FIND_LINKS)),--find-links $(FIND_LINKS),)
 
-.PHONY: setup apt venv model native demo test lint format clean-venv
+.PHONY: setup apt venv model native demo test lint format clean-venv gpu-prep
 setup: apt venv model native
 
 apt:
@@ -72,3 +72,16 @@ lint:
 format:
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# What bench/gpu.sh needs on a lent GPU machine, which has no package index and takes at most 64 MiB of
+# carried files per call (bench/README.md, "Running it"): wheels for its Python 3.12 of the pins in
+# requirements.lock that its image lacks, in .whl/, and the embedded model's config and tokenizer files in
+# .gpu_model/ (bench/gpu_model.py builds random weights of that shape there). Both are git-ignored: carry them.
+GPU_WHEEL_PINS := ml-collections zstandard
+GPU_PLATFORMS := $(foreach n,2_28 2_27 2_17,--platform manylinux_$(n)_x86_64) --platform manylinux2014_x86_64
+gpu-prep: model
+	rm -rf .whl .gpu_model && mkdir -p .whl .gpu_model
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(GPU_PLATFORMS) -d .whl $$(for p in $(GPU_WHEEL_PINS); do grep -E "^$$p==" requirements.lock; done)
+	cp $(addprefix $(MODEL_DIR)/,config.json generation_config.json tokenizer.json tokenizer_config.json chat_template.jinja) .gpu_model/
+	@du -sh .whl .gpu_model

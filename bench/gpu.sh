@@ -5,8 +5,9 @@
 #      (LoRA vs full FT tokens/s), and decode tokens/s of the 1B shapes at batch 64 and 256 (random weights,
 #      128 + 128 tokens, static batch);
 #   2. HF transformers eager (bench/gpu_torch.py): the same 1B step and the same decode shapes with `generate`;
-#   3. bench/decode.py (SmolLM2, real prompts, ids asserted identical to HF `generate`) at batch 64 and 256
-#      with transformers on the same card (bench/gpu_decode.py), once per `--batching` value when the flag exists;
+#   3. bench/decode.py (SmolLM2 — on the lent machine its shapes with random weights, see below — real prompts,
+#      ids asserted identical to HF `generate`) at batch 64 and 256 with transformers on the same card
+#      (bench/gpu_decode.py), once per `--batching` value when the flag exists;
 #   4. bench/gpu_compare.py: $OUT/gpu.json (date, card from nvidia-smi, versions, every figure; also copied to
 #      bench/results/gpu.json) and a markdown table for bench/README.md on stdout.
 #
@@ -14,12 +15,14 @@
 #   bash bench/gpu.sh --smoke    # CPU dry run of every code path with tiny shapes and the project's .venv
 #
 # Python: $XLIT_GPU_PY, else `python3`, which must already hold a CUDA jax, torch and transformers (the device
-# image does; elsewhere `pip install "jax[cuda12]" torch transformers` first). Wheels found in .whl/ (e.g. our
-# pinned optax/ml-collections, fetched with `pip download`, for a machine with no index) are installed into
-# /tmp/xlit_site first and put on PYTHONPATH. Each part has a budget (no case starts after it) and a hard stop
+# image does; elsewhere `pip install "jax[cuda12]" torch transformers` first). Wheels found in .whl/ (our pins
+# the image lacks; `make gpu-prep` fetches them, for a machine with no index) are installed into
+# /tmp/xlit_site first and put on PYTHONPATH. On the lent machine: `make gpu-prep` here, then one device call
+# carrying .whl and .gpu_model with `bash bench/gpu.sh` (bench/README.md, "Running it"). Each part has a budget (no case starts after it) and a hard stop
 # (`timeout`), so one failing or slow part still leaves the others' figures; all are overridable:
 # XLIT_JAX_BUDGET_S/XLIT_JAX_STOP_S (150/190), XLIT_TORCH_BUDGET_S/XLIT_TORCH_STOP_S (60/90),
-# XLIT_DECODE_STOP_S (75 per bench/decode.py run); XLIT_LOSS_CHUNK (2048: the chunked-loss setting measured).
+# XLIT_DECODE_STOP_S (75 per bench/decode.py run), XLIT_MODEL_STOP_S (45, the random-weight model below);
+# XLIT_LOSS_CHUNK (2048: the chunked-loss setting measured).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/xlit_gpu_out}"
@@ -31,7 +34,7 @@ CHUNK="${XLIT_LOSS_CHUNK:-2048}"
 if [[ "${1:-}" == "--smoke" ]]; then
   SMOKE=1
   PY="${XLIT_GPU_PY:-.venv/bin/python}"
-  JAX_BUDGET=1e9 JAX_STOP=600 TORCH_BUDGET=1e9 TORCH_STOP=600 DECODE_STOP=600
+  JAX_BUDGET=1e9 JAX_STOP=600 TORCH_BUDGET=1e9 TORCH_STOP=600 DECODE_STOP=600 MODEL_STOP=600
   MFU_ARGS=(--smoke --models=1b --modes=ft,lora --remat=false)
   TORCH_ARGS=(--smoke --models=1b)
   DECODE_ARGS=(--batch_sizes=2,3 --max_new_tokens=4 --runs=1 --continuous_prompts=4 --continuous_batch=2
@@ -41,7 +44,7 @@ else
   PY="${XLIT_GPU_PY:-python3}"
   JAX_BUDGET="${XLIT_JAX_BUDGET_S:-150}" JAX_STOP="${XLIT_JAX_STOP_S:-190}"
   TORCH_BUDGET="${XLIT_TORCH_BUDGET_S:-60}" TORCH_STOP="${XLIT_TORCH_STOP_S:-90}"
-  DECODE_STOP="${XLIT_DECODE_STOP_S:-75}"
+  DECODE_STOP="${XLIT_DECODE_STOP_S:-75}" MODEL_STOP="${XLIT_MODEL_STOP_S:-45}"
   MFU_ARGS=(--models=1b --modes=ft,lora --remat=false --loss_chunk_tokens="0,$CHUNK" --decode_batches=64,256)
   TORCH_ARGS=(--models=1b --decode_batches=64,256)
   DECODE_ARGS=(--batch_sizes=64,256 --max_new_tokens=128 --runs=2 --continuous_prompts=128 --continuous_batch=64
@@ -87,12 +90,28 @@ if grep -q -- "--batching" <<<"$HELP"; then
 else
   VALUES="default"
 fi
+# Its model: the embedded SmolLM2 where `make setup` put it; else (the lent machine: the model's 98 MB cannot be
+# carried there) SmolLM2's shapes with random weights, built from the config and tokenizer files that
+# `make gpu-prep` put in .gpu_model/ (bench/gpu_model.py; the directory's name labels every row). The dry run
+# takes that path too, from the set-up model's files when .gpu_model/ is absent.
+EMBEDDED="${XLIT_HOME:-$HOME/.cache/xlit}/models/smollm2-135m-instruct"
+MODEL_ARG=()
+if [[ $SMOKE == 1 || ! -f "$EMBEDDED/config.json" ]]; then
+  SRC=.gpu_model
+  [[ -f $SRC/config.json ]] || SRC="$EMBEDDED"
+  RANDOM_DIR="${TMPDIR:-/tmp}/xlit_gpu_model/smollm2-shapes-random-weights"  # not under $OUT: 538 MB
+  timeout "$MODEL_STOP" "$PY" -m bench.gpu_model --src="$SRC" --dst="$RANDOM_DIR" >"$OUT/gpu_model.log" 2>&1 || {
+    tail -3 "$OUT/gpu_model.log"
+    FAILED=1
+  }
+  MODEL_ARG=(--model="$RANDOM_DIR")
+fi
 DECODE_JSON=()
 for v in $VALUES; do
   flag=()
   [[ $v == default ]] || flag=(--batching="$v")
   XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_DEFAULT_MATMUL_PRECISION=highest part "decode_$v" "$DECODE_STOP" \
-    "$PY" -m bench.gpu_decode "${DECODE_ARGS[@]}" "${flag[@]}" --json_out="$OUT/decode_$v.json"
+    "$PY" -m bench.gpu_decode "${DECODE_ARGS[@]}" "${MODEL_ARG[@]}" "${flag[@]}" --json_out="$OUT/decode_$v.json"
   DECODE_JSON+=("$v=$OUT/decode_$v.json")
 done
 

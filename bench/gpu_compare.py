@@ -20,13 +20,17 @@ from typing import Any
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("ours", None, "bench/gpu_mfu.py's JSON.")
-flags.DEFINE_string("theirs", None, "bench/gpu_torch.py's JSON.")
-flags.DEFINE_list(
-    "decode_json", [], "label=path of bench/decode.py JSON outputs (label: its --batching value)."
-)
-flags.DEFINE_string("env", None, "env.txt written by bench/gpu.sh (nvidia-smi query, package versions).")
-flags.DEFINE_string("json_out", None, "Write the merged report here.")
+
+
+def _define_flags() -> None:
+    """At run time, not import, so tests can import `table` next to bench/decode.py's flags (--json_out)."""
+    flags.DEFINE_string("ours", None, "bench/gpu_mfu.py's JSON.")
+    flags.DEFINE_string("theirs", None, "bench/gpu_torch.py's JSON.")
+    flags.DEFINE_list(
+        "decode_json", [], "label=path of bench/decode.py JSON outputs (label: its --batching value)."
+    )
+    flags.DEFINE_string("env", None, "env.txt written by bench/gpu.sh (nvidia-smi query, package versions).")
+    flags.DEFINE_string("json_out", None, "Write the merged report here.")
 
 
 def _load(path: str | None) -> dict[str, Any]:
@@ -101,19 +105,22 @@ def table(ours: dict[str, Any], theirs: dict[str, Any], decode_py: dict[str, dic
             + (f"{r['decode_tok_s'] / h['decode_tok_s']:.2f}× |" if h else "— |")
         )
     for label, rep in decode_py.items():
+        model = Path(
+            str(rep.get("model", "SmolLM2"))
+        ).name  # e.g. smollm2-shapes-random-weights (bench/gpu_model.py)
         for r in rep.get("results", []) if isinstance(rep.get("results"), list) else []:
             if not isinstance(r, dict) or "batch" not in r:
                 continue
             rows = len(r["prompt_tokens"]) if isinstance(r.get("prompt_tokens"), list) else r["batch"]
             ratio = r.get("decode_speedup")
             lines.append(
-                f"| bench/decode.py SmolLM2 {label}, batch {r['batch']} ({rows} prompts), decode phase | "
+                f"| bench/decode.py {model} {label}, batch {r['batch']} ({rows} prompts), decode phase | "
                 f"{_tok(r, 'xlit_decode_tok_s')} | {_tok(r, 'hf_decode_tok_s')} | "
                 + (f"{ratio:.2f}× |" if ratio is not None else "— |")
             )
             if r.get("speedup") is not None:
                 lines.append(
-                    f"| bench/decode.py SmolLM2 {label}, batch {r['batch']}, whole call | "
+                    f"| bench/decode.py {model} {label}, batch {r['batch']}, whole call | "
                     f"{_tok(r, 'xlit_tok_s')} | {_tok(r, 'hf_tok_s')} | {r['speedup']:.2f}× |"
                 )
     for side, rep in (("ours", ours), ("HF", theirs), *decode_py.items()):
@@ -150,6 +157,7 @@ def run(argv_unused: list[str]) -> int:
 
 
 def main() -> None:
+    _define_flags()
     app.run(lambda argv: sys.exit(run(argv)))
 
 
