@@ -18,8 +18,9 @@
 # image does; elsewhere `pip install "jax[cuda12]" torch transformers` first). Wheels found in .whl/ (our pins
 # the image lacks; `make gpu-prep` fetches them, for a machine with no index) are installed into
 # /tmp/xlit_site first and put on PYTHONPATH. On the lent machine: `make gpu-prep` here, then one device call
-# carrying .whl and .gpu_model with `bash bench/gpu.sh` (bench/README.md, "Running it"). Each part has a budget (no case starts after it) and a hard stop
-# (`timeout`), so one failing or slow part still leaves the others' figures; all are overridable:
+# carrying .whl and .gpu_model with `bash bench/gpu.sh` (bench/README.md, "Running it"). Each part has a budget
+# (no case starts after it) and a hard stop (`timeout`), so one failing or slow part still leaves the others'
+# figures; all are overridable:
 # XLIT_JAX_BUDGET_S/XLIT_JAX_STOP_S (150/190), XLIT_TORCH_BUDGET_S/XLIT_TORCH_STOP_S (60/90),
 # XLIT_DECODE_STOP_S (75 per bench/decode.py run), XLIT_MODEL_STOP_S (45, the random-weight model below);
 # XLIT_LOSS_CHUNK (2048: the chunked-loss setting measured).
