@@ -83,5 +83,6 @@ gpu-prep: model
 	rm -rf .whl .gpu_model && mkdir -p .whl .gpu_model
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  $(GPU_PLATFORMS) -d .whl $$(for p in $(GPU_WHEEL_PINS); do grep -E "^$$p==" requirements.lock; done)
-	cp $(addprefix $(MODEL_DIR)/,config.json generation_config.json tokenizer.json tokenizer_config.json chat_template.jinja) .gpu_model/
+	$(PY) -c "import sys; from pathlib import Path; from bench.gpu_model import copy_files, TOKENIZER_FILES; \
+	  copy_files(Path(sys.argv[1]), Path('.gpu_model'), ('config.json', *TOKENIZER_FILES))" $(MODEL_DIR)
 	@du -sh .whl .gpu_model

@@ -95,11 +95,11 @@ fi
 # carried there) SmolLM2's shapes with random weights, built from the config and tokenizer files that
 # `make gpu-prep` put in .gpu_model/ (bench/gpu_model.py; the directory's name labels every row). The dry run
 # takes that path too, from the set-up model's files when .gpu_model/ is absent.
-EMBEDDED="${XLIT_HOME:-$HOME/.cache/xlit}/models/smollm2-135m-instruct"
+EMBEDDED=$("$PY" -c "from models.embedded import embedded_model_dir; print(embedded_model_dir())" 2>/dev/null)
 MODEL_ARG=()
-if [[ $SMOKE == 1 || ! -f "$EMBEDDED/config.json" ]]; then
+if [[ $SMOKE == 1 || -z $EMBEDDED ]]; then
   SRC=.gpu_model
-  [[ -f $SRC/config.json ]] || SRC="$EMBEDDED"
+  [[ -f $SRC/config.json || -z $EMBEDDED ]] || SRC="$EMBEDDED"
   RANDOM_DIR="${TMPDIR:-/tmp}/xlit_gpu_model/smollm2-shapes-random-weights"  # not under $OUT: 538 MB
   timeout "$MODEL_STOP" "$PY" -m bench.gpu_model --src="$SRC" --dst="$RANDOM_DIR" >"$OUT/gpu_model.log" 2>&1 || {
     tail -3 "$OUT/gpu_model.log"

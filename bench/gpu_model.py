@@ -20,8 +20,15 @@ from pathlib import Path
 
 from absl import app, flags
 
-# copied next to the weights when present; config.json is required
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
+from models.checkpoint import TOKENIZER_FILES
+
+
+def copy_files(src: Path, dst: Path, names: tuple[str, ...] = TOKENIZER_FILES) -> None:
+    """Copies the files of `names` that `src` has into `dst` (`make gpu-prep`: config.json too)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
 
 
 def build(src: Path, dst: Path, seed: int = 0) -> Path:
@@ -40,9 +47,7 @@ def build(src: Path, dst: Path, seed: int = 0) -> Path:
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    for name in TOKENIZER_FILES:
-        if (src / name).exists():
-            shutil.copy2(src / name, tmp / name)
+    copy_files(src, tmp)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
     return dst

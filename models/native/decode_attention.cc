@@ -9,8 +9,9 @@
 //
 // The sums of models/modules.py `_decode_attention`: float32 logits q.k * scale, masked to -1e30, softmax
 // over the window (max subtracted, exp, divided by the sum; the exp on vectors, models/native/vec_exp.inc),
-// then the probabilities times the values, slot by slot. Why: in XLA each layer's [B, K, W, H] keys and values were first copied out of the stacked
-// cache (a dynamic slice is a copy there), then read by the products; this reads them once, in place.
+// then the probabilities times the values, slot by slot. Why: in XLA each layer's [B, K, W, H] keys and
+// values were first copied out of the stacked cache (a dynamic slice is a copy there), then read by the
+// products; this reads them once, in place.
 // H must be a multiple of 16 (infer/decode.py checks). Work units are (row, KV head) pairs, spread over
 // XLA's intra-op pool (parallel.h). Each build uses its ISA's vectors (see XLIT_ATTN_KERNEL); on an AVX2
 // machine (2 cores) this took 30 layers of a batch-16 step over 128 slots from 27 ms (one dot product and
